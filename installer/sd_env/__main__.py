@@ -1,0 +1,5 @@
+import sys
+
+from sd_env.cli import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""Command line: a thin argparse layer, `main(argv) -> int`.
+
+Errors are turned into `error: ...`, a hint and an exit code here and only
+here: 0 ok, 1 a step failed, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from pathlib import Path
+
+from sd_env import __version__, install, manifest, sources, status, target
+from sd_env.errors import InputError, SdEnvError
+from sd_env.paths import Paths, default_home
+from sd_env.report import console, dump_json, exit_code, table
+from sd_env.runner import Runner
+
+DEFAULT_MANIFEST = "sc7-sd14-lora.toml"
+_REPO = Path(__file__).resolve().parents[2]  # the sd-env checkout, for an editable install
+
+
+def default_manifest() -> Path:
+    if os.environ.get("SD_ENV_MANIFEST"):
+        return Path(os.environ["SD_ENV_MANIFEST"])
+    for base in (Path.cwd(), _REPO):
+        candidate = base / "manifests" / DEFAULT_MANIFEST
+        if candidate.is_file():
+            return candidate
+    raise InputError(f"no manifest given and no manifests/{DEFAULT_MANIFEST} here",
+                     "pass -m/--manifest PATH or set SD_ENV_MANIFEST")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-m", "--manifest", type=Path, help="manifest TOML (default: manifests/"
+                        f"{DEFAULT_MANIFEST}, or $SD_ENV_MANIFEST)")
+    common.add_argument("--home", type=Path, help="where checkouts, state and logs live "
+                        "(default: $SD_ENV_HOME, else .sd-env/ in the project)")
+    common.add_argument("--python", help="target interpreter or environment folder "
+                        "(default: the active venv or conda env)")
+    common.add_argument("--json", action="store_true", help="print a versioned JSON report")
+    common.add_argument("-v", "--verbose", action="store_true", help="show subprocess output")
+
+    parser = argparse.ArgumentParser(
+        prog="sd-env", description="Reproducible Stable Diffusion LoRA environments for Sophgo SC7.")
+    parser.add_argument("--version", action="version", version=f"sd-env {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("install", parents=[common], help="fetch, patch and install every component")
+    p.add_argument("--git-mirror", metavar="PREFIX", default=os.environ.get(sources.ENV_MIRROR),
+                   help="fetch https://github.com/OWNER/NAME.git from PREFIX/OWNER/NAME.git "
+                   f"(also ${sources.ENV_MIRROR})")
+    p.add_argument("--no-sdist-fallback", action="store_true",
+                   help="fail instead of using the PyPI sdist when git is unreachable")
+    p.set_defaults(func=_cmd_install)
+
+    p = sub.add_parser("status", parents=[common], help="show what is pinned, patched, installed, drifted")
+    p.set_defaults(func=_cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SdEnvError as exc:
+        _error(exc, getattr(args, "_log", None))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console(stderr=True).print("interrupted: re-run the same command to finish", markup=False)
+        return 130
+
+
+def _error(exc: SdEnvError, log: Path | None) -> None:
+    err = console(stderr=True)
+    err.print(f"error: {exc.message}", markup=False)
+    if exc.hint:
+        err.print(f"hint: {exc.hint}", markup=False)
+    if log is not None and log.exists():
+        err.print(f"log: {log}", markup=False)
+
+
+def _setup(args: argparse.Namespace, command: str) -> tuple[manifest.Manifest, Paths, Runner]:
+    man = manifest.load(args.manifest or default_manifest())
+    home = args.home.expanduser().resolve() if args.home else default_home(man.path)
+    paths = Paths(home)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    args._log = paths.logs / f"{stamp}-{command}.log"
+    return man, paths, Runner(log_path=args._log, echo=args.verbose)
+
+
+def _cmd_install(args: argparse.Namespace) -> int:
+    man, paths, runner = _setup(args, "install")
+    python = target.find_python(args.python)
+    opts = install.Options(python, mirror=args.git_mirror, sdist_fallback=not args.no_sdist_fallback)
+    outcome = install.run(man, paths, runner, opts)
+    if args.json:
+        dump_json("install", outcome.results, {"home": str(paths.home), "python": str(python),
+                                               "log": str(args._log)})
+    else:
+        table(f"sd-env install ({man.name} -> {python})", outcome.results)
+    if outcome.error is not None:
+        _error(outcome.error, args._log)
+        return outcome.error.exit_code
+    return exit_code(outcome.results)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    man, paths, runner = _setup(args, "status")
+    try:
+        python: Path | None = target.find_python(args.python)
+    except InputError:
+        python = None  # status still shows sources and patches without a target
+    rows = status.collect(man, paths, runner, python)
+    status.render(rows, args.json, paths)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

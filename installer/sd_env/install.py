@@ -1,0 +1,231 @@
+"""`sd-env install`: bring every component to its pinned, patched, editable state.
+
+Observe, plan, act: each component is observed (checkout, patch series,
+target install), `plan.plan` says what is missing, and only that runs. A
+finished environment plans nothing, so a re-run makes no network call and
+no pip call.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sd_env import gitcmd, patches, sources, state, target
+from sd_env.errors import CommandError, SdEnvError, StepError
+from sd_env.manifest import Component, Manifest
+from sd_env.paths import Paths
+from sd_env.plan import BUILD, CHECKOUT, FETCH, PATCH, RESTORE, Observed, plan
+from sd_env.report import FAIL, OK, WARN, Result, progress
+from sd_env.runner import Runner
+
+APPLIED_DIR = Path(".git") / "sd-env" / "applied"  # copies of the applied series, inside the checkout
+
+
+@dataclass(frozen=True)
+class Options:
+    python: Path
+    mirror: str | None = None
+    sdist_fallback: bool = True
+
+
+class LocalEdits(StepError):
+    pass
+
+
+def pinned_commit(comp: Component, rec: state.ComponentState | None) -> str | None:
+    if rec is not None and (rec.source == "sdist" or comp.commit is None):
+        return rec.commit
+    return comp.commit
+
+
+def applicable(runner: Runner, comp: Component, checkout: Path) -> tuple[list[patches.Patch], list[Result]]:
+    """The component's patches that this source has targets for, and a warning per other one."""
+    series, notes = [], []
+    for path in comp.patches:
+        patch = patches.load(path)
+        missing = patches.missing_targets(runner, checkout, patch)
+        if missing:
+            notes.append(Result(comp.name, "patch", WARN,
+                                f"{patch.name}: not applicable to this source "
+                                f"({', '.join(missing)} absent); NOT applied"))
+        else:
+            series.append(patch)
+    return series, notes
+
+
+@dataclass
+class Outcome:
+    results: list[Result]
+    error: SdEnvError | None = None  # the error that stopped the run, if any
+
+
+def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outcome:
+    """Install every component in manifest order; stop at the first failure."""
+    record = state.load(paths.state)
+    installed = target.installed(runner, opts.python, [c.name for c in manifest.components])
+    outcome = Outcome([])
+    built = []
+    try:
+        for comp in manifest.components:
+            try:
+                done = _component(comp, paths, runner, opts, record, installed.get(comp.name))
+            except SdEnvError as exc:
+                outcome.results.append(Result(comp.name, "error", FAIL, exc.message.splitlines()[0]))
+                outcome.error = exc
+                return outcome
+            outcome.results += done
+            built += [comp.name for r in done if r.step == BUILD]
+        if built:
+            _confirm_builds(paths, runner, opts, built)
+    except SdEnvError as exc:
+        outcome.results.append(Result("-", "build", FAIL, exc.message.splitlines()[0]))
+        outcome.error = exc
+    finally:
+        state.save(record, paths.state)
+        shutil.rmtree(paths.work, ignore_errors=True)
+    return outcome
+
+
+def _component(comp: Component, paths: Paths, runner: Runner, opts: Options,
+               record: state.State, inst: target.Installed | None) -> list[Result]:
+    checkout = paths.checkout(comp.name)
+    rec = record.components.get(comp.name)
+    if checkout.exists() and rec is None:
+        rec = _adopt(runner, comp, checkout)
+        record.components[comp.name] = rec
+    head = gitcmd.head(runner, checkout) if checkout.exists() else None
+    pinned = pinned_commit(comp, rec)
+    series, notes, seen = None, [], None
+    if head is not None and (pinned is None or head == pinned):
+        series, notes = applicable(runner, comp, checkout)
+        seen = _observe(runner, comp, checkout, series, rec)
+    obs = Observed(head, pinned, seen, inst, checkout.resolve().as_uri())
+    steps = plan(obs)
+    if not steps:
+        return [*notes, Result(comp.name, "install", OK, f"up to date at {head[:12]}")]
+
+    results: list[Result] = []
+    for step in steps:
+        started = time.monotonic()
+        if step == FETCH:
+            detail, rec = _fetch(comp, paths, runner, opts, pinned)
+            record.components[comp.name] = rec
+            series, notes = applicable(runner, comp, checkout)
+        elif step == CHECKOUT:
+            raise StepError(
+                f"{comp.name}: the checkout is at {head[:12]}, the manifest pins {pinned[:12]}",
+                "moving a component to another commit is `sd-env repatch`'s job; run it")
+        elif step == RESTORE:
+            assert seen is not None
+            progress(f"restoring {len(seen.changed)} half-patched files of {comp.name} "
+                     "(an interrupted run?)")
+            patches.restore(runner, checkout, list(seen.changed))
+            detail = f"restored {', '.join(seen.changed)} to {head[:12]} before re-applying"
+        elif step == PATCH:
+            assert series is not None
+            results += notes
+            notes = []
+            if not series:
+                continue  # nothing this source can take; the notes say why
+            detail = _patch(comp, checkout, runner, series, record.components[comp.name])
+        else:
+            progress(f"installing {comp.name} (editable, no dependencies)")
+            target.install_editable(runner, opts.python, checkout)
+            detail = f"editable install of {checkout}"
+        results.append(Result(comp.name, step, OK, detail, time.monotonic() - started))
+    return results + notes
+
+
+def _observe(runner: Runner, comp: Component, checkout: Path, series: list[patches.Patch],
+             rec: state.ComponentState | None) -> patches.SeriesState:
+    seen = patches.observe(runner, checkout, series)
+    if seen.kind != "edited":
+        return seen
+    # The patch files may have changed since they were applied: if the tree is
+    # exactly the previously applied series, put those files back and re-plan.
+    old = sorted((checkout / APPLIED_DIR).glob("*"))
+    if old and rec is not None and rec.patches:
+        old_series = [patches.load(p) for p in old]
+        try:
+            before = patches.observe(runner, checkout, old_series)
+        except SdEnvError:
+            before = None
+        if before is not None and before.kind == "applied":
+            progress(f"{comp.name}: the patch files changed since they were applied; "
+                     "reverting the old series")
+            patches.restore(runner, checkout, list(before.changed))
+            rec.patches = []
+            return patches.observe(runner, checkout, series)
+    raise LocalEdits(
+        f"{comp.name}: {checkout} has local edits in {', '.join(seen.edited)}",
+        f"sd-env will not overwrite them. Keep them with `git -C {checkout} diff > my-edits.diff`, "
+        f"then discard with `git -C {checkout} checkout -- . && git -C {checkout} clean -fd` "
+        "and run again (or add the diff to the manifest's patches)")
+
+
+def _adopt(runner: Runner, comp: Component, checkout: Path) -> state.ComponentState:
+    """A checkout without a state record (the record was deleted): derive what it is."""
+    head = gitcmd.head(runner, checkout)
+    ref = gitcmd.git(runner, checkout, "rev-parse", "-q", "--verify",
+                     f"refs/tags/{comp.tag}^{{commit}}", check=False).stdout.strip()
+    if ref:
+        return state.ComponentState("git", comp.tag, ref, recorded_commit=comp.commit is None)
+    return state.ComponentState("sdist", comp.tag, head)
+
+
+def _fetch(comp: Component, paths: Paths, runner: Runner, opts: Options,
+           pinned: str | None) -> tuple[str, state.ComponentState]:
+    checkout = paths.checkout(comp.name)
+    url = sources.mirror_url(comp.git, opts.mirror)
+    progress(f"cloning {comp.name} {comp.tag}" + (f" from mirror {url}" if url != comp.git else ""))
+    try:
+        got = sources.fetch_git(comp, checkout, paths.work, runner, mirror=opts.mirror, expect=pinned)
+    except CommandError as exc:
+        if not sources.unreachable(exc):
+            raise StepError(f"{comp.name}: tag {comp.tag} not found at {url}",
+                            "check `tag` in the manifest") from None
+        if not (comp.sdist and opts.sdist_fallback):
+            raise StepError(f"{comp.name}: git cannot reach {url}",
+                            "use a mirror: --git-mirror PREFIX or SD_ENV_GIT_MIRROR") from None
+        progress(f"WARNING: git cannot reach {url}; falling back to the PyPI sdist "
+                 f"{comp.name}=={comp.version} (library code identical to {comp.tag}; "
+                 "files outside the sdist, such as diffusers' examples/, are missing)")
+        got = sources.fetch_sdist(comp, checkout, paths.work, runner, python=opts.python)
+        rec = state.ComponentState("sdist", comp.tag, got.commit, sdist_sha256=got.sdist_sha256)
+        return f"PyPI sdist {got.url} (sha256 {got.sdist_sha256[:12]}), git unreachable", rec
+    recorded = comp.commit is None
+    if recorded:
+        progress(f"recorded {comp.name} {comp.tag} -> {got.commit} (add commit = \"{got.commit}\" "
+                 "to the manifest to pin it)")
+    rec = state.ComponentState("git", comp.tag, got.commit, recorded_commit=recorded)
+    verb = "recorded" if recorded else "verified"
+    return f"git {comp.tag} at {got.commit[:12]} ({verb})", rec
+
+
+def _patch(comp: Component, checkout: Path, runner: Runner, series: list[patches.Patch],
+           rec: state.ComponentState) -> str:
+    progress(f"patching {comp.name}: {', '.join(p.name for p in series)}")
+    patches.apply(runner, checkout, series)
+    head = gitcmd.head(runner, checkout)
+    copies = checkout / APPLIED_DIR
+    shutil.rmtree(copies, ignore_errors=True)
+    copies.mkdir(parents=True)
+    for i, patch in enumerate(series):
+        (copies / f"{i:02d}-{patch.name}").write_text(patch.text, encoding="utf-8")
+    rec.patches = [state.AppliedPatch(p.name, p.sha256, head) for p in series]
+    return "applied " + ", ".join(f"{p.name} (sha256 {p.sha256[:12]})" for p in series)
+
+
+def _confirm_builds(paths: Paths, runner: Runner, opts: Options, built: list[str]) -> None:
+    after = target.installed(runner, opts.python, built)
+    for name in built:
+        checkout = paths.checkout(name)
+        inst = after[name]
+        if not inst.points_at(checkout) or len(inst.versions) != 1:
+            raise StepError(
+                f"{name}: after the editable install the target sees {list(inst.versions)} "
+                f"from {inst.url}, not one editable install of {checkout}",
+                "look for a second copy (a stray .egg-info or an earlier non-editable install)")

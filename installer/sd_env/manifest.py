@@ -1,0 +1,241 @@
+"""Read and validate a manifest (TOML) into frozen dataclasses.
+
+Pure: reads one file, touches nothing else but `Path.exists` for patch files.
+Every problem is a ManifestError naming the file, the key and what to write.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import InvalidVersion, Version
+
+from sd_env.errors import ManifestError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on the 3.9 target
+    import tomli as tomllib
+
+SCHEMA = 1
+BUILD_MODES = ("editable",)
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    git: str
+    tag: str
+    version: str  # the release version, used for the sdist fallback and pin checks
+    commit: str | None  # None: recorded on first clone
+    patches: tuple[Path, ...]
+    build: str
+    sdist: bool  # may fall back to the PyPI sdist of `version`
+
+
+@dataclass(frozen=True)
+class TorchSpec:
+    requirements: tuple[str, ...]
+    index: str
+    fallback_index: str | None
+
+
+@dataclass(frozen=True)
+class WheelSpec:
+    location: str  # local path (resolved against the manifest) or URL
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    name: str
+    python: str
+    device: str
+    torch: TorchSpec
+    torch_tpu: WheelSpec | None
+    locks: dict[str, Path]
+    components: tuple[Component, ...]
+
+    def component(self, name: str) -> Component:
+        for comp in self.components:
+            if comp.name == name:
+                return comp
+        raise KeyError(name)
+
+
+def load(path: Path) -> Manifest:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(path, "", f"cannot read the manifest ({exc.strerror})",
+                            "pass an existing file with -m/--manifest") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(path, "", f"not valid TOML: {exc}",
+                            "fix the syntax at the line and column named above") from None
+    return parse(data, path)
+
+
+def parse(data: dict[str, Any], path: Path) -> Manifest:
+    t = _Table(data, path, "")
+    t.allow("schema", "name", "python", "device", "torch", "torch_tpu", "lock", "patches_dir",
+            "component")
+    schema = t.get("schema", int)
+    if schema != SCHEMA:
+        raise ManifestError(path, "schema", f"schema {schema} is not supported",
+                            f"write schema = {SCHEMA}")
+    name = t.get("name", str)
+    python = t.get("python", str)
+    if not re.fullmatch(r"3\.\d+", python):
+        raise ManifestError(path, "python", f"{python!r} is not a Python minor version",
+                            'write it as "3.9"')
+    device = t.get("device", str)
+    if not re.fullmatch(r"[a-z]+(:\d+)?", device):
+        raise ManifestError(path, "device", f"{device!r} is not a torch device string",
+                            'write it like "tpu:0"')
+
+    base = path.parent
+    patches_dir = base / t.get("patches_dir", str, default="../patches")
+    torch = _torch(t.table("torch"))
+    wheel = _wheel(t.table("torch_tpu"), base) if "torch_tpu" in data else None
+    lock_t = t.table("lock", required=False)
+    locks = {flavour: base / lock_t.get(flavour, str) for flavour in lock_t.keys()}  # noqa: SIM118
+
+    comps = [_component(c, patches_dir) for c in t.tables("component")]
+    seen: set[str] = set()
+    for i, comp in enumerate(comps):
+        if comp.name in seen:
+            raise ManifestError(path, f"component[{i}].name", f"{comp.name!r} is declared twice",
+                                "give each [[component]] its own name, or delete the copy")
+        seen.add(comp.name)
+    return Manifest(path, name, python, device, torch, wheel, locks, tuple(comps))
+
+
+def _torch(t: _Table) -> TorchSpec:
+    t.allow("requirements", "index", "fallback_index")
+    reqs = t.get("requirements", list)
+    for i, req in enumerate(reqs):
+        _pinned(t, f"requirements[{i}]", req)
+    return TorchSpec(tuple(reqs), t.get("index", str), t.get("fallback_index", str, default=None))
+
+
+def _wheel(t: _Table, base: Path) -> WheelSpec:
+    t.allow("wheel", "sha256")
+    location = t.get("wheel", str)
+    if "://" not in location:
+        location = str((base / location).resolve())
+    sha = t.get("sha256", str, default=None) or None
+    if sha is not None and not _SHA256.match(sha):
+        raise ManifestError(t.path, t.key("sha256"), "not a sha256 (64 lowercase hex digits)",
+                            "paste the output of `sha256sum` for the wheel, or delete the key")
+    return WheelSpec(location, sha)
+
+
+def _component(t: _Table, patches_dir: Path) -> Component:
+    t.allow("name", "git", "tag", "version", "commit", "patches", "build", "sdist")
+    name = t.get("name", str)
+    if not _NAME.match(name):
+        raise ManifestError(t.path, t.key("name"), f"{name!r} is not a distribution name",
+                            'use the PyPI name, e.g. "accelerate"')
+    git = t.get("git", str)
+    if not re.match(r"^(https?://|git@|ssh://|file://|/)", git):
+        raise ManifestError(t.path, t.key("git"), f"{git!r} is not a git URL",
+                            'write the clone URL, e.g. "https://github.com/OWNER/NAME.git"')
+    version = t.get("version", str)
+    try:
+        Version(version)
+    except InvalidVersion:
+        raise ManifestError(t.path, t.key("version"), f"{version!r} is not a version",
+                            'write the release version, e.g. "0.16.0" (the tag goes in `tag`)') from None
+    commit = t.get("commit", str, default=None)
+    if commit is not None and not _COMMIT.match(commit):
+        raise ManifestError(t.path, t.key("commit"), f"{commit!r} is not a full commit id",
+                            "write all 40 hex digits (`git rev-parse TAG^{commit}`), or delete the key "
+                            "to record it on first clone")
+    patches = []
+    for i, rel in enumerate(t.get("patches", list, default=[])):
+        if not isinstance(rel, str):
+            raise ManifestError(t.path, t.key(f"patches[{i}]"), "must be a file name",
+                                'write it as a string, e.g. "accelerate-0.16.0-tpu.diff"')
+        p = patches_dir / rel
+        if not p.is_file():
+            raise ManifestError(t.path, t.key(f"patches[{i}]"), f"no patch file at {p}",
+                                f"put the patch in {patches_dir} or correct the name")
+        patches.append(p)
+    build = t.get("build", str, default="editable")
+    if build not in BUILD_MODES:
+        raise ManifestError(t.path, t.key("build"), f"unknown build mode {build!r}",
+                            f"write one of: {', '.join(BUILD_MODES)}")
+    return Component(name, git, t.get("tag", str), version, commit, tuple(patches), build,
+                     t.get("sdist", bool, default=True))
+
+
+def _pinned(t: _Table, key: str, req: object) -> None:
+    try:
+        parsed = Requirement(str(req))
+        specs = list(parsed.specifier)
+        if len(specs) != 1 or specs[0].operator != "==":
+            raise InvalidRequirement("not pinned")
+        Version(specs[0].version)
+    except (InvalidRequirement, InvalidVersion):
+        raise ManifestError(t.path, t.key(key), f"{req!r} is not an exact pin",
+                            'write NAME==VERSION, e.g. "torch==2.1.0"') from None
+
+
+class _Table:
+    """A TOML table with its dotted key path, for error messages."""
+
+    def __init__(self, data: Any, path: Path, prefix: str) -> None:
+        if not isinstance(data, dict):
+            raise ManifestError(path, prefix, "must be a table", f"write it as [{prefix}]")
+        self.data, self.path, self.prefix = data, path, prefix
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def keys(self) -> list[str]:
+        return list(self.data)
+
+    def allow(self, *known: str) -> None:
+        for k in self.data:
+            if k not in known:
+                close = difflib.get_close_matches(k, known, n=1)
+                fix = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+                raise ManifestError(self.path, self.key(k), "unknown key", fix)
+
+    def get(self, name: str, kind: type, default: Any = ...) -> Any:
+        if name not in self.data:
+            if default is ...:
+                raise ManifestError(self.path, self.key(name), "missing",
+                                    f"add {name} = <{kind.__name__}>")
+            return default
+        value = self.data[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ManifestError(self.path, self.key(name),
+                                f"must be a {kind.__name__}, not {type(value).__name__}",
+                                f"write {name} as a TOML {kind.__name__}")
+        return value
+
+    def table(self, name: str, required: bool = True) -> _Table:
+        if name not in self.data and not required:
+            return _Table({}, self.path, self.key(name))
+        return _Table(self.get(name, dict), self.path, self.key(name))
+
+    def tables(self, name: str) -> list[_Table]:
+        items = self.get(name, list)
+        if not items:
+            raise ManifestError(self.path, name, "no components",
+                                f"add at least one [[{name}]] table")
+        return [_Table(item, self.path, f"{name}[{i}]") for i, item in enumerate(items)]

@@ -1,0 +1,47 @@
+"""Where sd-env keeps things: one home folder, laid out here and only here."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_HOME = "SD_ENV_HOME"
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+
+    @property
+    def src(self) -> Path:
+        return self.home / "src"
+
+    @property
+    def state(self) -> Path:
+        return self.home / "state.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def work(self) -> Path:
+        """Scratch space for downloads and half-built checkouts; emptied after each step."""
+        return self.home / "tmp"
+
+    def checkout(self, name: str) -> Path:
+        return self.src / name
+
+
+def default_home(manifest: Path) -> Path:
+    """$SD_ENV_HOME, else `.sd-env` in the project that holds the manifest.
+
+    The project is the folder above `manifests/` (this repository for the
+    default manifest), else the manifest's own folder.
+    """
+    if os.environ.get(ENV_HOME):
+        return Path(os.environ[ENV_HOME]).expanduser().resolve()
+    folder = manifest.resolve().parent
+    project = folder.parent if folder.name == "manifests" else folder
+    return project / ".sd-env"

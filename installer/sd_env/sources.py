@@ -1,0 +1,181 @@
+"""Get each component's upstream source into a managed checkout at its pinned commit.
+
+git first (one tag, depth 1, through an optional mirror), the PyPI sdist of
+the same version when git cannot reach the host. Either way the result is a
+git work tree, so patching and drift detection work the same on both; an
+sdist is imported as one local commit. A checkout is built in a scratch
+folder and renamed into place only once verified: an interrupted or failed
+fetch leaves nothing half-done in `src/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sd_env import gitcmd
+from sd_env.errors import CommandError, InputError, StepError
+from sd_env.manifest import Component
+from sd_env.runner import Runner
+
+ENV_MIRROR = "SD_ENV_GIT_MIRROR"
+# Build leftovers of editable installs; excluded so they never count as local edits.
+EXCLUDES = ["*.egg-info/", "__pycache__/", "*.pyc", "/build/", "/.eggs/"]
+_GITHUB = re.compile(r"^(?:https://github\.com/|git@github\.com:)([^/]+)/([^/]+?)(?:\.git)?/?$")
+
+
+@dataclass(frozen=True)
+class Fetched:
+    source: str  # "git" or "sdist"
+    commit: str
+    sdist_sha256: str | None = None
+    url: str = ""
+
+
+class MovedTag(StepError):
+    pass
+
+
+def mirror_url(url: str, mirror: str | None) -> str:
+    """https://github.com/OWNER/NAME.git -> PREFIX/OWNER/NAME.git (other URLs unchanged)."""
+    if not mirror:
+        return url
+    match = _GITHUB.match(url)
+    if not match:
+        return url
+    prefix = mirror.rstrip("/")
+    if "://" not in prefix and not prefix.startswith("git@"):
+        # A local folder: as a file:// URL so that shallow fetches stay shallow.
+        prefix = Path(prefix).expanduser().resolve().as_uri()
+    owner, name = match.groups()
+    return f"{prefix}/{owner}/{name}.git"
+
+
+def fetch_git(comp: Component, dest: Path, work: Path, runner: Runner, *,
+              mirror: str | None, expect: str | None) -> Fetched:
+    """Clone `comp.tag` into `dest`; the tag must resolve to `expect` when it is known."""
+    url = mirror_url(comp.git, mirror)
+    tmp = _scratch(work, comp.name)
+    try:
+        gitcmd.git(runner, tmp, "init", "-q")
+        gitcmd.git(runner, tmp, "remote", "add", "origin", comp.git)
+        ref = f"refs/tags/{comp.tag}"
+        gitcmd.git(runner, tmp, "fetch", "--depth", "1", "--no-tags", url, f"+{ref}:{ref}",
+                   timeout=gitcmd.FETCH_TIMEOUT)
+        commit = gitcmd.out(runner, tmp, "rev-parse", f"{ref}^{{commit}}")
+        if expect and commit != expect:
+            raise MovedTag(
+                f"{comp.name}: tag {comp.tag} at {url} points to {commit}, "
+                f"but the manifest pins {expect}",
+                "a moved tag is not trusted: check upstream, then update `commit` in the manifest "
+                "if the new commit is intended",
+            )
+        gitcmd.git(runner, tmp, "checkout", "-q", "--detach", commit)
+        _exclude_build_leftovers(tmp)
+        _move_into_place(tmp, dest)
+        return Fetched("git", commit, url=url)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def unreachable(error: CommandError) -> bool:
+    """True when git failed to reach the host or repository (not for a missing tag)."""
+    if error.returncode is None:
+        return True
+    return "couldn't find remote ref" not in error.output
+
+
+def fetch_sdist(comp: Component, dest: Path, work: Path, runner: Runner, *, python: Path) -> Fetched:
+    """Download `comp.name==comp.version` as an sdist with the target's pip, import it as a commit."""
+    tmp = _scratch(work, comp.name)
+    try:
+        download = tmp / "download"
+        runner.run(
+            [str(python), "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             "--no-build-isolation", "--dest", str(download), f"{comp.name}=={comp.version}"],
+            env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+            hint="the sdist fallback needs PyPI or a mirror (PIP_INDEX_URL / pip.conf)",
+        )
+        archives = sorted(download.glob("*.tar.gz"))
+        if len(archives) != 1:
+            raise StepError(f"{comp.name}: expected one sdist from pip download, got {archives}")
+        digest = hashlib.sha256(archives[0].read_bytes()).hexdigest()
+        tree = tmp / "tree"
+        _extract(archives[0], tree)
+        gitcmd.git(runner, tree, "init", "-q")
+        gitcmd.git(runner, tree, "add", "-A")
+        message = f"{comp.name} {comp.version} from its PyPI sdist\n\nsha256 {digest}\n"
+        gitcmd.git(runner, tree, "commit", "-q", "--no-verify", "-m", message, env=gitcmd.IDENTITY)
+        _exclude_build_leftovers(tree)
+        commit = gitcmd.head(runner, tree)
+        _move_into_place(tree, dest)
+        return Fetched("sdist", commit, sdist_sha256=digest, url=archives[0].name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def switch_commit(runner: Runner, repo: Path, commit: str) -> bool:
+    """Check out `commit` if the checkout already has it (no network); False if it does not."""
+    if not gitcmd.has_commit(runner, repo, commit):
+        return False
+    gitcmd.git(runner, repo, "checkout", "-q", "--detach", commit)
+    return True
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    """Unpack an sdist's single top folder into `dest`.
+
+    Members are written one by one: links and paths that escape are refused,
+    and file owners from the archive are not kept (as root, tarfile would
+    keep them and git then calls the tree of "dubious ownership").
+    """
+    staging = dest.parent / (dest.name + ".unpack")
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            parts = Path(member.name).parts
+            if member.name.startswith("/") or ".." in parts or not (member.isfile() or member.isdir()):
+                raise StepError(f"{archive.name}: refusing archive member {member.name!r}")
+            out = staging.joinpath(*parts)
+            if member.isdir():
+                out.mkdir(parents=True, exist_ok=True)
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            data = tar.extractfile(member)
+            assert data is not None
+            out.write_bytes(data.read())
+            out.chmod(0o755 if member.mode & 0o111 else 0o644)
+    tops = list(staging.iterdir())
+    if len(tops) != 1 or not tops[0].is_dir():
+        raise StepError(f"{archive.name}: an sdist has one top folder, found {len(tops)}")
+    os.replace(tops[0], dest)
+    staging.rmdir()
+    # Metadata generated at sdist time is not in the git tag; dropping it keeps
+    # the tree equal to the tag's and avoids a second distribution on sys.path.
+    (dest / "PKG-INFO").unlink(missing_ok=True)
+    for info in list(dest.glob("*.egg-info")) + list(dest.glob("src/*.egg-info")):
+        shutil.rmtree(info)
+
+
+def _exclude_build_leftovers(repo: Path) -> None:
+    exclude = repo / ".git" / "info" / "exclude"
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    exclude.write_text("# sd-env: build leftovers of editable installs\n" + "\n".join(EXCLUDES) + "\n")
+
+
+def _scratch(work: Path, name: str) -> Path:
+    work.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
+
+
+def _move_into_place(tmp: Path, dest: Path) -> None:
+    if dest.exists():
+        raise InputError(f"{dest} appeared while sd-env was fetching into it",
+                         "another sd-env may be running; wait for it and run again")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, dest)

@@ -1,0 +1,135 @@
+"""`sd-env status`: what is pinned, fetched, patched and installed, and what drifted.
+
+Read-only and offline: no fetch, no pip; git reads and one probe of the target.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.table import Table
+
+from sd_env import gitcmd, patches, state, target
+from sd_env.errors import SdEnvError
+from sd_env.install import applicable, pinned_commit
+from sd_env.manifest import Manifest
+from sd_env.paths import Paths
+from sd_env.plan import Observed, plan
+from sd_env.report import REPORT_VERSION, console
+from sd_env.runner import Runner
+
+
+@dataclass
+class ComponentStatus:
+    name: str
+    tag: str
+    pinned: str | None
+    pin_source: str  # "manifest", "recorded" or "unknown"
+    source: str | None  # "git", "sdist" or None (no checkout)
+    head: str | None
+    patches: dict[str, str] = field(default_factory=dict)  # name -> state
+    edited: list[str] = field(default_factory=list)
+    install: str = "unknown"
+    needs: list[str] = field(default_factory=list)
+
+
+def collect(manifest: Manifest, paths: Paths, runner: Runner, python: Path | None) -> list[ComponentStatus]:
+    record = state.load(paths.state)
+    names = [c.name for c in manifest.components]
+    installed = target.installed(runner, python, names) if python else {}
+    rows = []
+    for comp in manifest.components:
+        rec = record.components.get(comp.name)
+        checkout = paths.checkout(comp.name)
+        pinned = pinned_commit(comp, rec)
+        row = ComponentStatus(
+            comp.name, comp.tag, pinned,
+            _pin_source(comp.commit, rec, pinned),
+            rec.source if rec else None, None)
+        inst = installed.get(comp.name)
+        row.install = _install_text(inst, checkout) if python else "no target environment given"
+        seen = None
+        if checkout.exists():
+            row.head = gitcmd.head(runner, checkout)
+            if pinned is None or row.head == pinned:
+                seen = _patch_states(runner, comp, checkout, rec, row)
+        else:
+            row.patches = {p.name: "not fetched" for p in comp.patches}
+        row.needs = plan(Observed(row.head, pinned, seen, inst, checkout.resolve().as_uri()))
+        rows.append(row)
+    return rows
+
+
+def _patch_states(runner: Runner, comp, checkout: Path, rec, row: ComponentStatus):
+    series, notes = applicable(runner, comp, checkout)
+    for note in notes:
+        row.patches[note.detail.split(":")[0]] = "not applicable to this source"
+    recorded = {p.name: p.sha256 for p in (rec.patches if rec else [])}
+    try:
+        seen = patches.observe(runner, checkout, series)
+    except SdEnvError as exc:
+        for p in series:
+            row.patches[p.name] = f"conflict: {exc.message}"
+        return None
+    for p in series:
+        if seen.kind == "applied" and p.name in recorded and recorded[p.name] != p.sha256:
+            row.patches[p.name] = "applied (patch file changed since; it matches the new file)"
+        elif seen.kind == "applied":
+            row.patches[p.name] = "applied"
+        elif seen.kind == "edited" and p.name in recorded:
+            row.patches[p.name] = ("modified since applied" if recorded[p.name] == p.sha256
+                                   else "patch file changed since applied")
+        else:
+            row.patches[p.name] = {"unapplied": "not applied", "partial": "half applied",
+                                   "edited": "not applied"}[seen.kind]
+    row.edited = list(seen.edited)
+    return seen
+
+
+def _pin_source(manifest_commit: str | None, rec: state.ComponentState | None,
+                pinned: str | None) -> str:
+    if rec is not None and rec.source == "sdist":
+        return "sdist import"  # a local commit of the PyPI sdist, not an upstream commit
+    if manifest_commit:
+        return "manifest"
+    return "recorded" if pinned else "unknown"
+
+
+def _install_text(inst: target.Installed | None, checkout: Path) -> str:
+    if inst is None or not inst.versions:
+        return "not installed"
+    versions = ", ".join(inst.versions)
+    if len(inst.versions) > 1:
+        return f"{len(inst.versions)} copies installed ({versions})"
+    if inst.points_at(checkout):
+        return f"{versions} editable -> managed checkout"
+    if inst.editable:
+        return f"{versions} editable -> {inst.url} (not the managed checkout)"
+    return f"{versions} installed normally (not the managed checkout)"
+
+
+def render(rows: list[ComponentStatus], as_json: bool, paths: Paths) -> None:
+    if as_json:
+        doc = {"version": REPORT_VERSION, "command": "status", "home": str(paths.home),
+               "components": [asdict(r) for r in rows]}
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    t = Table(title=f"sd-env status ({paths.home})", title_justify="left")
+    for col in ("component", "pinned", "checkout", "patches", "install", "needs"):
+        t.add_column(col)
+    for r in rows:
+        pin = f"{r.tag} {r.pinned[:12] if r.pinned else '?'}"
+        if r.pin_source != "manifest":
+            pin += f" ({r.pin_source})"
+        head = f"{r.source} {r.head[:12]}" if r.head else "not fetched"
+        if r.head and r.pinned and r.head != r.pinned:
+            head += " [red](drifted)[/]"
+        pats = "\n".join(f"{k}: {v}" for k, v in r.patches.items()) or "-"
+        if r.edited:
+            pats += "\n[red]local edits:[/] " + ", ".join(r.edited)
+        t.add_row(r.name, pin, head, pats, r.install, ", ".join(r.needs) or "nothing")
+    console().print(t)
