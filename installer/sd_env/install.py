@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sd_env import gitcmd, patches, sources, state, target
-from sd_env.errors import CommandError, SdEnvError, StepError
+from sd_env.errors import CommandError, PatchConflict, SdEnvError, StepError
 from sd_env.manifest import Component, Manifest
 from sd_env.paths import Paths
 from sd_env.plan import BUILD, CHECKOUT, FETCH, PATCH, RESTORE, Observed, plan
@@ -41,16 +41,25 @@ def pinned_commit(comp: Component, rec: state.ComponentState | None) -> str | No
     return comp.commit
 
 
-def applicable(runner: Runner, comp: Component, checkout: Path) -> tuple[list[patches.Patch], list[Result]]:
-    """The component's patches that this source has targets for, and a warning per other one."""
+def applicable(runner: Runner, comp: Component, checkout: Path,
+               source: str) -> tuple[list[patches.Patch], list[Result]]:
+    """The component's patches this source can take, and a warning for each other one.
+
+    Only an sdist may lack a patch's target (diffusers' examples/ is not in
+    it); from git, a missing target means the patch does not fit the tag.
+    """
     series, notes = [], []
     for path in comp.patches:
         patch = patches.load(path)
+        patches.check_inside(checkout, patch)
         missing = patches.missing_targets(runner, checkout, patch)
+        if missing and source != "sdist":
+            raise PatchConflict(f"{patch.name} changes {', '.join(missing)}, which {comp.tag} does not have",
+                                "the checkout was left as it was; fix the patch or the manifest's tag")
         if missing:
             notes.append(Result(comp.name, "patch", WARN,
                                 f"{patch.name}: not applicable to this source "
-                                f"({', '.join(missing)} absent); NOT applied"))
+                                f"({', '.join(missing)} absent from the sdist); NOT applied"))
         else:
             series.append(patch)
     return series, notes
@@ -100,7 +109,7 @@ def _component(comp: Component, paths: Paths, runner: Runner, opts: Options,
     pinned = pinned_commit(comp, rec)
     series, notes, seen = None, [], None
     if head is not None and (pinned is None or head == pinned):
-        series, notes = applicable(runner, comp, checkout)
+        series, notes = applicable(runner, comp, checkout, rec.source if rec else "git")
         seen = _observe(runner, comp, checkout, series, rec)
     obs = Observed(head, pinned, seen, inst, checkout.resolve().as_uri())
     steps = plan(obs)
@@ -113,7 +122,7 @@ def _component(comp: Component, paths: Paths, runner: Runner, opts: Options,
         if step == FETCH:
             detail, rec = _fetch(comp, paths, runner, opts, pinned)
             record.components[comp.name] = rec
-            series, notes = applicable(runner, comp, checkout)
+            series, notes = applicable(runner, comp, checkout, rec.source)
         elif step == CHECKOUT:
             raise StepError(
                 f"{comp.name}: the checkout is at {head[:12]}, the manifest pins {pinned[:12]}",

@@ -169,12 +169,22 @@ def observe(runner: Runner, repo: Path, patches: list[Patch]) -> SeriesState:
 
 
 def apply(runner: Runner, repo: Path, patches: list[Patch]) -> None:
-    """Write the whole series to the work tree; git checks every hunk before writing any."""
+    """Write the whole series to the work tree, or nothing.
+
+    `git apply` with several files writes each in turn, so the series is
+    first checked as a whole in a temporary index; if a write still fails
+    (the disk, say), what was written is put back.
+    """
     for patch in patches:
         check_inside(repo, patch)
+    expected_tree(runner, repo, patches)  # raises PatchConflict before anything is written
+    written: list[str] = []
     try:
-        _apply(runner, repo, patches)
+        for patch in patches:
+            written += [c.path for c in patch.files]
+            _apply(runner, repo, [patch])
     except CommandError as exc:
+        restore(runner, repo, sorted(set(written)))
         raise conflict(runner, repo, patches, exc) from None
 
 

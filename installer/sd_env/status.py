@@ -64,16 +64,16 @@ def collect(manifest: Manifest, paths: Paths, runner: Runner, python: Path | Non
 
 
 def _patch_states(runner: Runner, comp, checkout: Path, rec, row: ComponentStatus):
-    series, notes = applicable(runner, comp, checkout)
+    try:
+        series, notes = applicable(runner, comp, checkout, rec.source if rec else "git")
+        seen = patches.observe(runner, checkout, series)
+    except SdEnvError as exc:
+        for path in comp.patches:
+            row.patches[path.name] = f"conflict: {exc.message}"
+        return None
     for note in notes:
         row.patches[note.detail.split(":")[0]] = "not applicable to this source"
     recorded = {p.name: p.sha256 for p in (rec.patches if rec else [])}
-    try:
-        seen = patches.observe(runner, checkout, series)
-    except SdEnvError as exc:
-        for p in series:
-            row.patches[p.name] = f"conflict: {exc.message}"
-        return None
     for p in series:
         if seen.kind == "applied" and p.name in recorded and recorded[p.name] != p.sha256:
             row.patches[p.name] = "applied (patch file changed since; it matches the new file)"

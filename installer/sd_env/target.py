@@ -58,9 +58,10 @@ def install_editable(runner: Runner, python: Path, checkout: Path) -> None:
     """Editable install with no dependency resolution (the lock did that) and no isolated
     build env (the target's own setuptools builds, so no index is needed for it)."""
     flags = ["--no-deps", "--no-build-isolation", "-e", str(checkout)]
+    pep517 = ["--use-pep517"]  # old pips fall back to `setup.py develop` (no direct_url.json) without it
     hint = "the target needs pip and setuptools>=64 (they are in the lock); see the log for the build output"
     if _has_pip(runner, python):
-        runner.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *flags],
+        runner.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *pep517, *flags],
                    hint=hint)
     elif shutil.which("uv"):
         runner.run(["uv", "pip", "install", "--python", str(python), *flags], hint=hint)

@@ -1,0 +1,196 @@
+"""Fixtures: tiny upstream git repos with tags, patches made from real diffs,
+manifests pointing at them, and a real target virtualenv."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sd_env.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Upstream", "GIT_AUTHOR_EMAIL": "up@example.org",
+    "GIT_COMMITTER_NAME": "Upstream", "GIT_COMMITTER_EMAIL": "up@example.org",
+    "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+CORE = '''"""tinypkg core: stands in for accelerate's accelerator.py."""
+
+
+def device_kind(name):
+    if name.startswith("cuda"):
+        return "gpu"
+    return "cpu"
+
+
+def scaler_for(kind):
+    if kind == "gpu":
+        return "cuda.GradScaler"
+    return None
+'''
+
+SETUP = '''from setuptools import setup, find_packages
+
+setup(name="tinypkg", version="1.0", package_dir={"": "src"}, packages=find_packages("src"))
+'''
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {**os.environ, **GIT_ENV}
+    return subprocess.run(["git", "-C", str(repo), *args], env=env, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+@dataclass
+class Upstream:
+    """A tiny upstream project in a git repo, released as tags."""
+
+    repo: Path
+
+    @property
+    def url(self) -> str:
+        return self.repo.as_uri()
+
+    def write(self, rel: str, text: str) -> None:
+        path = self.repo / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    def release(self, tag: str, message: str = "release") -> str:
+        git(self.repo, "add", "-A")
+        git(self.repo, "commit", "-q", "--allow-empty", "-m", message)
+        git(self.repo, "tag", "-a", "-f", tag, "-m", tag)
+        return git(self.repo, "rev-parse", "HEAD")
+
+    def diff(self, edits: dict[str, str], header: str = "Description: test patch\n\n") -> str:
+        """A git diff (with full index lines) of `edits` against HEAD; the repo is left as it was."""
+        for rel, text in edits.items():
+            self.write(rel, text)
+        git(self.repo, "add", "-A")
+        text = git(self.repo, "diff", "--cached", "--full-index", "HEAD")
+        git(self.repo, "reset", "-q", "--hard", "HEAD")
+        return header + text + "\n"
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Upstream:
+    repo = tmp_path / "upstream" / "tinypkg"
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    up = Upstream(repo)
+    up.write("setup.py", SETUP)
+    up.write("src/tinypkg/__init__.py", '__version__ = "1.0"\n')
+    up.write("src/tinypkg/core.py", CORE)
+    up.write("examples/train.py", "import tinypkg\nprint('training')\n")
+    up.release("v1.0")
+    return up
+
+
+TPU_PATCH = {"src/tinypkg/core.py": CORE.replace(
+    '    if name.startswith("cuda"):\n        return "gpu"\n',
+    '    if name.startswith("cuda"):\n        return "gpu"\n    if name.startswith("tpu"):\n'
+    '        return "tpu"\n').replace(
+    '        return "cuda.GradScaler"\n', '        return "cuda.GradScaler"\n    if kind == "tpu":\n'
+    '        return "torch_tpu.GradScaler"\n')}
+
+
+@dataclass
+class Project:
+    """A manifest + patches folder + home, as a user's project would have them."""
+
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifests" / "test.toml"
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    def add_patch(self, name: str, text: str) -> Path:
+        path = self.root / "patches" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def write_manifest(self, components: list[dict], extra: str = "") -> Path:
+        lines = ['schema = 1', 'name = "test"', 'python = "3.9"', 'device = "tpu:0"',
+                 'patches_dir = "../patches"', extra,
+                 '[torch]', 'requirements = ["torch==2.1.0"]', 'index = "https://pypi.org/simple"', '']
+        for comp in components:
+            lines.append("[[component]]")
+            for key, value in comp.items():
+                if isinstance(value, list):
+                    lines.append(f"{key} = [{', '.join(repr(v) for v in value)}]".replace("'", '"'))
+                elif isinstance(value, bool):
+                    lines.append(f"{key} = {str(value).lower()}")
+                else:
+                    lines.append(f'{key} = "{value}"')
+            lines.append("")
+        self.manifest.parent.mkdir(parents=True, exist_ok=True)
+        self.manifest.write_text("\n".join(lines))
+        return self.manifest
+
+    def cli(self, *args: str, python: Path | None = None) -> int:
+        argv = [args[0], "-m", str(self.manifest), "--home", str(self.home), *args[1:]]
+        if python is not None:
+            argv += ["--python", str(python)]
+        return main(argv)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return Project(tmp_path / "project")
+
+
+def tiny_component(up: Upstream, commit: str | None, patches: list[str] | None = None, **kw) -> dict:
+    comp = {"name": "tinypkg", "git": up.url, "tag": "v1.0", "version": "1.0"}
+    if commit:
+        comp["commit"] = commit
+    if patches is not None:
+        comp["patches"] = patches
+    comp.update(kw)
+    return comp
+
+
+@pytest.fixture(scope="session")
+def target_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real venv to install into, with setuptools>=64 for PEP 660 editable builds.
+
+    Made with the interpreter running the tests; setuptools comes from the
+    configured package index (pip's cache makes later sessions fast).
+    """
+    where = tmp_path_factory.mktemp("target") / "venv"
+    venv.EnvBuilder(with_pip=True).create(where)
+    python = where / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    "setuptools>=64,<70", "wheel"], check=True)
+    return python
+
+
+def run_in(python: Path, code: str) -> str:
+    return subprocess.run([str(python), "-c", code], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture
+def fresh_target(tmp_path: Path, target_python: Path) -> Path:
+    """A per-test venv sharing the session venv's packages (fast), but with its own site."""
+    where = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False, system_site_packages=False).create(where)
+    site = run_in(where / "bin" / "python", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    shared = run_in(target_python, "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    # pip, setuptools and wheel come from the session venv through a .pth file.
+    Path(site, "_shared_build_tools.pth").write_text(shared + "\n")
+    return where / "bin" / "python"
+
+
+__all__ = ["CORE", "ROOT", "TPU_PATCH", "Project", "Upstream", "git", "run_in", "sys", "tiny_component"]
