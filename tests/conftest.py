@@ -122,7 +122,8 @@ class Project:
         return path
 
     def write_manifest(self, components: list[dict], extra: str = "") -> Path:
-        lines = ['schema = 1', 'name = "test"', 'python = "3.9"', 'device = "tpu:0"',
+        here = f"{sys.version_info[0]}.{sys.version_info[1]}"  # the test venvs' version
+        lines = ['schema = 1', 'name = "test"', f'python = "{here}"', 'device = "tpu:0"',
                  'patches_dir = "../patches"', extra,
                  '[torch]', 'requirements = ["torch==2.1.0"]', 'index = "https://pypi.org/simple"', '']
         for comp in components:

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from sd_env import __version__, install, manifest, sources, status, target
+from sd_env import __version__, envs, install, lockfile, manifest, sources, status, target
 from sd_env.errors import InputError, SdEnvError
 from sd_env.paths import Paths, default_home
 from sd_env.report import console, dump_json, exit_code, table
@@ -55,7 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(also ${sources.ENV_MIRROR})")
     p.add_argument("--no-sdist-fallback", action="store_true",
                    help="fail instead of using the PyPI sdist when git is unreachable")
+    p.add_argument("--index-url", default=None,
+                   help="package index for the lock (default: $PIP_INDEX_URL, pip.conf, PyPI)")
+    p.add_argument("--torch-tpu-wheel", metavar="PATH_OR_URL", default=os.environ.get("SD_ENV_TORCH_TPU_WHEEL"),
+                   help="Sophgo's torch_tpu wheel (overrides the manifest; also $SD_ENV_TORCH_TPU_WHEEL)")
+    p.add_argument("--no-uv", action="store_true", help="install the lock with pip even when uv is available")
     p.set_defaults(func=_cmd_install)
+
+    p = sub.add_parser("lock", parents=[common], help="re-resolve the era lock from the manifest (needs uv)")
+    p.add_argument("--flavour", choices=("cpu", "pypi"), default="pypi",
+                   help="which torch flavour to lock (default: pypi)")
+    p.set_defaults(func=_cmd_lock)
 
     p = sub.add_parser("status", parents=[common], help="show what is pinned, patched, installed, drifted")
     p.set_defaults(func=_cmd_status)
@@ -95,8 +105,11 @@ def _setup(args: argparse.Namespace, command: str) -> tuple[manifest.Manifest, P
 
 def _cmd_install(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "install")
-    python = target.find_python(args.python)
-    opts = install.Options(python, mirror=args.git_mirror, sdist_fallback=not args.no_sdist_fallback)
+    python, how = envs.resolve(runner, args.python, paths.home, man.python)
+    console(stderr=True).print(f"* target: {python} ({how})", markup=False)
+    opts = install.Options(python, mirror=args.git_mirror, sdist_fallback=not args.no_sdist_fallback,
+                           index_url=args.index_url, torch_tpu_wheel=args.torch_tpu_wheel,
+                           use_uv=not args.no_uv)
     outcome = install.run(man, paths, runner, opts)
     if args.json:
         dump_json("install", outcome.results, {"home": str(paths.home), "python": str(python),
@@ -107,6 +120,17 @@ def _cmd_install(args: argparse.Namespace) -> int:
         _error(outcome.error, args._log)
         return outcome.error.exit_code
     return exit_code(outcome.results)
+
+
+def _cmd_lock(args: argparse.Namespace) -> int:
+    man, _paths, runner = _setup(args, "lock")
+    if man.lock is None:
+        raise InputError(f"{man.path}: no [lock] table", "add one (see manifests/sc7-sd14-lora.toml)")
+    console(stderr=True).print(f"* resolving the {args.flavour} flavour of {man.name}", markup=False)
+    out = lockfile.compile_lock(man, args.flavour, runner)
+    lock = lockfile.read(out)
+    console().print(f"wrote {out} ({len(lock.pins)} packages, all hashed)", markup=False)
+    return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

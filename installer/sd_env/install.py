@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd_env import gitcmd, patches, sources, state, target
+from sd_env import closure, envs, gitcmd, lockfile, manifest, patches, sources, state, target, torchtpu
 from sd_env.errors import CommandError, PatchConflict, SdEnvError, StepError
 from sd_env.manifest import Component, Manifest
 from sd_env.paths import Paths
 from sd_env.plan import BUILD, CHECKOUT, FETCH, PATCH, RESTORE, Observed, plan
-from sd_env.report import FAIL, OK, WARN, Result, progress
+from sd_env.report import FAIL, OK, SKIPPED, WARN, Result, progress
 from sd_env.runner import Runner
 
 APPLIED_DIR = Path(".git") / "sd-env" / "applied"  # copies of the applied series, inside the checkout
@@ -29,6 +29,9 @@ class Options:
     python: Path
     mirror: str | None = None
     sdist_fallback: bool = True
+    index_url: str | None = None  # for the lock install; pip also reads its own config
+    torch_tpu_wheel: str | None = None  # overrides the manifest's wheel location
+    use_uv: bool = True
 
 
 class LocalEdits(StepError):
@@ -72,30 +75,99 @@ class Outcome:
 
 
 def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outcome:
-    """Install every component in manifest order; stop at the first failure."""
+    """Environment, lock, components, torch_tpu, in that order; stop at the first failure."""
     record = state.load(paths.state)
-    installed = target.installed(runner, opts.python, [c.name for c in manifest.components])
     outcome = Outcome([])
-    built = []
+    where = "env"
     try:
+        inv = envs.inventory(runner, opts.python)
+        torchtpu.refuse_installed_google(inv)
+        changed = False
+        if manifest.lock is not None:
+            result = _closure(manifest, runner, opts, inv)
+            changed = result.detail.startswith("installed")
+            outcome.results.append(result)
+        installed = target.installed(runner, opts.python, [c.name for c in manifest.components])
+        built = []
         for comp in manifest.components:
-            try:
-                done = _component(comp, paths, runner, opts, record, installed.get(comp.name))
-            except SdEnvError as exc:
-                outcome.results.append(Result(comp.name, "error", FAIL, exc.message.splitlines()[0]))
-                outcome.error = exc
-                return outcome
+            where = comp.name
+            done = _component(comp, paths, runner, opts, record, installed.get(comp.name))
             outcome.results += done
             built += [comp.name for r in done if r.step == BUILD]
+        where = "env"
         if built:
             _confirm_builds(paths, runner, opts, built)
+        where = "torch_tpu"
+        tpu = _torch_tpu(manifest, paths, runner, opts, record, inv)
+        outcome.results.append(tpu)
+        if changed or built or tpu.detail.startswith("installed"):
+            outcome.results.append(_pip_check(runner, opts.python))
     except SdEnvError as exc:
-        outcome.results.append(Result("-", "build", FAIL, exc.message.splitlines()[0]))
+        outcome.results.append(Result(where, "error", FAIL, exc.message.splitlines()[0]))
         outcome.error = exc
     finally:
         state.save(record, paths.state)
         shutil.rmtree(paths.work, ignore_errors=True)
     return outcome
+
+
+def _closure(man: Manifest, runner: Runner, opts: Options, inv: envs.Inventory) -> Result:
+    """Install whatever of the lock is missing or at another version; nothing when all is there."""
+    assert man.lock is not None
+    started = time.monotonic()
+    flavour = lockfile.flavour_order(man)[0]
+    lock = lockfile.read(man.lock.files[flavour])
+    if torchtpu.NAME in lock.pins:
+        raise StepError(f"{lock.path} pins torch-tpu from the index", torchtpu.COLLISION
+                        + "; remove it from the lock: Sophgo's wheel is installed from [torch_tpu]")
+    wrong = closure.missing(lock, inv)
+    if not wrong:
+        return Result("env", "lock", OK, f"all {len(lock.pins)} locked packages present ({flavour} flavour)")
+    if flavour == "pypi":
+        progress("WARNING: using the PyPI flavour of the lock: PyPI's torch 2.1.0 for Linux is the CUDA "
+                 "build (about 2.8 GB more with its nvidia-* packages); the CPU build needs a lock of the "
+                 "\"cpu\" flavour (`sd-env lock --flavour cpu` where the PyTorch CPU index is reachable)")
+    progress(f"installing {len(wrong)} of {len(lock.pins)} locked packages (hash-checked, no resolution)")
+    tool = closure.install(runner, opts.python, lock, index=opts.index_url, use_uv=opts.use_uv)
+    shown = ", ".join(f"{n}=={v[0]}" for n, v in sorted(wrong.items())[:4])
+    more = f" and {len(wrong) - 4} more" if len(wrong) > 4 else ""
+    return Result("env", "lock", OK, f"installed {len(wrong)} packages with {tool} ({flavour} flavour): "
+                  f"{shown}{more}", time.monotonic() - started)
+
+
+def _torch_tpu(man: Manifest, paths: Paths, runner: Runner, opts: Options, record: state.State,
+               inv: envs.Inventory) -> Result:
+    started = time.monotonic()
+    location = opts.torch_tpu_wheel or (man.torch_tpu.location if man.torch_tpu else None)
+    if not location:
+        return Result("torch_tpu", "wheel", SKIPPED, "no torch_tpu wheel in the manifest: CPU-only environment")
+    spec = man.torch_tpu or manifest.WheelSpec(location, None)
+    path = torchtpu.local_wheel(location, paths.home / "wheels")
+    if path is None:
+        return Result("torch_tpu", "wheel", WARN,
+                      f"no wheel at {location}: the environment is CPU-only. Get "
+                      f"{Path(location).name} from {torchtpu.SOPHGO_RELEASES}, put it there "
+                      "(or pass --torch-tpu-wheel PATH) and run `sd-env install` again")
+    digest = torchtpu.check_wheel(spec, path)
+    version = torchtpu.wheel_metadata(path)["version"]
+    have = [e["version"] for n, es in inv.dists.items() if n.lower().replace("_", "-") == torchtpu.NAME for e in es]
+    if have == [version] and record.wheels.get(path.name) == digest:
+        return Result("torch_tpu", "wheel", OK, f"torch_tpu {version} already installed from {path.name}")
+    progress(f"installing torch_tpu {version} from {path}")
+    closure.install_file(runner, opts.python, path, use_uv=opts.use_uv)
+    first = path.name not in record.wheels and not spec.sha256
+    record.wheels[path.name] = digest
+    note = f"; recorded sha256 {digest} (add it to the manifest's [torch_tpu] to pin it)" if first else ""
+    return Result("torch_tpu", "wheel", OK, f"installed torch_tpu {version} from {path.name}{note}",
+                  time.monotonic() - started)
+
+
+def _pip_check(runner: Runner, python: Path) -> Result:
+    got = runner.run([str(python), "-m", "pip", "check"], check=False, timeout=300)
+    text = (got.stdout + got.stderr).strip()
+    if got.returncode == 0:
+        return Result("env", "pip check", OK, text.splitlines()[-1] if text else "no broken requirements")
+    return Result("env", "pip check", WARN, "; ".join(text.splitlines()[:3]))
 
 
 def _component(comp: Component, paths: Paths, runner: Runner, opts: Options,

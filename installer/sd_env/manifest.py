@@ -56,6 +56,17 @@ class WheelSpec:
 
 
 @dataclass(frozen=True)
+class LockSpec:
+    """How the closure is resolved (`sd-env lock`) and where each flavour's lock lives."""
+
+    requirements: Path
+    platform: str
+    exclude_newer: str
+    exclude_newer_package: dict[str, str]
+    files: dict[str, Path]  # flavour ("cpu": the torch index, "pypi": the fallback) -> lock file
+
+
+@dataclass(frozen=True)
 class Manifest:
     path: Path
     name: str
@@ -63,7 +74,7 @@ class Manifest:
     device: str
     torch: TorchSpec
     torch_tpu: WheelSpec | None
-    locks: dict[str, Path]
+    lock: LockSpec | None
     components: tuple[Component, ...]
 
     def component(self, name: str) -> Component:
@@ -110,8 +121,7 @@ def parse(data: dict[str, Any], path: Path) -> Manifest:
     patches_dir = base / t.get("patches_dir", str, default="../patches")
     torch = _torch(t.table("torch"))
     wheel = _wheel(t.table("torch_tpu"), base) if "torch_tpu" in data else None
-    lock_t = t.table("lock", required=False)
-    locks = {flavour: base / lock_t.get(flavour, str) for flavour in lock_t.keys()}  # noqa: SIM118
+    lock = _lock(t.table("lock"), base) if "lock" in data else None
 
     comps = [_component(c, patches_dir) for c in t.tables("component")]
     seen: set[str] = set()
@@ -120,7 +130,7 @@ def parse(data: dict[str, Any], path: Path) -> Manifest:
             raise ManifestError(path, f"component[{i}].name", f"{comp.name!r} is declared twice",
                                 "give each [[component]] its own name, or delete the copy")
         seen.add(comp.name)
-    return Manifest(path, name, python, device, torch, wheel, locks, tuple(comps))
+    return Manifest(path, name, python, device, torch, wheel, lock, tuple(comps))
 
 
 def _torch(t: _Table) -> TorchSpec:
@@ -129,6 +139,31 @@ def _torch(t: _Table) -> TorchSpec:
     for i, req in enumerate(reqs):
         _pinned(t, f"requirements[{i}]", req)
     return TorchSpec(tuple(reqs), t.get("index", str), t.get("fallback_index", str, default=None))
+
+
+FLAVOURS = ("cpu", "pypi")
+_STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+
+
+def _lock(t: _Table, base: Path) -> LockSpec:
+    t.allow("requirements", "platform", "exclude_newer", "exclude_newer_package", "files")
+    stamps = {"exclude_newer": t.get("exclude_newer", str)}
+    per_package = t.table("exclude_newer_package", required=False)
+    for name in per_package.keys():
+        stamps[f"exclude_newer_package.{name}"] = per_package.get(name, str)
+    for key, stamp in stamps.items():
+        if not _STAMP.match(stamp):
+            raise ManifestError(t.path, t.key(key), f"{stamp!r} is not a UTC timestamp",
+                                'write it like "2023-08-31T00:00:00Z"')
+    files_t = t.table("files")
+    files = {}
+    for flavour in files_t.keys():
+        if flavour not in FLAVOURS:
+            raise ManifestError(t.path, files_t.key(flavour), "unknown torch flavour",
+                                f"use one of: {', '.join(FLAVOURS)}")
+        files[flavour] = base / files_t.get(flavour, str)
+    return LockSpec(base / t.get("requirements", str), t.get("platform", str, default="x86_64-unknown-linux-gnu"),
+                    stamps["exclude_newer"], {k: per_package.get(k, str) for k in per_package.keys()}, files)
 
 
 def _wheel(t: _Table, base: Path) -> WheelSpec:

@@ -33,15 +33,16 @@ class ComponentState:
     recorded_commit: bool = False  # the commit was not in the manifest; recorded on first clone
     sdist_sha256: str | None = None
     patches: list[AppliedPatch] = field(default_factory=list)
-    applying: bool = False  # set before a series is written, cleared after
 
 
 @dataclass
 class State:
     components: dict[str, ComponentState] = field(default_factory=dict)
+    wheels: dict[str, str] = field(default_factory=dict)  # wheel file name -> sha256 seen on first use
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": VERSION, "components": {k: asdict(v) for k, v in self.components.items()}}
+        return {"version": VERSION, "components": {k: asdict(v) for k, v in self.components.items()},
+                "wheels": self.wheels}
 
 
 def load(path: Path) -> State:
@@ -55,7 +56,7 @@ def load(path: Path) -> State:
     for name, raw in data.get("components", {}).items():
         patches = [AppliedPatch(**p) for p in raw.pop("patches", [])]
         comps[name] = ComponentState(**raw, patches=patches)
-    return State(comps)
+    return State(comps, dict(data.get("wheels", {})))
 
 
 def save(state: State, path: Path) -> None:

@@ -1,0 +1,133 @@
+"""Find or create the target environment (Python 3.9 by default).
+
+Order: --python / $SD_ENV_PYTHON (an environment is used as it is; a bare
+interpreter becomes the base of a new venv), the active venv, the active
+conda env (not `base`), an earlier `<home>/venv`, then a new one made with
+conda, pyenv's 3.9 or python3.9 on PATH.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from sd_env.errors import InputError
+from sd_env.report import progress
+from sd_env.runner import Runner
+from sd_env.target import _interpreter
+
+
+@dataclass(frozen=True)
+class Inventory:
+    python: tuple[int, int, int]
+    executable: str
+    prefix: str
+    is_env: bool
+    dists: dict[str, list[dict]]  # name as written -> one entry per installed copy
+
+
+def inventory(runner: Runner, python: Path) -> Inventory:
+    """What the interpreter is and has, asked in a subprocess (a broken env cannot crash sd-env)."""
+    probe = resources.files("sd_env") / "probes" / "inventory.py"
+    with resources.as_file(probe) as script:
+        out = runner.run([str(python), "-I", str(script)], timeout=120,
+                         hint=f"{python} does not run; recreate the environment").stdout
+    data = json.loads(out)
+    return Inventory(tuple(data["python"]), data["executable"], data["prefix"], data["is_env"],
+                     data["dists"])
+
+
+def resolve(runner: Runner, explicit: str | None, home: Path, want: str) -> tuple[Path, str]:
+    """The target interpreter, creating `<home>/venv` when needed; also says how it was found."""
+    base: tuple[Path, str] | None = None
+    for value, source in ((explicit, "--python"), (os.environ.get("SD_ENV_PYTHON"), "$SD_ENV_PYTHON")):
+        if value:
+            python = _interpreter(Path(value).expanduser(), source)
+            if inventory(runner, python).is_env:
+                return _checked(runner, python, want, source), source
+            base = (python, source)  # a bare interpreter: the base of <home>/venv
+            break
+    if base is None and os.environ.get("VIRTUAL_ENV"):
+        python = _interpreter(Path(os.environ["VIRTUAL_ENV"]), "$VIRTUAL_ENV")
+        return _checked(runner, python, want, "the active venv"), "the active venv"
+    conda_env = os.environ.get("CONDA_PREFIX")
+    if base is None and conda_env and os.environ.get("CONDA_DEFAULT_ENV", "") != "base":
+        python = _interpreter(Path(conda_env), "$CONDA_PREFIX")
+        return _checked(runner, python, want, "the active conda env"), "the active conda env"
+    venv_dir = home / "venv"
+    existing = venv_dir / "bin" / "python"
+    if existing.exists() and (venv_dir / COMPLETE).exists():
+        return _checked(runner, existing, want, str(venv_dir)), str(venv_dir)
+    if base is not None:
+        return _create_venv(runner, base[0], venv_dir, want, base[1]), f"new venv from {base[1]}"
+    conda = shutil.which("conda")
+    if conda:
+        progress(f"creating a conda env with Python {want} at {venv_dir}")
+        shutil.rmtree(venv_dir, ignore_errors=True)
+        runner.run([conda, "create", "-y", "-q", "-p", str(venv_dir), f"python={want}"],
+                   timeout=1800, hint="conda could not create the environment; see the log")
+        (venv_dir / COMPLETE).write_text("created by conda\n")
+        return _checked(runner, existing, want, "conda"), "new conda env"
+    found = find_base(want)
+    if found is None:
+        raise InputError(
+            f"no Python {want} found (looked at --python, $SD_ENV_PYTHON, the active venv/conda env, "
+            f"conda, pyenv and python{want} on PATH)",
+            f"install one, then run again: `conda create -n sd python={want}` and activate it; or "
+            f"`pyenv install {want}`; or `sudo apt install python{want} python{want}-venv`; or pass "
+            f"--python /path/to/python{want}")
+    return _create_venv(runner, found, venv_dir, want, str(found)), f"new venv from {found}"
+
+
+def find_base(want: str) -> Path | None:
+    """A bare interpreter of version `want`: pyenv's, then python3.X on PATH."""
+    candidates = []
+    pyenv = shutil.which("pyenv")
+    if pyenv:
+        root = subprocess.run([pyenv, "root"], capture_output=True, text=True).stdout.strip()
+        found = glob.glob(os.path.join(root, "versions", f"{want}*", "bin", "python"))
+        candidates += sorted(found, key=_version_key, reverse=True)
+    if shutil.which(f"python{want}"):
+        candidates.append(shutil.which(f"python{want}"))
+    for candidate in candidates:
+        out = subprocess.run([candidate, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip() == want:
+            return Path(candidate)
+    return None
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    version = Path(path).parents[1].name
+    return tuple(int(p) if p.isdigit() else -1 for p in version.split("."))
+
+
+COMPLETE = ".sd-env-complete"  # written last: a venv without it was interrupted mid-creation
+
+
+def _create_venv(runner: Runner, base: Path, where: Path, want: str, source: str) -> Path:
+    _check_version(runner, base, want, source)
+    progress(f"creating the target venv {where} with {base}")
+    shutil.rmtree(where, ignore_errors=True)  # only ever a half-made one (see COMPLETE)
+    runner.run([str(base), "-m", "venv", str(where)], timeout=600,
+               hint=f"on Debian/Ubuntu: sudo apt install python{want}-venv")
+    (where / COMPLETE).write_text(f"created from {base}\n")
+    return where / "bin" / "python"
+
+
+def _checked(runner: Runner, python: Path, want: str, source: str) -> Path:
+    _check_version(runner, python, want, source)
+    return python
+
+
+def _check_version(runner: Runner, python: Path, want: str, source: str) -> None:
+    have = inventory(runner, python).python
+    if f"{have[0]}.{have[1]}" != want:
+        raise InputError(f"{source}: {python} is Python {have[0]}.{have[1]}.{have[2]}, the manifest wants {want}",
+                         f"point --python at a Python {want} interpreter or environment")

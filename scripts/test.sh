@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command (README): makes .venv with Python 3.9 when there is one
+# (the target's version; else any Python >= 3.9), installs sd-env with its
+# test extras, and runs pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/find-python.sh
+py=$(find_python 9 9 || find_python 9) || { echo "error: no Python >= 3.9 found" >&2; exit 2; }
+if [ ! -x .venv/bin/python ]; then
+  echo "* creating .venv with $py"
+  "$py" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+export PATH="$PWD/.venv/bin:$PATH"
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,70 @@
+"""Finding or creating the target environment, with real interpreters and venvs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from sd_env import envs
+from sd_env.envs import COMPLETE
+from sd_env.errors import InputError
+from sd_env.runner import Runner
+
+HERE = f"{sys.version_info[0]}.{sys.version_info[1]}"
+BASE = Path(sys.base_prefix) / "bin" / f"python{HERE}"
+
+
+@pytest.fixture(autouse=True)
+def no_active_env(monkeypatch):
+    for var in ("VIRTUAL_ENV", "CONDA_PREFIX", "SD_ENV_PYTHON", "CONDA_DEFAULT_ENV"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_bare_interpreter_becomes_base_of_a_new_venv_once(tmp_path):
+    runner = Runner()
+    python, how = envs.resolve(runner, str(BASE), tmp_path, HERE)
+    assert python == tmp_path / "venv" / "bin" / "python"
+    assert how == "new venv from --python"
+    assert (tmp_path / "venv" / COMPLETE).exists()
+    again = Runner()
+    assert envs.resolve(again, str(BASE), tmp_path, HERE)[0] == python
+    assert again.count("venv") == 0  # reused, not recreated
+
+
+def test_half_made_venv_is_recreated(tmp_path):
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").symlink_to(BASE)
+    (tmp_path / "venv" / "leftover").write_text("x")
+    runner = Runner()
+    python, _ = envs.resolve(runner, str(BASE), tmp_path, HERE)
+    assert runner.count("venv") == 1
+    assert not (tmp_path / "venv" / "leftover").exists()
+    assert envs.inventory(runner, python).is_env
+
+
+def test_an_environment_is_used_as_it_is(tmp_path, target_python):
+    python, how = envs.resolve(Runner(), str(target_python), tmp_path, HERE)
+    assert python == target_python and how == "--python"
+    assert not (tmp_path / "venv").exists()
+
+
+def test_active_venv_is_the_target(tmp_path, target_python, monkeypatch):
+    monkeypatch.setenv("VIRTUAL_ENV", str(target_python.parents[1]))
+    python, how = envs.resolve(Runner(), None, tmp_path, HERE)
+    assert python == target_python and how == "the active venv"
+
+
+def test_wrong_version_is_bad_input(tmp_path, target_python):
+    with pytest.raises(InputError, match=f"is Python {HERE}.*the manifest wants 3.8") as info:
+        envs.resolve(Runner(), str(target_python), tmp_path, "3.8")
+    assert info.value.exit_code == 2
+
+
+def test_no_interpreter_gives_the_commands_that_provide_one(tmp_path):
+    with pytest.raises(InputError) as info:
+        envs.resolve(Runner(), None, tmp_path, "3.99")
+    assert "no Python 3.99 found" in info.value.message
+    for command in ("conda create -n sd python=3.99", "pyenv install 3.99", "apt install python3.99"):
+        assert command in info.value.hint
