@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from sd_env import __version__, envs, install, lockfile, manifest, sources, status, target
+from sd_env import __version__, envs, install, lockfile, manifest, sources, status
 from sd_env.errors import InputError, SdEnvError
 from sd_env.paths import Paths, default_home
 from sd_env.report import console, dump_json, exit_code, table
@@ -99,13 +99,14 @@ def _setup(args: argparse.Namespace, command: str) -> tuple[manifest.Manifest, P
     home = args.home.expanduser().resolve() if args.home else default_home(man.path)
     paths = Paths(home)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    args._log = paths.logs / f"{stamp}-{command}.log"
+    args._log = paths.logs / f"{stamp}-{os.getpid()}-{command}.log"
     return man, paths, Runner(log_path=args._log, echo=args.verbose)
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "install")
     python, how = envs.resolve(runner, args.python, paths.home, man.python)
+    assert python is not None
     console(stderr=True).print(f"* target: {python} ({how})", markup=False)
     opts = install.Options(python, mirror=args.git_mirror, sdist_fallback=not args.no_sdist_fallback,
                            index_url=args.index_url, torch_tpu_wheel=args.torch_tpu_wheel,
@@ -135,10 +136,7 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "status")
-    try:
-        python: Path | None = target.find_python(args.python)
-    except InputError:
-        python = None  # status still shows sources and patches without a target
+    python, _how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
     rows = status.collect(man, paths, runner, python)
     status.render(rows, args.json, paths)
     return 0

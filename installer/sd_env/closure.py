@@ -63,13 +63,13 @@ def install(runner: Runner, python: Path, lock: Lock, *, index: str | None, use_
                     "-r", str(lock.path)]
             if not os.environ.get("UV_INDEX_URL") and not os.environ.get("UV_DEFAULT_INDEX"):
                 argv += ["--index-url", index_url(index, runner)]
-            runner.run(argv, timeout=3600)
+            runner.run(argv, timeout=3600, label=f"uv: installing {len(lock.pins)} locked packages")
             return "uv"
         argv = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--require-hashes",
                 "--no-deps", "-r", str(lock.path)]
         if index:
             argv += ["--index-url", index]
-        runner.run(argv, timeout=3600)
+        runner.run(argv, timeout=3600, label=f"pip: installing {len(lock.pins)} locked packages")
         return "pip"
     except CommandError as exc:
         raise _explain(exc, lock) from None

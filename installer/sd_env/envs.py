@@ -20,7 +20,6 @@ from pathlib import Path
 from sd_env.errors import InputError
 from sd_env.report import progress
 from sd_env.runner import Runner
-from sd_env.target import _interpreter
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,10 @@ def inventory(runner: Runner, python: Path) -> Inventory:
                      data["dists"])
 
 
-def resolve(runner: Runner, explicit: str | None, home: Path, want: str) -> tuple[Path, str]:
-    """The target interpreter, creating `<home>/venv` when needed; also says how it was found."""
+def resolve(runner: Runner, explicit: str | None, home: Path, want: str,
+            create: bool = True) -> tuple[Path | None, str]:
+    """The target interpreter and how it was found; `<home>/venv` is created when needed
+    unless `create` is False (read-only commands), which gives None instead."""
     base: tuple[Path, str] | None = None
     for value, source in ((explicit, "--python"), (os.environ.get("SD_ENV_PYTHON"), "$SD_ENV_PYTHON")):
         if value:
@@ -64,6 +65,8 @@ def resolve(runner: Runner, explicit: str | None, home: Path, want: str) -> tupl
     existing = venv_dir / "bin" / "python"
     if existing.exists() and (venv_dir / COMPLETE).exists():
         return _checked(runner, existing, want, str(venv_dir)), str(venv_dir)
+    if not create:
+        return None, "no target environment yet (run `sd-env install`)"
     if base is not None:
         return _create_venv(runner, base[0], venv_dir, want, base[1]), f"new venv from {base[1]}"
     conda = shutil.which("conda")
@@ -83,6 +86,18 @@ def resolve(runner: Runner, explicit: str | None, home: Path, want: str) -> tupl
             f"`pyenv install {want}`; or `sudo apt install python{want} python{want}-venv`; or pass "
             f"--python /path/to/python{want}")
     return _create_venv(runner, found, venv_dir, want, str(found)), f"new venv from {found}"
+
+
+def _interpreter(path: Path, source: str) -> Path:
+    """An interpreter path, or the interpreter of an environment folder."""
+    if path.is_dir():
+        for candidate in (path / "bin" / "python", path / "Scripts" / "python.exe", path / "python"):
+            if candidate.exists():
+                return candidate.absolute()
+        raise InputError(f"{source}: {path} has no bin/python", "name an interpreter or an environment folder")
+    if not path.exists():
+        raise InputError(f"{source}: {path} does not exist", "name an interpreter or an environment folder")
+    return path.absolute()
 
 
 def find_base(want: str) -> Path | None:

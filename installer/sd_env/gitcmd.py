@@ -18,10 +18,11 @@ FETCH_TIMEOUT = 20 * 60
 
 
 def git(runner: Runner, repo: Path, *args: str, env: dict[str, str] | None = None,
-        check: bool = True, timeout: float = 300, input_text: str | None = None) -> Completed:
+        check: bool = True, timeout: float = 300, input_text: str | None = None,
+        label: str | None = None) -> Completed:
     return runner.run(["git", "-C", str(repo), "-c", "advice.detachedHead=false", *args],
                       env={**GIT_ENV, **(env or {})}, check=check, timeout=timeout,
-                      input_text=input_text)
+                      input_text=input_text, label=label)
 
 
 def out(runner: Runner, repo: Path, *args: str, env: dict[str, str] | None = None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from sd_env.errors import CommandError
 
 DEFAULT_TIMEOUT = 30 * 60
+HEARTBEAT = 30.0  # seconds between "still running" lines off a terminal
 
 
 @dataclass
@@ -44,39 +46,47 @@ class Runner:
         check: bool = True,
         hint: str = "",
         input_text: str | None = None,
+        label: str | None = None,
     ) -> Completed:
+        """Run and wait. With `label`, a long command shows it is alive: a spinner with
+        the elapsed time on a terminal, else a line every HEARTBEAT seconds."""
         args = [os.fspath(a) for a in argv]
         self.calls.append(args)
         full_env = dict(os.environ)
         full_env.update(env or {})
         started = time.monotonic()
         try:
-            proc = subprocess.run(
-                args,
-                cwd=cwd,
-                env=full_env,
-                input=input_text,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                stdin=None if input_text is not None else subprocess.DEVNULL,
+            proc = subprocess.Popen(
+                args, cwd=cwd, env=full_env, text=True,
+                stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )
-        except subprocess.TimeoutExpired as exc:
-            out = _text(exc.stdout) + _text(exc.stderr)
-            self._log(args, cwd, None, out, time.monotonic() - started)
-            raise CommandError(args, None, out + f"\n(timeout after {timeout:.0f} s)", hint) from None
         except FileNotFoundError:
             raise CommandError(args, 127, f"{args[0]}: command not found", hint) from None
+        with _Heartbeat(label) as beat:
+            pending = input_text
+            while True:
+                left = timeout - (time.monotonic() - started)
+                try:
+                    out, err = proc.communicate(pending, timeout=max(0.1, min(left, HEARTBEAT if label else left)))
+                    break
+                except subprocess.TimeoutExpired:
+                    pending = None
+                    if time.monotonic() - started >= timeout:
+                        proc.kill()
+                        out, err = proc.communicate()
+                        self._log(args, cwd, None, out + err, time.monotonic() - started)
+                        raise CommandError(args, None, out + err + f"\n(timeout after {timeout:.0f} s)",
+                                           hint) from None
+                    beat.tick(time.monotonic() - started)
         seconds = time.monotonic() - started
-        self._log(args, cwd, proc.returncode, proc.stdout + proc.stderr, seconds)
+        self._log(args, cwd, proc.returncode, out + err, seconds)
         if check and proc.returncode != 0:
-            raise CommandError(args, proc.returncode, proc.stdout + proc.stderr, hint)
-        return Completed(args, proc.returncode, proc.stdout, proc.stderr, seconds)
+            raise CommandError(args, proc.returncode, out + err, hint)
+        return Completed(args, proc.returncode, out, err, seconds)
 
     def _log(self, args: list[str], cwd: Path | None, code: int | None, output: str, seconds: float) -> None:
         if self.echo and output:
-            import sys
-
             sys.stderr.write(output if output.endswith("\n") else output + "\n")
         if self.log_path is None:
             return
@@ -92,7 +102,28 @@ class Runner:
         return sum(all(w in call for w in words) for call in self.calls)
 
 
-def _text(data: bytes | str | None) -> str:
-    if data is None:
-        return ""
-    return data if isinstance(data, str) else data.decode("utf-8", "replace")
+class _Heartbeat:
+    """Shows that a labelled command is still running; silent for unlabelled ones."""
+
+    def __init__(self, label: str | None) -> None:
+        self.label = label
+        self.status = None
+
+    def __enter__(self) -> _Heartbeat:
+        if self.label and sys.stderr.isatty():
+            from rich.console import Console
+
+            self.status = Console(stderr=True).status(self.label)
+            self.status.__enter__()
+        return self
+
+    def tick(self, seconds: float) -> None:
+        if self.status is not None:
+            self.status.update(f"{self.label} ({seconds:.0f} s)")
+        elif self.label:
+            sys.stderr.write(f"  ... {self.label}: still running ({seconds:.0f} s)\n")
+            sys.stderr.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.__exit__(None, None, None)

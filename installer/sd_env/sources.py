@@ -67,7 +67,7 @@ def fetch_git(comp: Component, dest: Path, work: Path, runner: Runner, *,
         gitcmd.git(runner, tmp, "remote", "add", "origin", comp.git)
         ref = f"refs/tags/{comp.tag}"
         gitcmd.git(runner, tmp, "fetch", "--depth", "1", "--no-tags", url, f"+{ref}:{ref}",
-                   timeout=gitcmd.FETCH_TIMEOUT)
+                   timeout=gitcmd.FETCH_TIMEOUT, label=f"git: fetching {comp.name} {comp.tag}")
         commit = gitcmd.out(runner, tmp, "rev-parse", f"{ref}^{{commit}}")
         if expect and commit != expect:
             raise MovedTag(

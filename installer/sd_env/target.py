@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from sd_env.errors import InputError, StepError
+from sd_env.errors import StepError
 from sd_env.runner import Runner
 
 
@@ -21,28 +20,6 @@ class Installed:
 
     def points_at(self, checkout: Path) -> bool:
         return self.editable and self.url == checkout.resolve().as_uri()
-
-
-def find_python(explicit: str | None) -> Path:
-    """--python (an interpreter or an environment folder), else the active venv or conda env."""
-    if explicit:
-        return _interpreter(Path(explicit).expanduser(), "--python")
-    for var in ("VIRTUAL_ENV", "CONDA_PREFIX"):
-        if os.environ.get(var):
-            return _interpreter(Path(os.environ[var]), f"${var}")
-    raise InputError("no target environment",
-                     "pass --python PATH (an interpreter or a venv/conda env folder), or activate one")
-
-
-def _interpreter(path: Path, source: str) -> Path:
-    if path.is_dir():
-        for candidate in (path / "bin" / "python", path / "Scripts" / "python.exe", path / "python"):
-            if candidate.exists():
-                return candidate.absolute()
-        raise InputError(f"{source}: {path} has no bin/python", "name an interpreter or an environment folder")
-    if not path.exists():
-        raise InputError(f"{source}: {path} does not exist", "name an interpreter or an environment folder")
-    return path.absolute()
 
 
 def installed(runner: Runner, python: Path, names: list[str]) -> dict[str, Installed]:

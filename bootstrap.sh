@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# ./bootstrap.sh [sd-env install flags...]
+#
+# On a fresh machine: finds a Python >= 3.9 for sd-env itself, installs sd-env
+# into its own venv (.sd-env/tool), then runs `sd-env install` (which finds or
+# creates the Python 3.9 target environment, .sd-env/venv by default) and
+# `sd-env status`. Needs only bash, git and some Python >= 3.9. Re-running on
+# a finished machine changes nothing and takes seconds.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+home=${SD_ENV_HOME:-$here/.sd-env}
+tool=$home/tool
+. "$here/scripts/find-python.sh"
+
+say() { printf '* %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$1" >&2; [ -n "${2:-}" ] && printf 'hint: %s\n' "$2" >&2; exit "${3:-2}"; }
+
+command -v git >/dev/null || die "git is not installed" "install it: sudo apt install git (or: conda install git)"
+py=$(find_python 9) || die "no Python >= 3.9 to run sd-env" \
+  "install one: sudo apt install python3 python3-venv; or conda create -n sd python=3.9; or pyenv install 3.9"
+
+# The tool venv is (re)built only when missing or when pyproject.toml changed
+# (sd-env is installed editable, so code changes need no reinstall).
+stamp=$(sha256sum "$here/pyproject.toml" | cut -c1-16)
+if [ ! -x "$tool/bin/sd-env" ] || [ "$(cat "$tool/.sd-env-stamp" 2>/dev/null)" != "$stamp" ]; then
+  say "installing sd-env into $tool (with $py)"
+  rm -rf "$tool"
+  "$py" -m venv "$tool"
+  "$tool/bin/python" -m pip install -q --disable-pip-version-check -e "$here" \
+    || die "pip could not install sd-env's dependencies" \
+           "check the package index (PIP_INDEX_URL or pip.conf, e.g. a PyPI mirror) and run again" 1
+  # uv makes the 2.8 GB lock install about 4x faster; pip is used without it.
+  "$tool/bin/python" -m pip install -q --disable-pip-version-check uv \
+    || say "uv could not be installed; sd-env will use pip (slower)"
+  echo "$stamp" > "$tool/.sd-env-stamp"
+else
+  say "sd-env is installed in $tool"
+fi
+
+export SD_ENV_HOME="$home"
+"$tool/bin/sd-env" install "$@"
+exec "$tool/bin/sd-env" status

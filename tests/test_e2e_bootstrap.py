@@ -1,0 +1,94 @@
+"""./bootstrap.sh end to end: the default manifest into a fresh Python 3.9 environment.
+
+Downloads the locked closure (2.8 GB, PyPI's CUDA build of torch 2.1.0) on a
+cold machine; git sources fall back to PyPI sdists where GitHub is unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sd_env import lockfile, manifest
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.network]
+
+MANIFEST = manifest.load(ROOT / "manifests" / "sc7-sd14-lora.toml")
+
+
+def bootstrap(home: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "SD_ENV_PYTHON")}
+    env.update(SD_ENV_HOME=str(home), COLUMNS="200")
+    return subprocess.run([str(ROOT / "bootstrap.sh")], env=env, capture_output=True, text=True, timeout=3600)
+
+
+@pytest.fixture(scope="session")
+def bootstrapped(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    home = tmp_path_factory.mktemp("e2e") / "home"
+    first = bootstrap(home)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return home, first
+
+
+def target_run(home: Path, code: str) -> str:
+    python = home / "venv" / "bin" / "python"
+    return subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout.strip()
+
+
+def test_environment_has_the_pinned_stack(bootstrapped):
+    home, _ = bootstrapped
+    versions = json.loads(target_run(home, (
+        "import json, sys, torch, diffusers, transformers, accelerate, numpy, huggingface_hub\n"
+        "print(json.dumps({'python': '%d.%d' % sys.version_info[:2], 'torch': torch.__version__,"
+        " 'diffusers': diffusers.__version__, 'transformers': transformers.__version__,"
+        " 'accelerate': accelerate.__version__, 'numpy': numpy.__version__,"
+        " 'huggingface_hub': huggingface_hub.__version__}))")))
+    assert versions["python"] == MANIFEST.python
+    assert versions["torch"].split("+")[0] == "2.1.0"
+    for comp in MANIFEST.components:
+        assert versions[comp.name] == comp.version
+    lock = lockfile.read(MANIFEST.lock.files["pypi"])
+    assert versions["numpy"] == lock.pins["numpy"] and versions["huggingface_hub"] == lock.pins["huggingface-hub"]
+
+
+def test_pip_check_is_clean(bootstrapped):
+    home, _ = bootstrapped
+    out = subprocess.run([str(home / "venv" / "bin" / "python"), "-m", "pip", "check"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_editable_installs_point_at_the_patched_checkouts(bootstrapped):
+    home, _ = bootstrapped
+    for comp in MANIFEST.components:
+        where = target_run(home, f"import {comp.name}; print({comp.name}.__file__)")
+        assert where.startswith(str(home / "src" / comp.name)), where
+    accelerator = target_run(home, "import accelerate.accelerator as a; print(open(a.__file__).read())")
+    assert "torch_tpu.tpu.amp.GradScaler(**kwargs)" in accelerator
+    assert 'self.device.type == "tpu"' in accelerator
+
+
+def test_first_run_reports_what_it_did(bootstrapped):
+    _, first = bootstrapped
+    assert "installed 87 packages" in first.stdout or "locked packages present" in first.stdout
+    assert "applied accelerate-0.16.0-tpu.diff" in first.stdout
+    assert "CPU-only" in first.stdout  # no Sophgo wheel here, and it says so
+
+
+def test_second_run_is_a_no_op(bootstrapped):
+    home, _ = bootstrapped
+    before = set((home / "logs").glob("*-install.log"))
+    second = bootstrap(home)
+    assert second.returncode == 0, second.stderr
+    assert "installing sd-env" not in second.stderr  # the tool venv was reused
+    (log,) = set((home / "logs").glob("*-install.log")) - before
+    commands = [line for line in log.read_text().splitlines() if line.startswith("$ ")]
+    assert not [c for c in commands if " install " in c or " fetch " in c or " download " in c], commands
+    assert "all 87 locked packages present" in second.stdout
+    assert second.stdout.count("up to date") == len(MANIFEST.components)
