@@ -7,15 +7,20 @@ here: 0 ok, 1 a step failed, 2 bad input.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import json
 import os
 import sys
 from pathlib import Path
 
-from sd_env import __version__, envs, install, lockfile, manifest, sources, status
+from rich.markup import escape
+from rich.table import Table
+
+from sd_env import __version__, envs, install, lockfile, manifest, sources, status, verify
 from sd_env.errors import InputError, SdEnvError
 from sd_env.paths import Paths, default_home
-from sd_env.report import console, dump_json, exit_code, table
+from sd_env.report import REPORT_VERSION, console, dump_json, exit_code, table
 from sd_env.runner import Runner
 
 DEFAULT_MANIFEST = "sc7-sd14-lora.toml"
@@ -61,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Sophgo's torch_tpu wheel (overrides the manifest; also $SD_ENV_TORCH_TPU_WHEEL)")
     p.add_argument("--no-uv", action="store_true", help="install the lock with pip even when uv is available")
     p.set_defaults(func=_cmd_install)
+
+    p = sub.add_parser("verify", parents=[common], help="check the environment and prove it trains")
+    p.add_argument("--quick", action="store_true", help="skip the LoRA training step and inference")
+    p.add_argument("--mixed-precision", choices=("no", "fp16"), default="no",
+                   help="precision of the LoRA step (fp16 needs the card: n/a on the CPU)")
+    p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("lock", parents=[common], help="re-resolve the era lock from the manifest (needs uv)")
     p.add_argument("--flavour", choices=("cpu", "pypi"), default="pypi",
@@ -121,6 +132,36 @@ def _cmd_install(args: argparse.Namespace) -> int:
         _error(outcome.error, args._log)
         return outcome.error.exit_code
     return exit_code(outcome.results)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    man, paths, runner = _setup(args, "verify")
+    python, how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
+    if python is None:
+        raise InputError(f"nothing to verify: {how}", "run ./bootstrap.sh or sd-env install first")
+    ctx = verify.Context(man, paths, runner, python, quick=args.quick, mixed_precision=args.mixed_precision)
+    checks = verify.run(ctx)
+    code = verify.exit_code(checks)
+    block = verify.environment_block(ctx)
+    if args.json:
+        doc = {"version": REPORT_VERSION, "command": "verify", "exit_code": code, "python": str(python),
+               "device": ctx.device, "checks": [dataclasses.asdict(c) for c in checks],
+               "environment": block.splitlines(), "log": str(args._log)}
+        print(json.dumps(doc, indent=2))
+        return code
+    grid = Table(title=f"sd-env verify ({man.name}, {python})", title_justify="left")
+    for col in ("check", "status", "detail", "s"):
+        grid.add_column(col, justify="right" if col == "s" else "left")
+    style = {"ok": "green", "warn": "yellow", "fail": "bold red", "skipped": "dim", "n/a": "dim"}
+    for c in checks:
+        grid.add_row(c.name, f"[{style[c.status]}]{c.status}[/]", escape(c.detail), f"{c.seconds:.1f}")
+    out = console()
+    out.print(grid)
+    out.print("\nFor bug reports (copy and paste):\n" + block, markup=False)
+    failed = [c.name for c in checks if c.status == "fail"]
+    out.print(f"\n{'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'} (log: {args._log})",
+              markup=False)
+    return code
 
 
 def _cmd_lock(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from sd_env.errors import ManifestError
@@ -124,12 +125,15 @@ def parse(data: dict[str, Any], path: Path) -> Manifest:
     lock = _lock(t.table("lock"), base) if "lock" in data else None
 
     comps = [_component(c, patches_dir) for c in t.tables("component")]
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for i, comp in enumerate(comps):
-        if comp.name in seen:
-            raise ManifestError(path, f"component[{i}].name", f"{comp.name!r} is declared twice",
+        # PyPI names compare normalized: "Accelerate" and "accelerate" are one distribution.
+        same = seen.get(canonicalize_name(comp.name))
+        if same is not None:
+            also = "" if same == comp.name else f" (as {same!r})"
+            raise ManifestError(path, f"component[{i}].name", f"{comp.name!r} is declared twice{also}",
                                 "give each [[component]] its own name, or delete the copy")
-        seen.add(comp.name)
+        seen[canonicalize_name(comp.name)] = comp.name
     return Manifest(path, name, python, device, torch, wheel, lock, tuple(comps))
 
 
@@ -149,7 +153,7 @@ def _lock(t: _Table, base: Path) -> LockSpec:
     t.allow("requirements", "platform", "exclude_newer", "exclude_newer_package", "files")
     stamps = {"exclude_newer": t.get("exclude_newer", str)}
     per_package = t.table("exclude_newer_package", required=False)
-    for name in per_package.keys():
+    for name in per_package.names():
         stamps[f"exclude_newer_package.{name}"] = per_package.get(name, str)
     for key, stamp in stamps.items():
         if not _STAMP.match(stamp):
@@ -157,13 +161,14 @@ def _lock(t: _Table, base: Path) -> LockSpec:
                                 'write it like "2023-08-31T00:00:00Z"')
     files_t = t.table("files")
     files = {}
-    for flavour in files_t.keys():
+    for flavour in files_t.names():
         if flavour not in FLAVOURS:
             raise ManifestError(t.path, files_t.key(flavour), "unknown torch flavour",
                                 f"use one of: {', '.join(FLAVOURS)}")
         files[flavour] = base / files_t.get(flavour, str)
-    return LockSpec(base / t.get("requirements", str), t.get("platform", str, default="x86_64-unknown-linux-gnu"),
-                    stamps["exclude_newer"], {k: per_package.get(k, str) for k in per_package.keys()}, files)
+    platform = t.get("platform", str, default="x86_64-unknown-linux-gnu")
+    return LockSpec(base / t.get("requirements", str), platform, stamps["exclude_newer"],
+                    {k: per_package.get(k, str) for k in per_package.names()}, files)
 
 
 def _wheel(t: _Table, base: Path) -> WheelSpec:
@@ -229,38 +234,58 @@ def _pinned(t: _Table, key: str, req: object) -> None:
                             'write NAME==VERSION, e.g. "torch==2.1.0"') from None
 
 
+# How TOML calls each value type, and an example to put in a hint.
+_TOML_TYPES: dict[type, tuple[str, str]] = {
+    str: ("a string", '"..."'), int: ("an integer", "1"), bool: ("a boolean", "true"),
+    list: ("an array", "[...]"), dict: ("a table", "{...}"), float: ("a float", "1.0"),
+}
+
+
+def _toml_type(kind: type) -> str:
+    for python_type, (name, _example) in _TOML_TYPES.items():
+        if issubclass(kind, python_type) and not (python_type is int and kind is bool):
+            return name
+    return kind.__name__  # dates and times
+
+
 class _Table:
     """A TOML table with its dotted key path, for error messages."""
 
     def __init__(self, data: Any, path: Path, prefix: str) -> None:
         if not isinstance(data, dict):
-            raise ManifestError(path, prefix, "must be a table", f"write it as [{prefix}]")
+            header = re.sub(r"\[\d+\]$", "", prefix)  # component[0] -> component
+            brackets = f"[[{header}]]" if header != prefix else f"[{prefix}]"
+            raise ManifestError(path, prefix, f"must be a table, not {_toml_type(type(data))}",
+                                f"write it as a {brackets} table")
         self.data, self.path, self.prefix = data, path, prefix
 
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
 
-    def keys(self) -> list[str]:
+    def names(self) -> list[str]:
         return list(self.data)
 
     def allow(self, *known: str) -> None:
         for k in self.data:
             if k not in known:
-                close = difflib.get_close_matches(k, known, n=1)
+                # A key already written is no fix: [torch_cpu] next to [torch_tpu] means [torch].
+                unused = [name for name in known if name not in self.data]
+                close = difflib.get_close_matches(k, unused, n=1) or difflib.get_close_matches(k, known, n=1)
                 fix = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
                 raise ManifestError(self.path, self.key(k), "unknown key", fix)
 
     def get(self, name: str, kind: type, default: Any = ...) -> Any:
+        want, example = _TOML_TYPES[kind]
+        shape = f"a [{self.key(name)}] table" if kind is dict else f"{name} = {example}"
         if name not in self.data:
             if default is ...:
-                raise ManifestError(self.path, self.key(name), "missing",
-                                    f"add {name} = <{kind.__name__}>")
+                raise ManifestError(self.path, self.key(name), "missing", f"add {shape}")
             return default
         value = self.data[name]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ManifestError(self.path, self.key(name),
-                                f"must be a {kind.__name__}, not {type(value).__name__}",
-                                f"write {name} as a TOML {kind.__name__}")
+            fix = f"write it as {shape}" if kind is dict else f"write it as {want}, e.g. {shape}"
+            raise ManifestError(self.path, self.key(name), f"must be {want}, not {_toml_type(type(value))}",
+                                fix)
         return value
 
     def table(self, name: str, required: bool = True) -> _Table:
@@ -269,6 +294,9 @@ class _Table:
         return _Table(self.get(name, dict), self.path, self.key(name))
 
     def tables(self, name: str) -> list[_Table]:
+        if isinstance(self.data.get(name), dict):
+            raise ManifestError(self.path, name, "must be an array of tables, not a table",
+                                f"write each one under [[{name}]] (two brackets)")
         items = self.get(name, list)
         if not items:
             raise ManifestError(self.path, name, "no components",

@@ -1,0 +1,42 @@
+"""Probe: the tutorial's smoke test, nn.Linear(768, 3) on rand(8, 1024, 768).
+
+Runs on --device, copies the result back and compares it with the same
+computation on the CPU. Prints one JSON object on the last line.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tolerance", type=float, default=1e-3)
+    args = parser.parse_args()
+    import torch
+
+    if args.device != "cpu":
+        import torch_tpu  # noqa: F401 - makes the "tpu" device type valid
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(768, 3)
+    x = torch.rand(8, 1024, 768)
+    expected = layer(x)
+    started = time.monotonic()
+    device = torch.device(args.device)
+    out = layer.to(device)(x.to(device)).cpu()
+    seconds = time.monotonic() - started
+    error = float((out - expected).abs().max())
+    ok = list(out.shape) == [8, 1024, 3] and error <= args.tolerance
+    return {"ok": ok, "device": str(device), "shape": list(out.shape), "max_error": error,
+            "tolerance": args.tolerance, "seconds": round(seconds, 4)}
+
+
+if __name__ == "__main__":
+    try:
+        print(json.dumps(main()))
+    except Exception as exc:
+        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
+        sys.exit(1)

@@ -1,0 +1,319 @@
+"""`sd-env verify`: will this environment train? Every check, in order, as a result.
+
+Checks 1-5 read the environment; 6-8 run real work (a Linear layer, a LoRA
+training step, inference with the LoRA) on the SC7 card when there is one,
+else on the CPU, and every row says which device it really used.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sd_env import __version__, closure, envs, lockfile, probe, status, torchtpu
+from sd_env.manifest import Manifest
+from sd_env.paths import Paths
+from sd_env.runner import Runner
+
+OK, WARN, FAIL, SKIPPED, NA = "ok", "warn", "fail", "skipped", "n/a"
+NOFILE_MIN = 65535
+_STEP_LOSS = re.compile(r"step_loss=([0-9.eE+-]+|nan|inf)")  # the script's progress bar postfix
+EXAMPLE = Path("examples") / "text_to_image" / "train_text_to_image_lora.py"
+TIMEOUTS = {"device": 120.0, "linear": 300.0, "tiny": 600.0, "lora": 1800.0, "infer": 600.0}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+    seconds: float = 0.0
+    device: str | None = None  # where real work ran, for checks 6-8
+
+
+@dataclass
+class Context:
+    man: Manifest
+    paths: Paths
+    runner: Runner
+    python: Path
+    quick: bool = False
+    mixed_precision: str = "no"
+    timeouts: dict[str, float] = field(default_factory=lambda: dict(TIMEOUTS))
+    device: str = "cpu"  # set by the torch_tpu check
+    facts: dict[str, str] = field(default_factory=dict)  # for the bug-report block
+
+
+def run(ctx: Context) -> list[Check]:
+    inv = envs.inventory(ctx.runner, ctx.python)
+    rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python)
+    checks = [check_interpreter(ctx, inv), check_pins(ctx, inv), check_sources(ctx, rows),
+              check_torch_tpu(ctx, inv), check_ulimit()]
+    checks.append(check_linear(ctx))
+    if ctx.quick:
+        checks += [Check("lora step", SKIPPED, "skipped: --quick"), Check("inference", SKIPPED, "skipped: --quick")]
+        return checks
+    step = check_lora_step(ctx, rows)
+    checks.append(step)
+    checks.append(check_inference(ctx, step))
+    return checks
+
+
+def exit_code(checks: list[Check]) -> int:
+    return 1 if any(c.status == FAIL for c in checks) else 0
+
+
+# 1 ---------------------------------------------------------------------------
+def check_interpreter(ctx: Context, inv: envs.Inventory) -> Check:
+    have = ".".join(map(str, inv.python))
+    ctx.facts["Python (target)"] = f"{have} ({ctx.python})"
+    if ".".join(map(str, inv.python[:2])) == ctx.man.python:
+        return Check("interpreter", OK, f"Python {have} at {ctx.python}")
+    return Check("interpreter", FAIL, f"Python {have} at {ctx.python}, the manifest wants {ctx.man.python}: "
+                 "recreate the environment (sd-env install --python /path/to/python3.9)")
+
+
+# 2 ---------------------------------------------------------------------------
+def check_pins(ctx: Context, inv: envs.Inventory) -> Check:
+    started = time.monotonic()
+    versions = {n.lower(): [e["version"] for e in es] for n, es in inv.dists.items()}
+    for name in ("torch", "torchvision", "numpy", "huggingface-hub", "safetensors", "torch-tpu"):
+        ctx.facts[name] = ", ".join(versions.get(name, versions.get(name.replace("-", "_"), []))) or "not installed"
+    problems = []
+    if ctx.man.lock is not None:
+        flavour = lockfile.flavour_order(ctx.man)[0]
+        lock = lockfile.read(ctx.man.lock.files[flavour])
+        for name, (want, have) in sorted(closure.missing(lock, inv).items()):
+            problems.append(f"{name}: locked {want}, installed {have or 'nothing'}")
+    for name, entries in sorted(inv.dists.items()):
+        if len(entries) > 1:
+            where = ", ".join(e["path"] for e in entries)
+            problems.append(f"{name}: {len(entries)} distributions shadow each other ({where})")
+    for comp in ctx.man.components:
+        have = versions.get(comp.name, [])
+        if have and have != [comp.version]:
+            problems.append(f"{comp.name}: pinned {comp.version}, installed {', '.join(have)}")
+    got = ctx.runner.run([str(ctx.python), "-m", "pip", "check"], check=False, timeout=300)
+    if got.returncode != 0:
+        problems.append("pip check: " + "; ".join((got.stdout + got.stderr).strip().splitlines()[:4]))
+    seconds = time.monotonic() - started
+    if problems:
+        return Check("pins", FAIL, "; ".join(problems) + " -> run `sd-env install` to restore the lock", seconds)
+    count = len(lockfile.read(ctx.man.lock.files[lockfile.flavour_order(ctx.man)[0]]).pins) if ctx.man.lock else 0
+    return Check("pins", OK, f"{count} locked packages at their versions, no shadowing copies, pip check clean",
+                 seconds)
+
+
+# 3 ---------------------------------------------------------------------------
+def check_sources(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
+    problems, notes, good = [], [], []
+    for row in rows:
+        if row.head is None:
+            problems.append(f"{row.name}: not fetched")
+            continue
+        if row.pinned and row.head != row.pinned:
+            problems.append(f"{row.name}: checkout at {row.head[:12]}, pinned {row.pinned[:12]}")
+        for name, state in row.patches.items():
+            ctx.facts[f"patch {name}"] = state
+            if state == "not applicable to this source":
+                notes.append(f"{name} not applicable ({row.name} from its sdist)")
+            elif state != "applied":
+                problems.append(f"{row.name}: {name} is {state}")
+        if row.edited:
+            problems.append(f"{row.name}: local edits in {', '.join(row.edited)}")
+        if row.install != f"{_version(ctx, row.name)} editable -> managed checkout":
+            problems.append(f"{row.name}: {row.install}")
+        ctx.facts[row.name] = f"{row.tag} {row.source} {row.head[:12]} ({row.install})"
+        good.append(f"{row.name} {row.tag}")
+    if problems:
+        return Check("sources+patches", FAIL, "; ".join(problems) + " -> run `sd-env install` "
+                     "(local edits: keep or discard them first, see `sd-env status`)")
+    detail = f"{', '.join(good)}: at the pinned commits, patches applied, editable installs -> checkouts"
+    return Check("sources+patches", WARN if notes else OK, detail + ("; " + "; ".join(notes) if notes else ""))
+
+
+def _version(ctx: Context, name: str) -> str:
+    return ctx.man.component(name).version
+
+
+# 4 ---------------------------------------------------------------------------
+def driver_facts() -> tuple[bool, str]:
+    """The libsophon driver as the host shows it: bm-smi and the device nodes."""
+    smi = shutil.which("bm-smi")
+    nodes = sorted(glob.glob("/dev/bm-sophon*")) + (["/dev/bmdev-ctl"] if os.path.exists("/dev/bmdev-ctl") else [])
+    present = bool(smi or nodes)
+    text = f"bm-smi {'at ' + smi if smi else 'not on PATH'}; device nodes: {', '.join(nodes) or 'none'}"
+    return present, text
+
+
+def check_torch_tpu(ctx: Context, inv: envs.Inventory) -> Check:
+    google = torchtpu.installed_google(inv)
+    driver, driver_text = driver_facts()
+    ctx.facts["driver"] = driver_text
+    if google is not None:
+        return Check("torch_tpu", FAIL, f"Google's torch-tpu {google['version']} is installed, not Sophgo's: "
+                     f"{torchtpu.COLLISION}. Remove it: pip uninstall torch-tpu")
+    got = probe.run(ctx.runner, ctx.python, probe.script("device.py"), [], timeout=ctx.timeouts["device"])
+    if got.data is None:
+        return Check("torch_tpu", FAIL, f"the device probe {got.problem}\n{got.stderr_tail}", got.seconds)
+    data = got.data
+    ctx.facts["torch_tpu"] = (f"importable ({data.get('file')}), available={data['available']}, "
+                              f"devices={data['count']}") if data["importable"] else f"not importable ({data['error']})"
+    if data["importable"] and data["available"] and data["count"] > 0:
+        ctx.device = ctx.man.device
+        return Check("torch_tpu", OK, f"Sophgo torch_tpu, {data['count']} device(s); {driver_text}", got.seconds)
+    if driver and not data["importable"]:
+        return Check("torch_tpu", FAIL, f"the SC7 driver is present ({driver_text}) but torch_tpu does not import: "
+                     f"{data['error']}. Install Sophgo's wheel: sd-env install --torch-tpu-wheel PATH", got.seconds)
+    if driver:
+        return Check("torch_tpu", FAIL, f"the SC7 driver is present ({driver_text}) but torch_tpu sees no device "
+                     "(is_available() is False): check `bm-smi` and the card's firmware", got.seconds)
+    why = "torch_tpu is not installed" if not data["importable"] else "torch_tpu sees no device"
+    return Check("torch_tpu", SKIPPED, f"skipped: no SC7 card here ({why}; {driver_text}); the checks below "
+                 "run on the CPU, and only a card can show the tpu path", got.seconds)
+
+
+# 5 ---------------------------------------------------------------------------
+def check_ulimit() -> Check:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    shown = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+    if soft == resource.RLIM_INFINITY or soft >= NOFILE_MIN:
+        return Check("ulimit -n", OK, f"open files limit {shown} (>= {NOFILE_MIN})")
+    return Check("ulimit -n", WARN, f"open files limit {shown} < {NOFILE_MIN}, as the tutorial requires: run "
+                 f"`ulimit -n {NOFILE_MIN}` in the training shell (permanently: a `nofile` line in "
+                 "/etc/security/limits.conf)")
+
+
+# 6 ---------------------------------------------------------------------------
+def check_linear(ctx: Context) -> Check:
+    got = probe.run(ctx.runner, ctx.python, probe.script("linear.py"), ["--device", ctx.device],
+                    timeout=ctx.timeouts["linear"])
+    where = _where(ctx)
+    if not got.ok or got.data is None:
+        return Check("linear smoke", FAIL, f"{where}: {_problem(got)}", got.seconds, ctx.device)
+    d = got.data
+    return Check("linear smoke", OK, f"{where}: Linear(768, 3) on rand(8, 1024, 768) -> {d['shape']}, max error "
+                 f"vs CPU {d['max_error']:.2e} (tolerance {d['tolerance']:g}), {d['seconds']:.3f} s",
+                 got.seconds, d["device"])
+
+
+# 7 ---------------------------------------------------------------------------
+def tiny_model(ctx: Context) -> tuple[Path | None, str]:
+    """The tiny SD model and dataset, built once into the cache by the target interpreter."""
+    cache = ctx.paths.home / "cache" / "tiny-sd"
+    got = probe.run(ctx.runner, ctx.python, probe.script("tiny_sd.py"), ["--out", str(cache)],
+                    timeout=ctx.timeouts["tiny"], env={"HF_HUB_OFFLINE": "1"})
+    if not got.ok:
+        return None, f"building the tiny model failed: {_problem(got)}"
+    return cache, "cached" if got.data and got.data.get("cached") else f"built in {got.seconds:.1f} s"
+
+
+def check_lora_step(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
+    started = time.monotonic()
+    if ctx.mixed_precision == "fp16" and ctx.device == "cpu":
+        ctx.facts["lora"] = "n/a"
+        return Check("lora step", NA, "not applicable on the CPU: fp16 needs the card (torch 2.1 has no Half "
+                     "conv2d on the CPU); neither passed nor failed", 0.0, "cpu")
+    cache, how = tiny_model(ctx)
+    if cache is None:
+        return Check("lora step", FAIL, how, time.monotonic() - started, ctx.device)
+    out = ctx.paths.home / "cache" / "lora-out"
+    shutil.rmtree(out, ignore_errors=True)
+    script = ctx.paths.checkout("diffusers") / EXAMPLE
+    diffusers_row = next((r for r in rows if r.name == "diffusers"), None)
+    real = script.exists() and diffusers_row is not None and all(
+        s == "applied" for s in diffusers_row.patches.values())
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    if ctx.device != "cpu":
+        env["ACCELERATE_TORCH_DEVICE"] = ctx.device
+    common = ["--resolution", "32", "--mixed_precision" if real else "--mixed-precision", ctx.mixed_precision]
+    if real:
+        label = "the patched v0.20.0 example script"
+        args = ["--pretrained_model_name_or_path", str(cache / "model"), "--train_data_dir", str(cache / "data"),
+                "--center_crop", "--train_batch_size", "1", "--max_train_steps", "2", "--seed", "0",
+                "--validation_prompt", "a red square", "--num_validation_images", "1",
+                "--dataloader_num_workers", "0", "--output_dir", str(out), *common]
+        got = probe.run(ctx.runner, ctx.python, script, args, timeout=ctx.timeouts["lora"], env=env)
+        got = _judge_script(ctx, got, out)
+    else:
+        label = "sd-env's equivalent step (the example script is not in diffusers' sdist)"
+        args = ["--model", str(cache / "model"), "--data", str(cache / "data"), "--out", str(out),
+                "--device", ctx.device, "--steps", "2", *common]
+        got = probe.run(ctx.runner, ctx.python, probe.script("lora_step.py"), args,
+                        timeout=ctx.timeouts["lora"], env=env)
+    ctx.facts["lora"] = label
+    seconds = time.monotonic() - started
+    where = _where(ctx)
+    if not got.ok or got.data is None:
+        return Check("lora step", FAIL, f"{where}, {label}: {_problem(got)}", seconds, ctx.device)
+    d = got.data
+    if not d.get("finite", False) or not d.get("tensors"):
+        return Check("lora step", FAIL, f"{where}, {label}: loss {d.get('losses')} finite={d.get('finite')}, "
+                     f"{d.get('tensors')} LoRA tensors written", seconds, ctx.device)
+    losses = ", ".join(f"{x:.4f}" for x in d.get("losses", []))
+    return Check("lora step", OK, f"{where}, {label}: 2 steps, loss {losses or 'finite'}, "
+                 f"{d['tensors']} LoRA tensors in {Path(d['weights']).name}; tiny model {how}", seconds,
+                 d.get("device", ctx.device))
+
+
+def _judge_script(ctx: Context, got: probe.ProbeResult, out: Path) -> probe.ProbeResult:
+    """The real script prints no JSON: judge it by exit code, its loss and the weights it wrote."""
+    if got.problem and not got.problem.startswith("printed no result"):
+        return got
+    weights = sorted(out.glob("pytorch_lora_weights.*"))
+    count = probe.run(ctx.runner, ctx.python, probe.script("lora_weights.py"), [str(out)],
+                      timeout=ctx.timeouts["infer"]) if weights else None
+    losses = [float(x) for x in _STEP_LOSS.findall(got.stderr)]
+    data = {"ok": bool(weights), "device": ctx.device, "losses": losses,
+            "finite": bool(losses) and all(math.isfinite(x) for x in losses),
+            "weights": str(weights[0]) if weights else "", "tensors": (count.data or {}).get("tensors", 0)
+            if count else 0}
+    return probe.ProbeResult(data, None if weights else "wrote no pytorch_lora_weights", got.seconds,
+                             got.stderr_tail, got.stderr)
+
+
+# 8 ---------------------------------------------------------------------------
+def check_inference(ctx: Context, step: Check) -> Check:
+    if step.status != OK:
+        return Check("inference", SKIPPED, f"skipped: the LoRA step did not pass ({step.status})")
+    cache = ctx.paths.home / "cache"
+    got = probe.run(ctx.runner, ctx.python, probe.script("lora_infer.py"),
+                    ["--model", str(cache / "tiny-sd" / "model"), "--lora", str(cache / "lora-out"),
+                     "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"],
+                    env={"HF_HUB_OFFLINE": "1"})
+    where = _where(ctx)
+    if not got.ok or got.data is None:
+        return Check("inference", FAIL, f"{where}: {_problem(got)}", got.seconds, ctx.device)
+    d = got.data
+    return Check("inference", OK, f"{where}: 2 steps with the LoRA -> image {d['shape']}; LoRA scale 0 equals the "
+                 f"base pipeline (max diff {d['scale0_max_diff']:.1e}); scale 1 differs by {d['scale1_max_diff']:.1e}",
+                 got.seconds, d.get("device", ctx.device))
+
+
+def _where(ctx: Context) -> str:
+    return f"ran on {ctx.device}" + (" (no SC7 card)" if ctx.device == "cpu" else "")
+
+
+def _problem(got: probe.ProbeResult) -> str:
+    if got.problem:
+        return got.problem + (f"\n{got.stderr_tail}" if got.stderr_tail else "")
+    return str((got.data or {}).get("error", "the probe reported failure"))
+
+
+def environment_block(ctx: Context) -> str:
+    """A copy-and-paste block for bug reports, like `diffusers-cli env`."""
+    lines = [f"- sd-env version: {__version__}", f"- Platform: {platform.platform()}",
+             f"- Manifest: {ctx.man.path} ({ctx.man.name})", f"- Device: {ctx.man.device} wanted, checks ran on "
+             f"{ctx.device}"]
+    lines += [f"- {k}: {v}" for k, v in ctx.facts.items()]
+    return "\n".join(lines)
+
+
