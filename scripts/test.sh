@@ -12,4 +12,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 export PATH="$PWD/.venv/bin:$PATH"
+echo "* ruff check"
+.venv/bin/ruff check installer tests
 exec .venv/bin/python -m pytest "$@"

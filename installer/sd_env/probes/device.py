@@ -11,7 +11,6 @@ started = time.monotonic()
 result = {"importable": False, "available": False, "count": 0, "error": None}
 try:
     import torch  # noqa: F401 - torch_tpu registers itself on torch's PrivateUse1 backend
-
     import torch_tpu
 
     result["importable"] = True
