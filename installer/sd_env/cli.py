@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from sd_env import __version__, envs, install, lockfile, manifest, sources, status, verify
+from sd_env import __version__, envs, install, lockfile, manifest, repatch, sources, status, verify
 from sd_env.errors import InputError, SdEnvError
 from sd_env.paths import Paths, default_home
 from sd_env.report import REPORT_VERSION, console, dump_json, exit_code, table
@@ -72,6 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", choices=("no", "fp16"), default="no",
                    help="precision of the LoRA step (fp16 needs the card: n/a on the CPU)")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("repatch", parents=[common], help="restore patched components, or port patches to a release")
+    p.add_argument("--to", metavar="NAME==VERSION", help="move a component to another release and port its patches")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--continue", dest="resume", action="store_true",
+                       help="go on after fixing a conflict in the work tree")
+    group.add_argument("--abort", action="store_true", help="drop the repatch in progress; nothing else changes")
+    p.add_argument("--fuzz", type=int, default=0, metavar="N",
+                   help="allow hunks whose context matches only partly (off by default; needs --accept)")
+    p.add_argument("--accept", action="store_true", help="accept fuzzed ports or a resolution that changed "
+                   "added lines")
+    p.add_argument("--git-mirror", metavar="PREFIX", default=os.environ.get(sources.ENV_MIRROR),
+                   help=f"as for install (also ${sources.ENV_MIRROR})")
+    p.add_argument("--no-sdist-fallback", action="store_true", help="as for install")
+    p.set_defaults(func=_cmd_repatch)
 
     p = sub.add_parser("lock", parents=[common], help="re-resolve the era lock from the manifest (needs uv)")
     p.add_argument("--flavour", choices=("cpu", "pypi"), default="pypi",
@@ -162,6 +177,51 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     out.print(f"\n{'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'} (log: {args._log})",
               markup=False)
     return code
+
+
+def _cmd_repatch(args: argparse.Namespace) -> int:
+    man, paths, runner = _setup(args, "repatch")
+    if args.abort:
+        return _report("repatch", [repatch.abort(paths)], None, args, paths)
+    python, _how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
+    if python is None:
+        raise InputError("no target environment to repatch", "run ./bootstrap.sh or sd-env install first")
+    opts = install.Options(python, mirror=args.git_mirror, sdist_fallback=not args.no_sdist_fallback)
+    session = repatch.load_session(paths)
+    results: list = []
+    error: SdEnvError | None = None
+    try:
+        if args.resume or (session is not None and session.phase == "finishing" and not args.to):
+            results = repatch.resume(man, paths, runner, opts, accept=args.accept)
+        elif args.to:
+            name, sep, version = args.to.partition("==")
+            if not sep or not name or not version:
+                raise InputError(f"--to {args.to!r}", "write --to NAME==VERSION, e.g. --to accelerate==0.19.0")
+            results = repatch.start(man, paths, runner, opts, name, version, fuzz=args.fuzz, accept=args.accept)
+        elif session is not None:
+            raise InputError(f"a repatch of {session.component} to {session.to_version} is in progress",
+                             "`sd-env repatch --continue` after fixing the work tree, or `--abort`")
+        elif repatch.pending_upgrades(man, paths):
+            for name, version in repatch.pending_upgrades(man, paths):
+                results += repatch.start(man, paths, runner, opts, name, version, fuzz=args.fuzz, accept=args.accept)
+        else:
+            results, error = repatch.restore(man, paths, runner, opts)
+    except SdEnvError as exc:
+        error = exc
+        results = results or getattr(exc, "results", [])
+    return _report("repatch", results, error, args, paths)
+
+
+def _report(command: str, results: list, error: SdEnvError | None, args: argparse.Namespace, paths: Paths) -> int:
+    if args.json:
+        dump_json(command, results, {"home": str(paths.home), "log": str(args._log),
+                                     "error": error.message if error else None})
+    else:
+        table(f"sd-env {command}", results)
+    if error is not None:
+        _error(error, args._log)
+        return error.exit_code
+    return exit_code(results)
 
 
 def _cmd_lock(args: argparse.Namespace) -> int:

@@ -253,8 +253,8 @@ def _adopt(runner: Runner, comp: Component, checkout: Path) -> state.ComponentSt
     ref = gitcmd.git(runner, checkout, "rev-parse", "-q", "--verify",
                      f"refs/tags/{comp.tag}^{{commit}}", check=False).stdout.strip()
     if ref:
-        return state.ComponentState("git", comp.tag, ref, recorded_commit=comp.commit is None)
-    return state.ComponentState("sdist", comp.tag, head)
+        return state.ComponentState("git", comp.tag, ref, recorded_commit=comp.commit is None, version=comp.version)
+    return state.ComponentState("sdist", comp.tag, head, version=comp.version)
 
 
 def _fetch(comp: Component, paths: Paths, runner: Runner, opts: Options,
@@ -275,13 +275,14 @@ def _fetch(comp: Component, paths: Paths, runner: Runner, opts: Options,
                  f"{comp.name}=={comp.version} (library code identical to {comp.tag}; "
                  "files outside the sdist, such as diffusers' examples/, are missing)")
         got = sources.fetch_sdist(comp, checkout, paths.work, runner, python=opts.python)
-        rec = state.ComponentState("sdist", comp.tag, got.commit, sdist_sha256=got.sdist_sha256)
+        rec = state.ComponentState("sdist", comp.tag, got.commit, sdist_sha256=got.sdist_sha256,
+                                   version=comp.version)
         return f"PyPI sdist {got.url} (sha256 {got.sdist_sha256[:12]}), git unreachable", rec
     recorded = comp.commit is None
     if recorded:
         progress(f"recorded {comp.name} {comp.tag} -> {got.commit} (add commit = \"{got.commit}\" "
                  "to the manifest to pin it)")
-    rec = state.ComponentState("git", comp.tag, got.commit, recorded_commit=recorded)
+    rec = state.ComponentState("git", comp.tag, got.commit, recorded_commit=recorded, version=comp.version)
     verb = "recorded" if recorded else "verified"
     return f"git {comp.tag} at {got.commit[:12]} ({verb})", rec
 

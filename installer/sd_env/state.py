@@ -33,6 +33,7 @@ class ComponentState:
     recorded_commit: bool = False  # the commit was not in the manifest; recorded on first clone
     sdist_sha256: str | None = None
     patches: list[AppliedPatch] = field(default_factory=list)
+    version: str = ""  # the release version the checkout holds
 
 
 @dataclass

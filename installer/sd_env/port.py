@@ -1,0 +1,188 @@
+"""Port one patch onto a newer upstream tree (a git work tree), and check the result.
+
+Order, first that works: obsolete upstream (the change is already there, or
+its target is gone), exact, with line offsets, 3-way merge from the blobs
+named in the patch's `index` lines, and fuzz only when asked (marked as such).
+A port is then checked: every added line present, Python files compile.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sd_env import gitcmd
+from sd_env.patches import Patch
+from sd_env.runner import Runner
+
+EXACT, OFFSET, THREE_WAY, FUZZED, OBSOLETE, CONFLICT = "exact", "offset", "3-way", "fuzzed", "obsolete", "conflict"
+_INDEX = re.compile(r"^index ([0-9a-f]{7,40})\.\.([0-9a-f]{7,40})", re.M)
+_OFFSET = re.compile(r"Hunk #\d+ succeeded at \d+ \(offset")
+_FAILED = re.compile(r"^error: patch failed: (.+):(\d+)$", re.M)
+
+
+@dataclass
+class PortResult:
+    patch: Patch
+    method: str
+    detail: str
+    conflicts: list[str] = field(default_factory=list)  # "file: hunk at line L, nearest match at line N (xx%)"
+
+    @property
+    def ported(self) -> bool:
+        return self.method in (EXACT, OFFSET, THREE_WAY, FUZZED)
+
+
+def port(runner: Runner, repo: Path, patch: Patch, *, blobs_from: Path | None, fuzz: int = 0) -> PortResult:
+    """Apply `patch` to the work tree `repo` by the first method that works; a conflict leaves
+    markers (3-way) or .rej files in the tree for the user to resolve."""
+    gone = [c.path for c in patch.files if not c.added and not (repo / c.path).exists()]
+    if gone:
+        return PortResult(patch, OBSOLETE, f"target construct gone upstream: {', '.join(gone)} no longer exist(s)")
+    if _git_apply(runner, repo, patch, "-R", "--check").returncode == 0:
+        return PortResult(patch, OBSOLETE, "already upstream: the new release contains the change "
+                          "(the patch reverse-applies cleanly)")
+    trial = _git_apply(runner, repo, patch, "--check", "-v")
+    if trial.returncode == 0:
+        _git_apply(runner, repo, patch, check=True)
+        method = OFFSET if _OFFSET.search(trial.stderr) else EXACT
+        return _checked(repo, patch, PortResult(patch, method, _offset_note(trial.stderr)))
+    failed_at = _failures(repo, patch, trial.stderr)
+    missing = _ensure_blobs(runner, repo, patch, blobs_from)
+    if not missing:
+        merge = _git_apply(runner, repo, patch, "-3")
+        unmerged = gitcmd.out(runner, repo, "diff", "--name-only", "--diff-filter=U")
+        if merge.returncode == 0 and not unmerged:
+            gitcmd.git(runner, repo, "reset", "-q")  # -3 stages its result; keep the index at HEAD
+            return _checked(repo, patch, PortResult(patch, THREE_WAY, "3-way merge from the recorded pre-image"))
+        if unmerged:
+            return PortResult(patch, CONFLICT, "3-way merge left conflict markers in " + ", ".join(unmerged.split()),
+                              failed_at)
+    if fuzz:
+        fuzzy = _git_apply(runner, repo, patch, f"-C{max(0, 3 - fuzz)}")
+        if fuzzy.returncode == 0:
+            return _checked(repo, patch, PortResult(patch, FUZZED, f"applied with fuzz {fuzz}: review, then --accept"))
+    _git_apply(runner, repo, patch, "--reject")  # the hunks that fit, and .rej files for the rest
+    why = "no 3-way merge possible: pre-image blob(s) " + ", ".join(missing) + " unavailable" if missing else ""
+    return PortResult(patch, CONFLICT, why or "does not apply", failed_at)
+
+
+def verify_port(repo: Path, patch: Patch) -> list[str]:
+    """What is wrong with a ported tree: added lines missing, files that do not compile, markers."""
+    problems = []
+    for change, added in _added_lines(patch).items():
+        path = repo / change
+        if not path.exists():
+            problems.append(f"{change}: missing")
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        present = {line.strip() for line in text.splitlines()}
+        lost = [line for line in added if line.strip() and line.strip() not in present]
+        if lost:
+            problems.append(f"{change}: {len(lost)} added line(s) missing, e.g. {lost[0].strip()!r}")
+        problems += check_file(path, change)
+    return problems
+
+
+def check_file(path: Path, name: str) -> list[str]:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if re.search(r"^(<<<<<<<|>>>>>>>) ", text, re.M):
+        return [f"{name}: conflict markers left"]
+    if path.suffix == ".py":
+        try:
+            compile(text, str(path), "exec")
+        except SyntaxError as exc:
+            return [f"{name}: does not compile (line {exc.lineno}: {exc.msg})"]
+    return []
+
+
+def _checked(repo: Path, patch: Patch, result: PortResult) -> PortResult:
+    problems = verify_port(repo, patch)
+    if problems:
+        return PortResult(patch, CONFLICT, f"applied ({result.method}) but the check failed: " + "; ".join(problems))
+    return result
+
+
+def _added_lines(patch: Patch) -> dict[str, list[str]]:
+    added: dict[str, list[str]] = {}
+    current = None
+    for line in patch.text.splitlines():
+        if line.startswith("+++ "):
+            current = line[6:] if line.startswith("+++ b/") else None
+            if current:
+                added[current] = []
+        elif current and line.startswith("+"):
+            added[current].append(line[1:])
+    return added
+
+
+def _git_apply(runner: Runner, repo: Path, patch: Patch, *flags: str, check: bool = False):
+    return gitcmd.git(runner, repo, "apply", "--whitespace=nowarn", *flags, str(patch.path.resolve()), check=check)
+
+
+def _offset_note(stderr: str) -> str:
+    offsets = re.findall(r"Hunk #(\d+) succeeded at (\d+) \(offset (-?\d+) lines?\)", stderr)
+    if not offsets:
+        return "applies as it is"
+    return "applies with offsets: " + ", ".join(f"hunk #{h} at line {at} ({off:+})" for h, at, off in
+                                                ((h, at, int(o)) for h, at, o in offsets))
+
+
+def _ensure_blobs(runner: Runner, repo: Path, patch: Patch, blobs_from: Path | None) -> list[str]:
+    """Copy the patch's pre-image blobs into `repo` from the old checkout; the ids still missing."""
+    missing = []
+    for old, _new in _INDEX.findall(patch.text):
+        if set(old) == {"0"} or gitcmd.git(runner, repo, "cat-file", "-e", old, check=False).returncode == 0:
+            continue
+        if blobs_from is not None:
+            blob = gitcmd.git(runner, blobs_from, "cat-file", "blob", old, check=False)
+            if blob.returncode == 0:
+                gitcmd.git(runner, repo, "hash-object", "-w", "--stdin", input_text=blob.stdout)
+                if gitcmd.git(runner, repo, "cat-file", "-e", old, check=False).returncode == 0:
+                    continue
+        missing.append(old[:12])
+    return missing
+
+
+def _failures(repo: Path, patch: Patch, stderr: str) -> list[str]:
+    """Each failed hunk with the nearest place in the new file that looks like its old text."""
+    out = []
+    for path, line in _FAILED.findall(stderr):
+        change = next((c for c in patch.files if c.path == path), None)
+        hunk_no, before = _hunk_text(patch, path, int(line))
+        where = f"{path}: hunk #{hunk_no} (old line {line})" if hunk_no else f"{path}: hunk at old line {line}"
+        target = repo / path
+        if change is not None and target.exists() and before:
+            at, ratio = nearest(target.read_text(encoding="utf-8", errors="replace").splitlines(), before)
+            where += f", nearest match at line {at} ({ratio:.0%} similar)"
+        out.append(where)
+    return out
+
+
+def _hunk_text(patch: Patch, path: str, source_start: int) -> tuple[int, list[str]]:
+    """The hunk's number in its file and its pre-image lines (context and removed)."""
+    in_file, hunk_no, lines, capture = False, 0, [], False
+    for line in patch.text.splitlines():
+        if capture and line.startswith(("@@", "diff --git")):
+            break
+        if line.startswith("diff --git"):
+            in_file, hunk_no = line.endswith(f" b/{path}"), 0
+        elif in_file and line.startswith("@@"):
+            hunk_no += 1
+            capture = re.match(rf"@@ -{source_start}[, ]", line) is not None
+        elif capture and line[:1] in (" ", "-"):
+            lines.append(line[1:])
+    return (hunk_no, lines) if capture else (0, [])
+
+
+def nearest(text: list[str], wanted: list[str]) -> tuple[int, float]:
+    """1-based line where a window of `text` best matches `wanted`, and how well (0..1)."""
+    best, best_at = 0.0, 1
+    size = len(wanted)
+    for start in range(max(1, len(text) - size + 1)):
+        ratio = difflib.SequenceMatcher(None, text[start:start + size], wanted, autojunk=False).ratio()
+        if ratio > best:
+            best, best_at = ratio, start + 1
+    return best_at, best

@@ -1,0 +1,316 @@
+"""`sd-env repatch`: restore clobbered components, or port their patches to a new release.
+
+Porting happens in a work tree under `<home>/repatch/`, never in the managed
+checkout or the target environment, so a conflict or an interrupted run leaves
+everything installed exactly as it was. A session file remembers where a port
+stopped, for `--continue` and `--abort`. Finishing (patch files, manifest,
+checkout swap, editable rebuild) is ordered so each step can be redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from sd_env import gitcmd, manifest_edit, patches, port, sources, state, status, target
+from sd_env.errors import CommandError, InputError, SdEnvError, StepError
+from sd_env.install import APPLIED_DIR, Options
+from sd_env.install import run as install_run
+from sd_env.manifest import Component, Manifest
+from sd_env.paths import Paths
+from sd_env.report import FAIL, OK, WARN, Result, progress
+from sd_env.runner import Runner
+
+SESSION_VERSION = 1
+
+
+class RepatchConflict(StepError):
+    """A patch did not port; the work tree waits for the user. Carries the results so far."""
+
+    def __init__(self, message: str, hint: str = "", results: list[Result] | None = None) -> None:
+        super().__init__(message, hint)
+        self.results = results or []
+
+
+@dataclass
+class Session:
+    component: str
+    from_tag: str
+    from_version: str
+    to_tag: str
+    to_version: str
+    to_commit: str
+    source: str
+    work: str
+    base: str  # the new upstream commit the ports sit on
+    patch_files: list[str]  # the original series, in order
+    done: list[dict]  # per ported patch: name, method, detail, commit (in the work tree)
+    phase: str = "porting"  # "porting" | "finishing"
+    sdist_sha256: str | None = None
+
+
+def session_path(paths: Paths) -> Path:
+    return paths.home / "repatch" / "session.json"
+
+
+def load_session(paths: Paths) -> Session | None:
+    path = session_path(paths)
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    data.pop("version", None)
+    return Session(**data)
+
+
+def save_session(paths: Paths, session: Session) -> None:
+    path = session_path(paths)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("session.json.tmp")
+    tmp.write_text(json.dumps({"version": SESSION_VERSION, **dataclasses.asdict(session)}, indent=2))
+    os.replace(tmp, path)
+
+
+def pending_upgrades(man: Manifest, paths: Paths) -> list[tuple[str, str]]:
+    """Components whose manifest entry moved to another release than their checkout holds."""
+    record = state.load(paths.state)
+    return [(c.name, c.version) for c in man.components
+            if c.name in record.components and paths.checkout(c.name).exists()
+            and record.components[c.name].tag != c.tag]
+
+
+def restore(man: Manifest, paths: Paths, runner: Runner, opts: Options) -> tuple[list[Result], SdEnvError | None]:
+    """The clobbered case: say what drifted, then bring everything back (install is idempotent)."""
+    found = []
+    for row in status.collect(man, paths, runner, opts.python):
+        problems = [f"{name}: {st}" for name, st in row.patches.items()
+                    if st not in ("applied", "not applicable to this source")]
+        if row.install != f"{man.component(row.name).version} editable -> managed checkout":
+            problems.append(f"install: {row.install}")
+        if row.edited:
+            problems.append("local edits in " + ", ".join(row.edited))
+        found.append(Result(row.name, "found", WARN if problems else OK, "; ".join(problems) or "as pinned"))
+    outcome = install_run(man, paths, runner, opts)
+    return found + outcome.results, outcome.error
+
+
+def start(man: Manifest, paths: Paths, runner: Runner, opts: Options, name: str, version: str,
+          fuzz: int = 0, accept: bool = False) -> list[Result]:
+    if load_session(paths) is not None:
+        raise InputError("a repatch is already in progress", "finish it with `sd-env repatch --continue`, "
+                         "or drop it with `sd-env repatch --abort`")
+    comp = _component(man, name)
+    rec = state.load(paths.state).components.get(name)
+    from_version = (rec.version if rec and rec.version else comp.version)
+    from_tag = rec.tag if rec else comp.tag
+    to_tag = _tag_for(comp, version)
+    if version == from_version and not (rec and rec.tag != comp.tag):
+        raise InputError(f"{name} is already at {version}", "to restore it, run `sd-env repatch` without --to")
+    work = paths.home / "repatch" / f"{name}-{version}"
+    shutil.rmtree(work, ignore_errors=True)
+    new = dataclasses.replace(comp, tag=to_tag, version=version, commit=None)
+    progress(f"fetching {name} {to_tag} into {work}")
+    try:
+        got = sources.fetch_git(new, work, paths.work, runner, mirror=opts.mirror, expect=None)
+    except CommandError as exc:
+        if not (comp.sdist and opts.sdist_fallback and sources.unreachable(exc)):
+            raise StepError(f"cannot fetch {name} {to_tag}: {exc.message}",
+                            "check the version, or use --git-mirror") from None
+        progress(f"WARNING: git cannot reach {comp.git}; using the PyPI sdist {name}=={version}")
+        got = sources.fetch_sdist(new, work, paths.work, runner, python=opts.python)
+    session = Session(name, from_tag, from_version, to_tag, version, got.commit, got.source, str(work), got.commit,
+                      [str(p) for p in comp.patches], [], sdist_sha256=got.sdist_sha256)
+    save_session(paths, session)
+    return _port_all(man, paths, runner, opts, session, fuzz, accept)
+
+
+def resume(man: Manifest, paths: Paths, runner: Runner, opts: Options, accept: bool = False) -> list[Result]:
+    """--continue: take the user's resolution of the stopped patch, then go on."""
+    session = _session(paths)
+    work = Path(session.work)
+    if session.phase == "porting":
+        index = len(session.done)
+        patch = patches.load(Path(session.patch_files[index]))
+        leftovers = [str(p.relative_to(work)) for p in work.rglob("*.rej")] + \
+            [str(p.relative_to(work)) for p in work.rglob("*.orig")]
+        if leftovers:
+            raise RepatchConflict(f"{', '.join(leftovers)} still in {work}",
+                                  "resolve the rejected hunks by hand, delete the .rej/.orig files, then --continue")
+        gitcmd.git(runner, work, "add", "-A")
+        changed = gitcmd.out(runner, work, "diff", "--cached", "--name-only", "HEAD").split()
+        if not changed:
+            raise RepatchConflict(f"no changes in {work}: {patch.name} would be empty",
+                                  "apply the patch's intent by hand, or --abort")
+        problems = [p for c in changed if (work / c).is_file() for p in port.check_file(work / c, c)]
+        missing = port.verify_port(work, patch)
+        if problems or (missing and not accept):
+            raise RepatchConflict(f"{patch.name}: " + "; ".join(problems or missing),
+                                  "fix the work tree and --continue" + ("" if problems else
+                                  " (or --continue --accept if the missing lines were changed on purpose)"))
+        _commit(runner, work, f"{patch.name} (resolved by hand)")
+        session.done.append({"name": patch.name, "path": str(patch.path), "method": "manual",
+                             "detail": "resolved by hand in the work tree",
+                             "commit": gitcmd.head(runner, work)})
+        save_session(paths, session)
+    return _port_all(man, paths, runner, opts, session, 0, accept)
+
+
+def abort(paths: Paths) -> Result:
+    session = _session(paths)
+    shutil.rmtree(session.work, ignore_errors=True)
+    session_path(paths).unlink()
+    return Result(session.component, "abort", OK, f"removed {session.work}; nothing else had changed")
+
+
+def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, session: Session, fuzz: int,
+              accept: bool) -> list[Result]:
+    work = Path(session.work)
+    old_checkout = paths.checkout(session.component)
+    results = [Result(session.component, "port", OK, f"{d['name']}: {d['method']} ({d['detail']})")
+               for d in session.done]
+    while session.phase == "porting" and len(session.done) < len(session.patch_files):
+        patch = patches.load(Path(session.patch_files[len(session.done)]))
+        progress(f"porting {patch.name} to {session.component} {session.to_tag}")
+        got = port.port(runner, work, patch, blobs_from=old_checkout if old_checkout.exists() else None, fuzz=fuzz)
+        if got.method == port.FUZZED and not accept:
+            got = port.PortResult(patch, port.CONFLICT, got.detail + " (fuzzed ports need --continue --accept)")
+        if got.method == port.CONFLICT:
+            where = "\n  ".join(got.conflicts) or "see the files in the work tree"
+            results.append(Result(session.component, "port", FAIL, f"{patch.name}: {got.detail}"))
+            raise RepatchConflict(
+                f"{patch.name} does not port to {session.component} {session.to_tag}: {got.detail}\n  {where}",
+                f"nothing installed changed. Fix it in {work} (conflict markers or .rej files), then "
+                "`sd-env repatch --continue`; or `sd-env repatch --abort`", results)
+        commit = ""
+        if got.ported:
+            commit = _commit(runner, work, f"{patch.name} ({got.method})")
+        session.done.append({"name": patch.name, "path": str(patch.path), "method": got.method,
+                             "detail": got.detail, "commit": commit})
+        save_session(paths, session)
+        status_ = WARN if got.method in (port.OBSOLETE, port.FUZZED) else OK
+        results.append(Result(session.component, "port", status_, f"{patch.name}: {got.method} ({got.detail})"))
+    session.phase = "finishing"
+    save_session(paths, session)
+    return results + _finish(man, paths, runner, opts, session)
+
+
+def _finish(man: Manifest, paths: Paths, runner: Runner, opts: Options, session: Session) -> list[Result]:
+    """Write the refreshed patches, point the manifest at them, swap the checkout, rebuild."""
+    comp = _component(man, session.component)
+    work = Path(session.work)
+    written: list[Path] = []
+    staged: list[tuple[Path, Path]] = []
+    parent = session.base
+    for done in session.done:
+        if not done["commit"]:
+            continue  # obsolete upstream: dropped from the series
+        old = patches.load(Path(done["path"]))
+        new_path = old.path.with_name(_new_name(old.name, session.from_version, session.to_version))
+        written.append(new_path)
+        if not work.exists():
+            continue  # an interrupted finish already wrote the patches and moved the work tree in place
+        # Not gitcmd.out: stripping would cut a trailing blank context line off the diff.
+        diff = gitcmd.git(runner, work, "diff", "--full-index", parent, done["commit"]).stdout
+        parent = done["commit"]
+        tmp = new_path.with_name(new_path.name + ".tmp")
+        tmp.write_text(_new_header(old, session, done["method"]) + "\n" + diff, encoding="utf-8")
+        staged.append((tmp, new_path))
+        try:
+            patches.load(tmp)  # a refreshed patch that does not parse must not replace anything
+        except SdEnvError:
+            for leftover, _ in staged:
+                leftover.unlink(missing_ok=True)
+            raise
+    for tmp, new_path in staged:
+        os.replace(tmp, new_path)
+    commit = session.to_commit if session.source == "git" else None
+    manifest_edit.update_component(man.path, comp.name, tag=session.to_tag, version=session.to_version,
+                                   commit=commit, patches=[p.name for p in written])
+    checkout = paths.checkout(comp.name)
+    old_checkout = paths.home / "repatch" / f"old-{comp.name}"
+    if work.exists():
+        # The managed checkout holds the upstream commit with the series applied, uncommitted.
+        gitcmd.git(runner, work, "reset", "-q", "--soft", session.base)
+        gitcmd.git(runner, work, "reset", "-q")
+        shutil.rmtree(old_checkout, ignore_errors=True)
+        if checkout.exists():
+            os.replace(checkout, old_checkout)
+        os.replace(work, checkout)
+    record = state.load(paths.state)
+    series = [patches.load(p) for p in written]
+    copies = checkout / APPLIED_DIR
+    shutil.rmtree(copies, ignore_errors=True)
+    copies.mkdir(parents=True)
+    for i, p in enumerate(series):
+        (copies / f"{i:02d}-{p.name}").write_text(p.text, encoding="utf-8")
+    record.components[comp.name] = state.ComponentState(
+        session.source, session.to_tag, session.base, recorded_commit=session.source == "git",
+        sdist_sha256=session.sdist_sha256, version=session.to_version,
+        patches=[state.AppliedPatch(p.name, p.sha256, session.base) for p in series])
+    state.save(record, paths.state)
+    progress(f"installing {comp.name} {session.to_version} (editable, no dependencies)")
+    target.install_editable(runner, opts.python, checkout)
+    shutil.rmtree(old_checkout, ignore_errors=True)
+    session_path(paths).unlink(missing_ok=True)
+    shown = ", ".join(p.name for p in written) or "no patches left (all obsolete upstream)"
+    return [Result(comp.name, "finish", OK, f"now {session.to_tag} at {session.base[:12]} ({session.source}); "
+                   f"wrote {shown}; manifest updated; editable install rebuilt")]
+
+
+def _new_name(old: str, from_version: str, to_version: str) -> str:
+    if from_version and from_version in old:
+        return old.replace(from_version, to_version, 1)
+    stem, dot, ext = old.rpartition(".")
+    return f"{stem}-{to_version}.{ext}" if dot else f"{old}-{to_version}"
+
+
+def _new_header(old: patches.Patch, session: Session, method: str) -> str:
+    header_text = old.text.split("diff --git", 1)[0].rstrip("\n")
+    today = datetime.date.today().isoformat()
+    upstream = f"{session.component} {session.to_tag}" + (
+        f" ({session.to_commit})" if session.source == "git" else f" (PyPI sdist, sha256 {session.sdist_sha256})")
+    header_text = _set_field(header_text, "Upstream-Version", upstream)
+    header_text = _set_field(header_text, "Last-Update", today)
+    header_text = _set_field(header_text, "Ported-From", f"{old.name} ({method}, by sd-env repatch)")
+    return header_text + "\n"
+
+
+def _set_field(text: str, key: str, value: str) -> str:
+    pattern = re.compile(rf"^{re.escape(key)}:.*$", re.M)
+    if pattern.search(text):
+        return pattern.sub(f"{key}: {value}", text, count=1)
+    return text + f"\n{key}: {value}"
+
+
+def _commit(runner: Runner, work: Path, message: str) -> str:
+    gitcmd.git(runner, work, "add", "-A")
+    gitcmd.git(runner, work, "commit", "-q", "--no-verify", "--allow-empty", "-m", f"sd-env: {message}",
+               env=gitcmd.IDENTITY)
+    return gitcmd.head(runner, work)
+
+
+def _tag_for(comp: Component, version: str) -> str:
+    if comp.version not in comp.tag:
+        raise InputError(f"cannot derive the tag of {comp.name} {version} from {comp.tag!r}",
+                         "edit the manifest's tag and version, then run `sd-env repatch`")
+    return comp.tag.replace(comp.version, version, 1)
+
+
+def _component(man: Manifest, name: str) -> Component:
+    try:
+        return man.component(name)
+    except KeyError:
+        raise InputError(f"no component {name!r} in {man.path}",
+                         "use one of: " + ", ".join(c.name for c in man.components)) from None
+
+
+def _session(paths: Paths) -> Session:
+    session = load_session(paths)
+    if session is None:
+        raise InputError("no repatch in progress", "start one with `sd-env repatch --to NAME==VERSION`")
+    return session
