@@ -13,5 +13,5 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 export PATH="$PWD/.venv/bin:$PATH"
 echo "* ruff check"
-.venv/bin/ruff check installer tests
+.venv/bin/ruff check installer tests bench
 exec .venv/bin/python -m pytest "$@"

@@ -194,4 +194,20 @@ def fresh_target(tmp_path: Path, target_python: Path) -> Path:
     return where / "bin" / "python"
 
 
-__all__ = ["CORE", "ROOT", "TPU_PATCH", "Project", "Upstream", "git", "run_in", "sys", "tiny_component"]
+def bootstrap(home: Path) -> subprocess.CompletedProcess:
+    """./bootstrap.sh with SD_ENV_HOME=home, outside any active environment."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "SD_ENV_PYTHON")}
+    env.update(SD_ENV_HOME=str(home), COLUMNS="200")
+    return subprocess.run([str(ROOT / "bootstrap.sh")], env=env, capture_output=True, text=True, timeout=3600)
+
+
+@pytest.fixture(scope="session")
+def bootstrapped(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The real environment of the default manifest (2.8 GB on a cold machine), built once per session."""
+    home = tmp_path_factory.mktemp("e2e") / "home"
+    first = bootstrap(home)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return home, first
+
+
+__all__ = ["CORE", "ROOT", "TPU_PATCH", "Project", "Upstream", "bootstrap", "git", "run_in", "sys", "tiny_component"]

@@ -14,25 +14,11 @@ from pathlib import Path
 import pytest
 
 from sd_env import lockfile, manifest
-from tests.conftest import ROOT
+from tests.conftest import ROOT, bootstrap
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 MANIFEST = manifest.load(ROOT / "manifests" / "sc7-sd14-lora.toml")
-
-
-def bootstrap(home: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "SD_ENV_PYTHON")}
-    env.update(SD_ENV_HOME=str(home), COLUMNS="200")
-    return subprocess.run([str(ROOT / "bootstrap.sh")], env=env, capture_output=True, text=True, timeout=3600)
-
-
-@pytest.fixture(scope="session")
-def bootstrapped(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    home = tmp_path_factory.mktemp("e2e") / "home"
-    first = bootstrap(home)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    return home, first
 
 
 def target_run(home: Path, code: str) -> str:

@@ -138,15 +138,8 @@ def _cmd_install(args: argparse.Namespace) -> int:
                            index_url=args.index_url, torch_tpu_wheel=args.torch_tpu_wheel,
                            use_uv=not args.no_uv)
     outcome = install.run(man, paths, runner, opts)
-    if args.json:
-        dump_json("install", outcome.results, {"home": str(paths.home), "python": str(python),
-                                               "log": str(args._log)})
-    else:
-        table(f"sd-env install ({man.name} -> {python})", outcome.results)
-    if outcome.error is not None:
-        _error(outcome.error, args._log)
-        return outcome.error.exit_code
-    return exit_code(outcome.results)
+    return _report("install", outcome.results, outcome.error, args, paths,
+                   title=f"sd-env install ({man.name} -> {python})", python=str(python))
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -212,12 +205,14 @@ def _cmd_repatch(args: argparse.Namespace) -> int:
     return _report("repatch", results, error, args, paths)
 
 
-def _report(command: str, results: list, error: SdEnvError | None, args: argparse.Namespace, paths: Paths) -> int:
+def _report(command: str, results: list, error: SdEnvError | None, args: argparse.Namespace, paths: Paths,
+            title: str = "", **extra: str) -> int:
+    """The results as a table or JSON, then the error (if any) and the exit code."""
     if args.json:
         dump_json(command, results, {"home": str(paths.home), "log": str(args._log),
-                                     "error": error.message if error else None})
+                                     "error": error.message if error else None, **extra})
     else:
-        table(f"sd-env {command}", results)
+        table(title or f"sd-env {command}", results)
     if error is not None:
         _error(error, args._log)
         return error.exit_code

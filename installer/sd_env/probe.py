@@ -41,7 +41,8 @@ def run(runner: Runner, python: Path, path: Path, args: list[str], *, timeout: f
     try:
         done = runner.run([str(python), str(path), *args], timeout=timeout, check=False, env=env, cwd=cwd)
     except CommandError as exc:  # only a timeout gets here (check=False)
-        return ProbeResult(None, f"timed out after {timeout:.0f} s (killed)", timeout, _tail(exc.output))
+        output = "\n".join(line for line in exc.output.splitlines() if not line.startswith("(timeout after"))
+        return ProbeResult(None, f"timed out after {timeout:.0f} s (killed)", timeout, _tail(output), output)
     tail = _tail(done.stderr)
     if done.returncode < 0:
         try:

@@ -271,11 +271,12 @@ def _judge_script(ctx: Context, got: probe.ProbeResult, out: Path) -> probe.Prob
     weights = sorted(out.glob("pytorch_lora_weights.*"))
     count = probe.run(ctx.runner, ctx.python, probe.script("lora_weights.py"), [str(out)],
                       timeout=ctx.timeouts["infer"]) if weights else None
-    losses = [float(x) for x in _STEP_LOSS.findall(got.stderr)]
+    found = (count.data or {}) if count else {}
+    # Full-precision losses from TensorBoard; the progress bar's rounded ones otherwise.
+    losses = found.get("losses") or [float(x) for x in _STEP_LOSS.findall(got.stderr)]
     data = {"ok": bool(weights), "device": ctx.device, "losses": losses,
-            "finite": bool(losses) and all(math.isfinite(x) for x in losses),
-            "weights": str(weights[0]) if weights else "", "tensors": (count.data or {}).get("tensors", 0)
-            if count else 0}
+            "finite": bool(losses) and all(math.isfinite(x) for x in losses) and found.get("finite", False),
+            "weights": str(weights[0]) if weights else "", "tensors": found.get("tensors", 0)}
     return probe.ProbeResult(data, None if weights else "wrote no pytorch_lora_weights", got.seconds,
                              got.stderr_tail, got.stderr)
 

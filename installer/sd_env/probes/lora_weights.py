@@ -1,6 +1,9 @@
-"""Probe: count the tensors in a LoRA weights file (safetensors or a torch .bin).
+"""Probe: what a LoRA training run left in its output folder.
 
-Prints one JSON object: {"ok", "file", "tensors", "finite"}.
+The tensors of pytorch_lora_weights.* (safetensors or a torch .bin), and the
+`train_loss` scalars the v0.20.0 script logs to TensorBoard (it prints no
+loss; its progress bar rounds it). Prints one JSON object:
+{"ok", "file", "tensors", "finite", "losses"}.
 """
 
 import json
@@ -23,7 +26,21 @@ def main(folder):
 
         tensors = torch.load(str(path), map_location="cpu")
     finite = all(math.isfinite(float(t.float().abs().max())) for t in tensors.values())
-    return {"ok": bool(tensors) and finite, "file": str(path), "tensors": len(tensors), "finite": finite}
+    return {"ok": bool(tensors) and finite, "file": str(path), "tensors": len(tensors), "finite": finite,
+            "losses": logged_losses(Path(folder))}
+
+
+def logged_losses(folder):
+    events = sorted(folder.glob("logs/*/events.out.tfevents.*"))
+    if not events:
+        return []
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    if "train_loss" not in acc.Tags().get("scalars", []):
+        return []
+    return [event.value for event in acc.Scalars("train_loss")]
 
 
 if __name__ == "__main__":
