@@ -4,7 +4,7 @@
 # On a fresh machine: finds a Python >= 3.9 for sd-env itself, installs sd-env
 # into its own venv (.sd-env/tool), then runs `sd-env install` (which finds or
 # creates the Python 3.9 target environment, .sd-env/venv by default) and
-# `sd-env status`. Needs only bash, git and some Python >= 3.9. Re-running on
+# `sd-env verify`. Needs only bash, git and some Python >= 3.9. Re-running on
 # a finished machine changes nothing and takes seconds.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -39,4 +39,13 @@ fi
 
 export SD_ENV_HOME="$home"
 "$tool/bin/sd-env" install "$@"
-exec "$tool/bin/sd-env" status
+
+# The full verify (a LoRA training step, about 30 s) runs whenever what is
+# installed changed since the last full pass; otherwise the quick one does.
+installed=$(cat "$home/state.json" "$here"/manifests/* "$here"/patches/* 2>/dev/null | sha256sum | cut -c1-16)
+if [ "$(cat "$home/.verified" 2>/dev/null)" = "$installed" ]; then
+  say "nothing changed since the last full verify: running verify --quick (sd-env verify runs all checks)"
+  exec "$tool/bin/sd-env" verify --quick
+fi
+"$tool/bin/sd-env" verify
+echo "$installed" > "$home/.verified"

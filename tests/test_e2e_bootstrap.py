@@ -65,6 +65,11 @@ def test_first_run_reports_what_it_did(bootstrapped):
     assert "installed 87 packages" in first.stdout or "locked packages present" in first.stdout
     assert "applied accelerate-0.16.0-tpu.diff" in first.stdout
     assert "CPU-only" in first.stdout  # no Sophgo wheel here, and it says so
+    # ... and it ends with a full verify whose real-work rows passed on the CPU and say so
+    for row in ("linear smoke", "lora step", "inference"):
+        line = next(line for line in first.stdout.splitlines() if f"│ {row}" in line)
+        assert "│ ok" in line and "ran on cpu (no SC7 card)" in line, line
+    assert "all checks passed" in first.stdout
 
 
 def test_second_run_is_a_no_op(bootstrapped):
@@ -78,3 +83,4 @@ def test_second_run_is_a_no_op(bootstrapped):
     assert not [c for c in commands if " install " in c or " fetch " in c or " download " in c], commands
     assert "all 87 locked packages present" in second.stdout
     assert second.stdout.count("up to date") == len(MANIFEST.components)
+    assert "running verify --quick" in second.stderr and "all checks passed" in second.stdout
