@@ -53,6 +53,8 @@ class Session:
     done: list[dict]  # per ported patch: name, method, detail, commit (in the work tree)
     phase: str = "porting"  # "porting" | "finishing"
     sdist_sha256: str | None = None
+    fuzz: int = 0  # --fuzz of the start, kept for the patches ported after a --continue
+    fuzzed: str = ""  # detail of the stopped patch's fuzzed port, waiting for --continue --accept
 
 
 def session_path(paths: Paths) -> Path:
@@ -124,7 +126,7 @@ def start(man: Manifest, paths: Paths, runner: Runner, opts: Options, name: str,
         progress(f"WARNING: git cannot reach {comp.git}; using the PyPI sdist {name}=={version}")
         got = sources.fetch_sdist(new, work, paths.work, runner, python=opts.python)
     session = Session(name, from_tag, from_version, to_tag, version, got.commit, got.source, str(work), got.commit,
-                      [str(p) for p in comp.patches], [], sdist_sha256=got.sdist_sha256)
+                      [str(p) for p in comp.patches], [], sdist_sha256=got.sdist_sha256, fuzz=fuzz)
     save_session(paths, session)
     return _port_all(man, paths, runner, opts, session, fuzz, accept)
 
@@ -152,16 +154,27 @@ def resume(man: Manifest, paths: Paths, runner: Runner, opts: Options, accept: b
             raise RepatchConflict(f"{patch.name}: " + "; ".join(problems or missing),
                                   "fix the work tree and --continue" + ("" if problems else
                                   " (or --continue --accept if the missing lines were changed on purpose)"))
-        _commit(runner, work, f"{patch.name} (resolved by hand)")
-        session.done.append({"name": patch.name, "path": str(patch.path), "method": "manual",
-                             "detail": "resolved by hand in the work tree",
-                             "commit": gitcmd.head(runner, work)})
+        if session.fuzzed and not accept:
+            # A fuzzed port is accepted only by saying so, even when the tree was left as fuzz made it.
+            raise RepatchConflict(f"{patch.name}: {session.fuzzed}; a fuzzed port needs --accept",
+                                  f"review the change in {work}, then `sd-env repatch --continue --accept`")
+        method, detail = ((port.FUZZED, session.fuzzed.split(":")[0] + ", accepted with --accept") if session.fuzzed
+                          else ("manual", "resolved by hand in the work tree"))
+        _commit(runner, work, f"{patch.name} ({method})")
+        session.done.append({"name": patch.name, "path": str(patch.path), "method": method,
+                             "detail": detail, "commit": gitcmd.head(runner, work)})
+        session.fuzzed = ""
         save_session(paths, session)
-    return _port_all(man, paths, runner, opts, session, 0, accept)
+    return _port_all(man, paths, runner, opts, session, session.fuzz, accept)
 
 
 def abort(paths: Paths) -> Result:
     session = _session(paths)
+    if session.phase == "finishing":
+        # Patch files, manifest and checkout may already be switched: only finishing leaves them consistent.
+        raise InputError(f"the port of {session.component} to {session.to_version} is done and was being "
+                         "installed when it stopped; it cannot be aborted",
+                         "run `sd-env repatch` to finish it (then `sd-env repatch --to` back, if need be)")
     shutil.rmtree(session.work, ignore_errors=True)
     session_path(paths).unlink()
     return Result(session.component, "abort", OK, f"removed {session.work}; nothing else had changed")
@@ -178,6 +191,8 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
         progress(f"porting {patch.name} to {session.component} {session.to_tag}")
         got = port.port(runner, work, patch, blobs_from=old_checkout if old_checkout.exists() else None, fuzz=fuzz)
         if got.method == port.FUZZED and not accept:
+            session.fuzzed = got.detail
+            save_session(paths, session)
             got = port.PortResult(patch, port.CONFLICT, got.detail + " (fuzzed ports need --continue --accept)")
         if got.method == port.CONFLICT:
             where = "\n  ".join(got.conflicts) or "see the files in the work tree"

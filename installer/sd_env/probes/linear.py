@@ -5,9 +5,9 @@ computation on the CPU. Prints one JSON object on the last line.
 """
 
 import argparse
-import json
-import sys
 import time
+
+from _result import report
 
 
 def main():
@@ -35,8 +35,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        print(json.dumps(main()))
-    except Exception as exc:
-        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
-        sys.exit(1)
+    report(main)

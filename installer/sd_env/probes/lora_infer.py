@@ -12,10 +12,9 @@ Prints one JSON object on its last stdout line; logs go to stderr.
 """
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
+
+from _result import report
 
 PROMPT = "a red square"
 
@@ -82,13 +81,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        print(json.dumps(main()))
-    except Exception as exc:  # the caller reads JSON; the traceback stays on stderr
-        import traceback
-
-        traceback.print_exc()
-        ours = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == __file__]
-        where = f"{Path(__file__).name}:{ours[-1].lineno}: {ours[-1].line}" if ours else None
-        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}", "where": where}))
-        sys.exit(1)
+    report(main)

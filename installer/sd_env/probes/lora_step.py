@@ -13,13 +13,14 @@ Prints one JSON object on its last stdout line; logs go to stderr.
 """
 
 import argparse
-import json
 import math
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _result import report
 
 
 def parse_args():
@@ -208,14 +209,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        print(json.dumps(main()))
-    except Exception as exc:  # the caller reads JSON; the traceback stays on stderr
-        import traceback
-
-        traceback.print_exc()
-        # The innermost line of this probe that failed, e.g. the vae.encode call for fp16 on a CPU.
-        ours = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == __file__]
-        where = f"{Path(__file__).name}:{ours[-1].lineno}: {ours[-1].line}" if ours else None
-        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}", "where": where}))
-        sys.exit(1)
+    report(main)

@@ -6,10 +6,11 @@ loss; its progress bar rounds it). Prints one JSON object:
 {"ok", "file", "tensors", "finite", "losses"}.
 """
 
-import json
 import math
 import sys
 from pathlib import Path
+
+from _result import report
 
 
 def main(folder):
@@ -44,8 +45,4 @@ def logged_losses(folder):
 
 
 if __name__ == "__main__":
-    try:
-        print(json.dumps(main(sys.argv[1])))
-    except Exception as exc:
-        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
-        sys.exit(1)
+    report(main, sys.argv[1])

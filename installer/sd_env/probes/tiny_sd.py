@@ -16,10 +16,11 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _result import report
 
 # Bump when the recipe changes, so an old cached build is replaced.
 RECIPE = 1
@@ -161,11 +162,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        print(json.dumps(main()))
-    except Exception as exc:  # the caller reads JSON; the traceback stays on stderr
-        import traceback
-
-        traceback.print_exc()
-        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
-        sys.exit(1)
+    report(main)
