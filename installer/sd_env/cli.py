@@ -175,7 +175,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_repatch(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "repatch")
     if args.abort:
-        return _report("repatch", [repatch.abort(paths)], None, args, paths)
+        try:
+            return _report("repatch", [repatch.abort(paths)], None, args, paths)
+        except SdEnvError as exc:
+            return _report("repatch", [], exc, args, paths)
     python, _how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
     if python is None:
         raise InputError("no target environment to repatch", "run ./bootstrap.sh or sd-env install first")
