@@ -1,0 +1,104 @@
+"""The era lock: parsing, what is missing, the compile command, and hash-checked installs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from sd_env import closure, lockfile, manifest
+from sd_env.envs import Inventory
+from sd_env.errors import InputError, StepError
+from sd_env.runner import Runner
+from tests.conftest import ROOT
+
+MANIFEST = manifest.load(ROOT / "manifests" / "sc7-sd14-lora.toml")
+BAD = "a" * 64
+
+
+def test_the_committed_lock_pins_the_era():
+    lock = lockfile.read(MANIFEST.lock.files["pypi"])
+    assert len(lock.pins) == 87
+    assert lock.pins["torch"] == "2.1.0" and lock.pins["numpy"] == "1.25.2"
+    assert lock.pins["huggingface-hub"] == "0.16.4" and lock.pins["setuptools"] == "68.1.2"
+    assert all(lock.hashes[name] for name in lock.pins)
+    # the patched components come from their checkouts, never from the lock
+    assert not {"accelerate", "diffusers", "transformers", "torch-tpu"} & set(lock.pins)
+
+
+def test_a_pin_without_hash_is_refused(tmp_path):
+    path = tmp_path / "lock.txt"
+    path.write_text(f"six==1.16.0 \\\n    --hash=sha256:{BAD}\nnumpy==1.25.2\n")
+    with pytest.raises(InputError, match="no sha256 for numpy"):
+        lockfile.read(path)
+
+
+def test_missing_lists_absent_wrong_and_duplicate_pins(tmp_path):
+    path = tmp_path / "lock.txt"
+    path.write_text("".join(f"{p} \\\n    --hash=sha256:{BAD}\n" for p in ("Six==1.16.0", "numpy==1.25.2",
+                                                                         "rich==13.5.2", "tqdm==4.66.1")))
+    inv = Inventory((3, 9, 18), "python", "/venv", True, {
+        "six": [{"version": "1.16.0", "path": "a"}],
+        "numpy": [{"version": "2.0.0", "path": "a"}],
+        "tqdm": [{"version": "4.66.1", "path": "a"}, {"version": "4.66.1", "path": "b"}],
+    })
+    assert closure.missing(lockfile.read(path), inv) == {
+        "numpy": ("1.25.2", "2.0.0"), "rich": ("13.5.2", None), "tqdm": ("4.66.1", "4.66.1, 4.66.1")}
+
+
+def test_compile_command_reproduces_the_era_settings():
+    argv = lockfile.compile_argv(MANIFEST, "pypi", "uv", Path("out.txt"))
+    joined = " ".join(argv)
+    assert "--python-version 3.9 --python-platform x86_64-unknown-linux-gnu" in joined
+    assert "--exclude-newer 2023-08-31T00:00:00Z" in joined and "--generate-hashes" in joined
+    assert "--exclude-newer-package torch=2023-10-06T00:00:00Z" in joined
+    for comp in ("accelerate", "diffusers", "transformers"):
+        assert f"--no-emit-package {comp}" in joined
+    assert "--index-url https://pypi.org/simple" in joined and "--extra-index-url" not in joined
+    cpu = " ".join(lockfile.compile_argv(MANIFEST, "cpu", "uv", Path("out.txt")))
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in cpu
+
+
+@pytest.fixture
+def offline_wheel(tmp_path, monkeypatch):
+    """A local wheel folder as the only index, for pip and uv alike."""
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "six==1.16.0", "-d", str(wheels)],
+                   check=True)
+    for var, value in (("PIP_NO_INDEX", "1"), ("PIP_FIND_LINKS", str(wheels)), ("UV_NO_INDEX", "1"),
+                       ("UV_FIND_LINKS", str(wheels))):
+        monkeypatch.setenv(var, value)
+    where = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(where)
+    return where / "bin" / "python"
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("use_uv", [False, True], ids=["pip", "uv"])
+def test_hash_mismatch_names_package_and_both_hashes(tmp_path, offline_wheel, use_uv):
+    if use_uv and closure.find_uv() is None:
+        pytest.skip("uv is not installed (it is in the test extras)")
+    lock_path = tmp_path / "lock.txt"
+    lock_path.write_text(f"six==1.16.0 \\\n    --hash=sha256:{BAD}\n")
+    with pytest.raises(StepError) as info:
+        closure.install(Runner(), offline_wheel, lockfile.read(lock_path), index=None, use_uv=use_uv)
+    message = info.value.message
+    assert "hash mismatch for six==1.16.0" in message
+    assert f"expects sha256 {BAD}" in message
+    assert "the downloaded file has 8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254" in message
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("use_uv", [False, True], ids=["pip", "uv"])
+def test_matching_hash_installs(tmp_path, offline_wheel, use_uv):
+    if use_uv and closure.find_uv() is None:
+        pytest.skip("uv is not installed (it is in the test extras)")
+    lock_path = tmp_path / "lock.txt"
+    good = "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254"
+    lock_path.write_text(f"six==1.16.0 \\\n    --hash=sha256:{good}\n")
+    assert closure.install(Runner(), offline_wheel, lockfile.read(lock_path), index=None, use_uv=use_uv) == \
+        ("uv" if use_uv else "pip")
+    subprocess.run([str(offline_wheel), "-c", "import six"], check=True)
