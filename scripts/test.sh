@@ -12,6 +12,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 export PATH="$PWD/.venv/bin:$PATH"
-echo "* ruff check"
+echo "* ruff check, mypy"
 .venv/bin/ruff check installer tests bench
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import install, manifest, state
+from sd_env import install, manifest, patches, state
+from sd_env.errors import InputError
 from sd_env.paths import Paths
 from sd_env.runner import Runner
 from tests.conftest import CORE, TPU_PATCH, git, run_in, tiny_component
@@ -261,3 +262,13 @@ def test_status_without_checkout_plans_everything(project, upstream, capsys, kin
     assert project.cli(kind, "--json") == 0
     row = json.loads(capsys.readouterr().out)["components"][0]
     assert row["needs"] == ["fetch", "patch", "build"]
+
+
+@pytest.mark.parametrize("path", ["../evil.py", "/etc/evil.py", "src/../../evil.py"])
+def test_patch_paths_outside_the_checkout_are_bad_input(tmp_path, path):
+    bad = tmp_path / "bad.diff"
+    bad.write_text(f"Description: x\n\ndiff --git a/{path} b/{path}\n--- a/{path}\n+++ b/{path}\n"
+                   "@@ -1 +1 @@\n-a\n+b\n")
+    with pytest.raises(InputError, match="outside the checkout") as info:
+        patches.load(bad)
+    assert info.value.exit_code == 2

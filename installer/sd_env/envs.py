@@ -108,8 +108,9 @@ def find_base(want: str) -> Path | None:
         root = subprocess.run([pyenv, "root"], capture_output=True, text=True).stdout.strip()
         found = glob.glob(os.path.join(root, "versions", f"{want}*", "bin", "python"))
         candidates += sorted(found, key=_version_key, reverse=True)
-    if shutil.which(f"python{want}"):
-        candidates.append(shutil.which(f"python{want}"))
+    on_path = shutil.which(f"python{want}")
+    if on_path:
+        candidates.append(on_path)
     for candidate in candidates:
         out = subprocess.run([candidate, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
                              capture_output=True, text=True)

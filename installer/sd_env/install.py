@@ -51,7 +51,8 @@ def applicable(runner: Runner, comp: Component, checkout: Path,
     Only an sdist may lack a patch's target (diffusers' examples/ is not in
     it); from git, a missing target means the patch does not fit the tag.
     """
-    series, notes = [], []
+    series: list[patches.Patch] = []
+    notes: list[Result] = []
     for path in comp.patches:
         patch = patches.load(path)
         patches.check_inside(checkout, patch)
@@ -179,14 +180,16 @@ def _component(comp: Component, paths: Paths, runner: Runner, opts: Options,
         record.components[comp.name] = rec
     head = gitcmd.head(runner, checkout) if checkout.exists() else None
     pinned = pinned_commit(comp, rec)
-    series, notes, seen = None, [], None
+    series: list[patches.Patch] | None = None
+    notes: list[Result] = []
+    seen = None
     if head is not None and (pinned is None or head == pinned):
         series, notes = applicable(runner, comp, checkout, rec.source if rec else "git")
         seen = _observe(runner, comp, checkout, series, rec)
     obs = Observed(head, pinned, seen, inst, checkout.resolve().as_uri())
     steps = plan(obs)
     if not steps:
-        return [*notes, Result(comp.name, "install", OK, f"up to date at {head[:12]}")]
+        return [*notes, Result(comp.name, "install", OK, f"up to date at {_short(head)}")]
 
     results: list[Result] = []
     for step in steps:
@@ -197,14 +200,14 @@ def _component(comp: Component, paths: Paths, runner: Runner, opts: Options,
             series, notes = applicable(runner, comp, checkout, rec.source)
         elif step == CHECKOUT:
             raise StepError(
-                f"{comp.name}: the checkout is at {head[:12]}, the manifest pins {pinned[:12]}",
+                f"{comp.name}: the checkout is at {_short(head)}, the manifest pins {_short(pinned)}",
                 "moving a component to another commit is `sd-env repatch`'s job; run it")
         elif step == RESTORE:
             assert seen is not None
             progress(f"restoring {len(seen.changed)} half-patched files of {comp.name} "
                      "(an interrupted run?)")
             patches.restore(runner, checkout, list(seen.changed))
-            detail = f"restored {', '.join(seen.changed)} to {head[:12]} before re-applying"
+            detail = f"restored {', '.join(seen.changed)} to {_short(head)} before re-applying"
         elif step == PATCH:
             assert series is not None
             results += notes
@@ -218,6 +221,10 @@ def _component(comp: Component, paths: Paths, runner: Runner, opts: Options,
             detail = f"editable install of {checkout}"
         results.append(Result(comp.name, step, OK, detail, time.monotonic() - started))
     return results + notes
+
+
+def _short(commit: str | None) -> str:
+    return commit[:12] if commit else "?"
 
 
 def _observe(runner: Runner, comp: Component, checkout: Path, series: list[patches.Patch],
@@ -277,7 +284,7 @@ def _fetch(comp: Component, paths: Paths, runner: Runner, opts: Options,
         got = sources.fetch_sdist(comp, checkout, paths.work, runner, python=opts.python)
         rec = state.ComponentState("sdist", comp.tag, got.commit, sdist_sha256=got.sdist_sha256,
                                    version=comp.version)
-        return f"PyPI sdist {got.url} (sha256 {got.sdist_sha256[:12]}), git unreachable", rec
+        return f"PyPI sdist {got.url} (sha256 {_short(got.sdist_sha256)}), git unreachable", rec
     recorded = comp.commit is None
     if recorded:
         progress(f"recorded {comp.name} {comp.tag} -> {got.commit} (add commit = \"{got.commit}\" "

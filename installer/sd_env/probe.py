@@ -28,7 +28,7 @@ class ProbeResult:
 
     @property
     def ok(self) -> bool:
-        return self.problem is None and bool(self.data) and bool(self.data.get("ok", True))
+        return self.problem is None and self.data is not None and bool(self.data.get("ok", True))
 
 
 def script(name: str) -> Path:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sd_env.errors import CommandError
 
@@ -107,7 +108,7 @@ class _Heartbeat:
 
     def __init__(self, label: str | None) -> None:
         self.label = label
-        self.status = None
+        self.status: Any = None  # a rich Status while animating
 
     def __enter__(self) -> _Heartbeat:
         if self.label and sys.stderr.isatty():

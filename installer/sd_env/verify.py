@@ -98,9 +98,9 @@ def check_pins(ctx: Context, inv: envs.Inventory) -> Check:
             where = ", ".join(e["path"] for e in entries)
             problems.append(f"{name}: {len(entries)} distributions shadow each other ({where})")
     for comp in ctx.man.components:
-        have = versions.get(comp.name, [])
-        if have and have != [comp.version]:
-            problems.append(f"{comp.name}: pinned {comp.version}, installed {', '.join(have)}")
+        found = versions.get(comp.name, [])
+        if found and found != [comp.version]:
+            problems.append(f"{comp.name}: pinned {comp.version}, installed {', '.join(found)}")
     got = ctx.runner.run([str(ctx.python), "-m", "pip", "check"], check=False, timeout=300)
     if got.returncode != 0:
         problems.append("pip check: " + "; ".join((got.stdout + got.stderr).strip().splitlines()[:4]))

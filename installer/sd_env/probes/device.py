@@ -8,7 +8,7 @@ import sys
 import time
 
 started = time.monotonic()
-result = {"importable": False, "available": False, "count": 0, "error": None}
+result = {"importable": False, "available": False, "count": 0, "error": None}  # type: dict
 try:
     import torch  # noqa: F401 - torch_tpu registers itself on torch's PrivateUse1 backend
     import torch_tpu

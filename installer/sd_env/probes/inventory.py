@@ -8,12 +8,12 @@ import os
 import sys
 from importlib import metadata
 
-dists = {}
+dists = {}  # type: dict
 for dist in metadata.distributions():
     name = dist.metadata["Name"]
     if not name:
         continue
-    entry = {"version": dist.version, "path": str(getattr(dist, "_path", ""))}
+    entry = {"version": dist.version, "path": str(getattr(dist, "_path", ""))}  # type: dict
     if name.lower().replace("_", "-") == "torch-tpu":
         # Told apart by metadata: Google's TorchTPU and Sophgo's share the import name.
         entry["home_page"] = dist.metadata.get("Home-page") or ""
