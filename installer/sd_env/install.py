@@ -88,7 +88,8 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
             result = _closure(manifest, runner, opts, inv)
             changed = result.detail.startswith("installed")
             outcome.results.append(result)
-        installed = target.installed(runner, opts.python, [c.name for c in manifest.components])
+        # The lock holds no component, so this inventory still tells how each one is installed.
+        installed = target.installed(inv, [c.name for c in manifest.components])
         built = []
         for comp in manifest.components:
             where = comp.name
@@ -309,7 +310,7 @@ def _patch(comp: Component, checkout: Path, runner: Runner, series: list[patches
 
 
 def _confirm_builds(paths: Paths, runner: Runner, opts: Options, built: list[str]) -> None:
-    after = target.installed(runner, opts.python, built)
+    after = target.installed(envs.inventory(runner, opts.python), built)
     for name in built:
         checkout = paths.checkout(name)
         inst = after[name]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from sd_env import gitcmd, patches, state, target
+from sd_env import envs, gitcmd, patches, state, target
 from sd_env.errors import SdEnvError
 from sd_env.install import applicable, pinned_commit
 from sd_env.manifest import Manifest
@@ -36,10 +36,14 @@ class ComponentStatus:
     needs: list[str] = field(default_factory=list)
 
 
-def collect(manifest: Manifest, paths: Paths, runner: Runner, python: Path | None) -> list[ComponentStatus]:
+def collect(manifest: Manifest, paths: Paths, runner: Runner, python: Path | None,
+            inv: envs.Inventory | None = None) -> list[ComponentStatus]:
+    """One row per component; `inv` saves a probe when the caller already has the inventory."""
     record = state.load(paths.state)
     names = [c.name for c in manifest.components]
-    installed = target.installed(runner, python, names) if python else {}
+    if python is not None and inv is None:
+        inv = envs.inventory(runner, python)
+    installed = target.installed(inv, names) if inv is not None else {}
     rows = []
     for comp in manifest.components:
         rec = record.components.get(comp.name)

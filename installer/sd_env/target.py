@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
+from sd_env.envs import Inventory
 from sd_env.errors import StepError
 from sd_env.runner import Runner
 
@@ -22,13 +23,16 @@ class Installed:
         return self.editable and self.url == checkout.resolve().as_uri()
 
 
-def installed(runner: Runner, python: Path, names: list[str]) -> dict[str, Installed]:
-    """Ask the target interpreter (in a subprocess) how each distribution is installed."""
-    probe = resources.files("sd_env") / "probes" / "dists.py"
-    with resources.as_file(probe) as script:
-        out = runner.run([str(python), "-I", str(script), *names], timeout=120).stdout
-    data = json.loads(out)
-    return {n: Installed(tuple(d["versions"]), d["editable"], d["url"]) for n, d in data.items()}
+def installed(inv: Inventory, names: list[str]) -> dict[str, Installed]:
+    """How each named distribution is installed, from an inventory of the target."""
+    by_name = {canonicalize_name(n): entries for n, entries in inv.dists.items()}
+    result = {}
+    for name in names:
+        entries = by_name.get(canonicalize_name(name), [])
+        direct = next((e for e in entries if e.get("url")), {})
+        result[name] = Installed(tuple(e["version"] for e in entries), bool(direct.get("editable")),
+                                 direct.get("url"))
+    return result
 
 
 def install_editable(runner: Runner, python: Path, checkout: Path) -> None:

@@ -54,7 +54,7 @@ class Context:
 
 def run(ctx: Context) -> list[Check]:
     inv = envs.inventory(ctx.runner, ctx.python)
-    rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python)
+    rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python, inv)
     checks = [check_interpreter(ctx, inv), check_pins(ctx, inv), check_sources(ctx, rows),
               check_torch_tpu(ctx, inv), check_ulimit()]
     checks.append(check_linear(ctx))

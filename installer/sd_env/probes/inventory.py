@@ -14,6 +14,11 @@ for dist in metadata.distributions():
     if not name:
         continue
     entry = {"version": dist.version, "path": str(getattr(dist, "_path", ""))}  # type: dict
+    direct = dist.read_text("direct_url.json")  # PEP 610: where an editable install points
+    if direct:
+        info = json.loads(direct)
+        entry["url"] = info.get("url")
+        entry["editable"] = bool(info.get("dir_info", {}).get("editable"))
     if name.lower().replace("_", "-") == "torch-tpu":
         # Told apart by metadata: Google's TorchTPU and Sophgo's share the import name.
         entry["home_page"] = dist.metadata.get("Home-page") or ""
