@@ -68,3 +68,20 @@ def test_no_interpreter_gives_the_commands_that_provide_one(tmp_path):
     assert "no Python 3.99 found" in info.value.message
     for command in ("conda create -n sd python=3.99", "pyenv install 3.99", "apt install python3.99"):
         assert command in info.value.hint
+
+
+def test_conda_creates_the_env_when_there_is_no_python(tmp_path, monkeypatch):
+    """No conda here: a stand-in `conda` on PATH makes a real venv where conda would make the env."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "conda.log"
+    conda = bin_dir / "conda"
+    conda.write_text(f'#!/bin/sh\necho "$@" > {log}\n'
+                     f'while [ "$1" != "-p" ]; do shift; done\nexec {BASE} -m venv "$2"\n')
+    conda.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    python, how = envs.resolve(Runner(), None, tmp_path / "home", HERE)
+    assert how == "new conda env" and python == tmp_path / "home" / "venv" / "bin" / "python"
+    assert log.read_text().split() == ["create", "-y", "-q", "-p", str(tmp_path / "home" / "venv"),
+                                       f"python={HERE}"]
+    assert (tmp_path / "home" / "venv" / COMPLETE).exists()
