@@ -46,13 +46,14 @@ def resolve(runner: Runner, explicit: str | None, home: Path, want: str,
             create: bool = True) -> tuple[Path | None, str]:
     """The target interpreter and how it was found; `<home>/venv` is created when needed
     unless `create` is False (read-only commands), which gives None instead."""
-    base: tuple[Path, str] | None = None
+    base: tuple[Path, str, Inventory] | None = None
     for value, source in ((explicit, "--python"), (os.environ.get("SD_ENV_PYTHON"), "$SD_ENV_PYTHON")):
         if value:
             python = _interpreter(Path(value).expanduser(), source)
-            if inventory(runner, python).is_env:
-                return _checked(runner, python, want, source), source
-            base = (python, source)  # a bare interpreter: the base of <home>/venv
+            inv = inventory(runner, python)
+            if inv.is_env:
+                return _checked(runner, python, want, source, inv), source
+            base = (python, source, inv)  # a bare interpreter: the base of <home>/venv
             break
     if base is None and os.environ.get("VIRTUAL_ENV"):
         python = _interpreter(Path(os.environ["VIRTUAL_ENV"]), "$VIRTUAL_ENV")
@@ -68,7 +69,7 @@ def resolve(runner: Runner, explicit: str | None, home: Path, want: str,
     if not create:
         return None, "no target environment yet (run `sd-env install`)"
     if base is not None:
-        return _create_venv(runner, base[0], venv_dir, want, base[1]), f"new venv from {base[1]}"
+        return _create_venv(runner, base[0], venv_dir, want, base[1], base[2]), f"new venv from {base[1]}"
     conda = shutil.which("conda")
     if conda:
         progress(f"creating a conda env with Python {want} at {venv_dir}")
@@ -127,8 +128,9 @@ def _version_key(path: str) -> tuple[int, ...]:
 COMPLETE = ".sd-env-complete"  # written last: a venv without it was interrupted mid-creation
 
 
-def _create_venv(runner: Runner, base: Path, where: Path, want: str, source: str) -> Path:
-    _check_version(runner, base, want, source)
+def _create_venv(runner: Runner, base: Path, where: Path, want: str, source: str,
+                 inv: Inventory | None = None) -> Path:
+    _check_version(runner, base, want, source, inv)
     progress(f"creating the target venv {where} with {base}")
     shutil.rmtree(where, ignore_errors=True)  # only ever a half-made one (see COMPLETE)
     runner.run([str(base), "-m", "venv", str(where)], timeout=600,
@@ -137,13 +139,13 @@ def _create_venv(runner: Runner, base: Path, where: Path, want: str, source: str
     return where / "bin" / "python"
 
 
-def _checked(runner: Runner, python: Path, want: str, source: str) -> Path:
-    _check_version(runner, python, want, source)
+def _checked(runner: Runner, python: Path, want: str, source: str, inv: Inventory | None = None) -> Path:
+    _check_version(runner, python, want, source, inv)
     return python
 
 
-def _check_version(runner: Runner, python: Path, want: str, source: str) -> None:
-    have = inventory(runner, python).python
+def _check_version(runner: Runner, python: Path, want: str, source: str, inv: Inventory | None = None) -> None:
+    have = (inv or inventory(runner, python)).python
     if f"{have[0]}.{have[1]}" != want:
         raise InputError(f"{source}: {python} is Python {have[0]}.{have[1]}.{have[2]}, the manifest wants {want}",
                          f"point --python at a Python {want} interpreter or environment")

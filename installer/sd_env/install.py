@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sd_env import closure, envs, gitcmd, lockfile, manifest, patches, sources, state, target, torchtpu
-from sd_env.errors import CommandError, PatchConflict, SdEnvError, StepError
+from sd_env.errors import PatchConflict, SdEnvError, StepError
 from sd_env.manifest import Component, Manifest
 from sd_env.paths import Paths
 from sd_env.plan import BUILD, CHECKOUT, FETCH, PATCH, RESTORE, Observed, plan
@@ -45,14 +45,14 @@ def pinned_commit(comp: Component, rec: state.ComponentState | None) -> str | No
 
 
 def applicable(runner: Runner, comp: Component, checkout: Path,
-               source: str) -> tuple[list[patches.Patch], list[Result]]:
-    """The component's patches this source can take, and a warning for each other one.
+               source: str) -> tuple[list[patches.Patch], list[tuple[patches.Patch, list[str]]]]:
+    """The component's patches this source can take, and the others with their missing targets.
 
     Only an sdist may lack a patch's target (diffusers' examples/ is not in
     it); from git, a missing target means the patch does not fit the tag.
     """
     series: list[patches.Patch] = []
-    notes: list[Result] = []
+    skipped: list[tuple[patches.Patch, list[str]]] = []
     for path in comp.patches:
         patch = patches.load(path)
         patches.check_inside(checkout, patch)
@@ -61,12 +61,15 @@ def applicable(runner: Runner, comp: Component, checkout: Path,
             raise PatchConflict(f"{patch.name} changes {', '.join(missing)}, which {comp.tag} does not have",
                                 "the checkout was left as it was; fix the patch or the manifest's tag")
         if missing:
-            notes.append(Result(comp.name, "patch", WARN,
-                                f"{patch.name}: not applicable to this source "
-                                f"({', '.join(missing)} absent from the sdist); NOT applied"))
+            skipped.append((patch, missing))
         else:
             series.append(patch)
-    return series, notes
+    return series, skipped
+
+
+def _skipped_notes(comp: Component, skipped: list[tuple[patches.Patch, list[str]]]) -> list[Result]:
+    return [Result(comp.name, "patch", WARN, f"{patch.name}: not applicable to this source "
+                   f"({', '.join(missing)} absent from the sdist); NOT applied") for patch, missing in skipped]
 
 
 @dataclass
@@ -85,8 +88,7 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
         torchtpu.refuse_installed_google(inv)
         changed = False
         if manifest.lock is not None:
-            result = _closure(manifest, runner, opts, inv)
-            changed = result.detail.startswith("installed")
+            result, changed = _closure(manifest, runner, opts, inv)
             outcome.results.append(result)
         # The lock holds no component, so this inventory still tells how each one is installed.
         installed = target.installed(inv, [c.name for c in manifest.components])
@@ -100,9 +102,9 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
         if built:
             _confirm_builds(paths, runner, opts, built)
         where = "torch_tpu"
-        tpu = _torch_tpu(manifest, paths, runner, opts, record, inv)
+        tpu, tpu_changed = _torch_tpu(manifest, paths, runner, opts, record, inv)
         outcome.results.append(tpu)
-        if changed or built or tpu.detail.startswith("installed"):
+        if changed or built or tpu_changed:
             outcome.results.append(_pip_check(runner, opts.python))
     except SdEnvError as exc:
         outcome.results.append(Result(where, "error", FAIL, exc.message.splitlines()[0]))
@@ -113,8 +115,9 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
     return outcome
 
 
-def _closure(man: Manifest, runner: Runner, opts: Options, inv: envs.Inventory) -> Result:
-    """Install whatever of the lock is missing or at another version; nothing when all is there."""
+def _closure(man: Manifest, runner: Runner, opts: Options, inv: envs.Inventory) -> tuple[Result, bool]:
+    """Install whatever of the lock is missing or at another version; nothing when all is there.
+    Also says whether anything was installed."""
     assert man.lock is not None
     started = time.monotonic()
     flavour = lockfile.flavour_order(man)[0]
@@ -124,7 +127,7 @@ def _closure(man: Manifest, runner: Runner, opts: Options, inv: envs.Inventory) 
                         + "; remove it from the lock: Sophgo's wheel is installed from [torch_tpu]")
     wrong = closure.missing(lock, inv)
     if not wrong:
-        return Result("env", "lock", OK, f"all {len(lock.pins)} locked packages present ({flavour} flavour)")
+        return Result("env", "lock", OK, f"all {len(lock.pins)} locked packages present ({flavour} flavour)"), False
     if flavour == "pypi":
         progress("WARNING: using the PyPI flavour of the lock: PyPI's torch 2.1.0 for Linux is the CUDA "
                  "build (about 2.8 GB more with its nvidia-* packages); the CPU build needs a lock of the "
@@ -134,34 +137,35 @@ def _closure(man: Manifest, runner: Runner, opts: Options, inv: envs.Inventory) 
     shown = ", ".join(f"{n}=={v[0]}" for n, v in sorted(wrong.items())[:4])
     more = f" and {len(wrong) - 4} more" if len(wrong) > 4 else ""
     return Result("env", "lock", OK, f"installed {len(wrong)} packages with {tool} ({flavour} flavour): "
-                  f"{shown}{more}", time.monotonic() - started)
+                  f"{shown}{more}", time.monotonic() - started), True
 
 
 def _torch_tpu(man: Manifest, paths: Paths, runner: Runner, opts: Options, record: state.State,
-               inv: envs.Inventory) -> Result:
+               inv: envs.Inventory) -> tuple[Result, bool]:
+    """Sophgo's wheel when there is one; also says whether it was installed now."""
     started = time.monotonic()
     location = opts.torch_tpu_wheel or (man.torch_tpu.location if man.torch_tpu else None)
     if not location:
-        return Result("torch_tpu", "wheel", SKIPPED, "no torch_tpu wheel in the manifest: CPU-only environment")
+        return Result("torch_tpu", "wheel", SKIPPED, "no torch_tpu wheel in the manifest: CPU-only environment"), False
     spec = man.torch_tpu or manifest.WheelSpec(location, None)
     path = torchtpu.local_wheel(location, paths.home / "wheels")
     if path is None:
         return Result("torch_tpu", "wheel", WARN,
                       f"no wheel at {location}: the environment is CPU-only. Get "
                       f"{Path(location).name} from {torchtpu.SOPHGO_RELEASES}, put it there "
-                      "(or pass --torch-tpu-wheel PATH) and run `sd-env install` again")
+                      "(or pass --torch-tpu-wheel PATH) and run `sd-env install` again"), False
     digest = torchtpu.check_wheel(spec, path)
     version = torchtpu.wheel_metadata(path)["version"]
-    have = [e["version"] for n, es in inv.dists.items() if n.lower().replace("_", "-") == torchtpu.NAME for e in es]
-    if have == [version] and record.wheels.get(path.name) == digest:
-        return Result("torch_tpu", "wheel", OK, f"torch_tpu {version} already installed from {path.name}")
+    have = target.installed(inv, [torchtpu.NAME])[torchtpu.NAME].versions
+    if have == (version,) and record.wheels.get(path.name) == digest:
+        return Result("torch_tpu", "wheel", OK, f"torch_tpu {version} already installed from {path.name}"), False
     progress(f"installing torch_tpu {version} from {path}")
     closure.install_file(runner, opts.python, path, use_uv=opts.use_uv)
     first = path.name not in record.wheels and not spec.sha256
     record.wheels[path.name] = digest
     note = f"; recorded sha256 {digest} (add it to the manifest's [torch_tpu] to pin it)" if first else ""
     return Result("torch_tpu", "wheel", OK, f"installed torch_tpu {version} from {path.name}{note}",
-                  time.monotonic() - started)
+                  time.monotonic() - started), True
 
 
 def _pip_check(runner: Runner, python: Path) -> Result:
@@ -185,7 +189,8 @@ def _component(comp: Component, paths: Paths, runner: Runner, opts: Options,
     notes: list[Result] = []
     seen = None
     if head is not None and (pinned is None or head == pinned):
-        series, notes = applicable(runner, comp, checkout, rec.source if rec else "git")
+        series, skipped = applicable(runner, comp, checkout, rec.source if rec else "git")
+        notes = _skipped_notes(comp, skipped)
         seen = _observe(runner, comp, checkout, series, rec)
     obs = Observed(head, pinned, seen, inst, checkout.resolve().as_uri())
     steps = plan(obs)
@@ -198,7 +203,8 @@ def _component(comp: Component, paths: Paths, runner: Runner, opts: Options,
         if step == FETCH:
             detail, rec = _fetch(comp, paths, runner, opts, pinned)
             record.components[comp.name] = rec
-            series, notes = applicable(runner, comp, checkout, rec.source)
+            series, skipped = applicable(runner, comp, checkout, rec.source)
+            notes = _skipped_notes(comp, skipped)
         elif step == CHECKOUT:
             raise StepError(
                 f"{comp.name}: the checkout is at {_short(head)}, the manifest pins {_short(pinned)}",
@@ -270,19 +276,9 @@ def _fetch(comp: Component, paths: Paths, runner: Runner, opts: Options,
     checkout = paths.checkout(comp.name)
     url = sources.mirror_url(comp.git, opts.mirror)
     progress(f"cloning {comp.name} {comp.tag}" + (f" from mirror {url}" if url != comp.git else ""))
-    try:
-        got = sources.fetch_git(comp, checkout, paths.work, runner, mirror=opts.mirror, expect=pinned)
-    except CommandError as exc:
-        if not sources.unreachable(exc):
-            raise StepError(f"{comp.name}: tag {comp.tag} not found at {url}",
-                            "check `tag` in the manifest") from None
-        if not (comp.sdist and opts.sdist_fallback):
-            raise StepError(f"{comp.name}: git cannot reach {url}",
-                            "use a mirror: --git-mirror PREFIX or SD_ENV_GIT_MIRROR") from None
-        progress(f"WARNING: git cannot reach {url}; falling back to the PyPI sdist "
-                 f"{comp.name}=={comp.version} (library code identical to {comp.tag}; "
-                 "files outside the sdist, such as diffusers' examples/, are missing)")
-        got = sources.fetch_sdist(comp, checkout, paths.work, runner, python=opts.python)
+    got = sources.fetch(comp, checkout, paths.work, runner, mirror=opts.mirror, expect=pinned,
+                        python=opts.python, sdist_fallback=opts.sdist_fallback)
+    if got.source == "sdist":
         rec = state.ComponentState("sdist", comp.tag, got.commit, sdist_sha256=got.sdist_sha256,
                                    version=comp.version)
         return f"PyPI sdist {got.url} (sha256 {_short(got.sdist_sha256)}), git unreachable", rec
@@ -295,17 +291,22 @@ def _fetch(comp: Component, paths: Paths, runner: Runner, opts: Options,
     return f"git {comp.tag} at {got.commit[:12]} ({verb})", rec
 
 
-def _patch(comp: Component, checkout: Path, runner: Runner, series: list[patches.Patch],
-           rec: state.ComponentState) -> str:
-    progress(f"patching {comp.name}: {', '.join(p.name for p in series)}")
-    patches.apply(runner, checkout, series)
-    head = gitcmd.head(runner, checkout)
+def record_applied(checkout: Path, series: list[patches.Patch], rec: state.ComponentState, head: str) -> None:
+    """Remember an applied series: its sha256s in the state, and copies inside the checkout so a
+    later change of the patch files can be reverted exactly."""
     copies = checkout / APPLIED_DIR
     shutil.rmtree(copies, ignore_errors=True)
     copies.mkdir(parents=True)
     for i, patch in enumerate(series):
         (copies / f"{i:02d}-{patch.name}").write_text(patch.text, encoding="utf-8")
     rec.patches = [state.AppliedPatch(p.name, p.sha256, head) for p in series]
+
+
+def _patch(comp: Component, checkout: Path, runner: Runner, series: list[patches.Patch],
+           rec: state.ComponentState) -> str:
+    progress(f"patching {comp.name}: {', '.join(p.name for p in series)}")
+    patches.apply(runner, checkout, series)
+    record_applied(checkout, series, rec, gitcmd.head(runner, checkout))
     return "applied " + ", ".join(f"{p.name} (sha256 {p.sha256[:12]})" for p in series)
 
 

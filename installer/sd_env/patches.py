@@ -144,10 +144,12 @@ def expected_tree(runner: Runner, repo: Path, patches: list[Patch]) -> str:
 
 
 def observe(runner: Runner, repo: Path, patches: list[Patch]) -> SeriesState:
-    result = expected_tree(runner, repo, patches)
     changed = gitcmd.changed_paths(runner, repo)
+    if not patches:  # the expected tree is HEAD's: any change is an edit
+        return SeriesState("edited", tuple(changed), tuple(changed)) if changed else SeriesState("applied")
+    result = expected_tree(runner, repo, patches)
     if not changed:
-        return SeriesState("applied" if not patches else "unapplied")
+        return SeriesState("unapplied")
     patched = set(gitcmd.out(runner, repo, "diff", "--name-only", "HEAD", result).splitlines())
     head_blobs = _blobs(runner, repo, "HEAD", changed)
     want_blobs = _blobs(runner, repo, result, changed)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sd_env import gitcmd, manifest_edit, patches, port, sources, state, status, target
-from sd_env.errors import CommandError, InputError, SdEnvError, StepError
-from sd_env.install import APPLIED_DIR, Options
+from sd_env.errors import InputError, SdEnvError, StepError
+from sd_env.install import Options, record_applied
 from sd_env.install import run as install_run
 from sd_env.manifest import Component, Manifest
 from sd_env.paths import Paths
@@ -91,8 +91,8 @@ def restore(man: Manifest, paths: Paths, runner: Runner, opts: Options) -> tuple
     found = []
     for row in status.collect(man, paths, runner, opts.python):
         problems = [f"{name}: {st}" for name, st in row.patches.items()
-                    if st not in ("applied", "not applicable to this source")]
-        if row.install != f"{man.component(row.name).version} editable -> managed checkout":
+                    if st not in (status.APPLIED, status.NOT_APPLICABLE)]
+        if not row.install_ok:
             problems.append(f"install: {row.install}")
         if row.edited:
             problems.append("local edits in " + ", ".join(row.edited))
@@ -117,14 +117,8 @@ def start(man: Manifest, paths: Paths, runner: Runner, opts: Options, name: str,
     shutil.rmtree(work, ignore_errors=True)
     new = dataclasses.replace(comp, tag=to_tag, version=version, commit=None)
     progress(f"fetching {name} {to_tag} into {work}")
-    try:
-        got = sources.fetch_git(new, work, paths.work, runner, mirror=opts.mirror, expect=None)
-    except CommandError as exc:
-        if not (comp.sdist and opts.sdist_fallback and sources.unreachable(exc)):
-            raise StepError(f"cannot fetch {name} {to_tag}: {exc.message}",
-                            "check the version, or use --git-mirror") from None
-        progress(f"WARNING: git cannot reach {comp.git}; using the PyPI sdist {name}=={version}")
-        got = sources.fetch_sdist(new, work, paths.work, runner, python=opts.python)
+    got = sources.fetch(new, work, paths.work, runner, mirror=opts.mirror, expect=None, python=opts.python,
+                        sdist_fallback=opts.sdist_fallback)
     session = Session(name, from_tag, from_version, to_tag, version, got.commit, got.source, str(work), got.commit,
                       [str(p) for p in comp.patches], [], sdist_sha256=got.sdist_sha256, fuzz=fuzz)
     save_session(paths, session)
@@ -257,16 +251,10 @@ def _finish(man: Manifest, paths: Paths, runner: Runner, opts: Options, session:
             os.replace(checkout, old_checkout)
         os.replace(work, checkout)
     record = state.load(paths.state)
-    series = [patches.load(p) for p in written]
-    copies = checkout / APPLIED_DIR
-    shutil.rmtree(copies, ignore_errors=True)
-    copies.mkdir(parents=True)
-    for i, p in enumerate(series):
-        (copies / f"{i:02d}-{p.name}").write_text(p.text, encoding="utf-8")
-    record.components[comp.name] = state.ComponentState(
+    rec = record.components[comp.name] = state.ComponentState(
         session.source, session.to_tag, session.base, recorded_commit=session.source == "git",
-        sdist_sha256=session.sdist_sha256, version=session.to_version,
-        patches=[state.AppliedPatch(p.name, p.sha256, session.base) for p in series])
+        sdist_sha256=session.sdist_sha256, version=session.to_version)
+    record_applied(checkout, [patches.load(p) for p in written], rec, session.base)
     state.save(record, paths.state)
     progress(f"installing {comp.name} {session.to_version} (editable, no dependencies)")
     target.install_editable(runner, opts.python, checkout)

@@ -22,6 +22,7 @@ from pathlib import Path
 from sd_env import gitcmd
 from sd_env.errors import CommandError, InputError, StepError
 from sd_env.manifest import Component
+from sd_env.report import progress
 from sd_env.runner import Runner
 
 ENV_MIRROR = "SD_ENV_GIT_MIRROR"
@@ -118,6 +119,28 @@ def fetch_sdist(comp: Component, dest: Path, work: Path, runner: Runner, *, pyth
         return Fetched("sdist", commit, sdist_sha256=digest, url=archives[0].name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fetch(comp: Component, dest: Path, work: Path, runner: Runner, *, mirror: str | None,
+          expect: str | None, python: Path, sdist_fallback: bool) -> Fetched:
+    """git first; the PyPI sdist of the same version when git cannot reach the host (said loudly).
+
+    A missing tag is never papered over by the sdist: it is an error.
+    """
+    url = mirror_url(comp.git, mirror)
+    try:
+        return fetch_git(comp, dest, work, runner, mirror=mirror, expect=expect)
+    except CommandError as exc:
+        if not unreachable(exc):
+            raise StepError(f"{comp.name}: tag {comp.tag} not found at {url}",
+                            "check `tag` (and `version`) in the manifest") from None
+        if not (comp.sdist and sdist_fallback):
+            raise StepError(f"{comp.name}: git cannot reach {url}",
+                            "use a mirror: --git-mirror PREFIX or SD_ENV_GIT_MIRROR") from None
+    progress(f"WARNING: git cannot reach {url}; falling back to the PyPI sdist "
+             f"{comp.name}=={comp.version} (library code identical to {comp.tag}; "
+             "files outside the sdist, such as diffusers' examples/, are missing)")
+    return fetch_sdist(comp, dest, work, runner, python=python)
 
 
 def switch_commit(runner: Runner, repo: Path, commit: str) -> bool:

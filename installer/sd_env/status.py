@@ -21,6 +21,9 @@ from sd_env.plan import Observed, plan
 from sd_env.report import REPORT_VERSION, console
 from sd_env.runner import Runner
 
+APPLIED = "applied"
+NOT_APPLICABLE = "not applicable to this source"  # an sdist lacks the file (diffusers' examples/)
+
 
 @dataclass
 class ComponentStatus:
@@ -30,10 +33,15 @@ class ComponentStatus:
     pin_source: str  # "manifest", "recorded" or "unknown"
     source: str | None  # "git", "sdist" or None (no checkout)
     head: str | None
-    patches: dict[str, str] = field(default_factory=dict)  # name -> state
+    patches: dict[str, str] = field(default_factory=dict)  # name -> state (APPLIED, NOT_APPLICABLE, ...)
     edited: list[str] = field(default_factory=list)
     install: str = "unknown"
+    install_ok: bool = False  # one editable install of the managed checkout, at the pinned version
     needs: list[str] = field(default_factory=list)
+
+    @property
+    def patches_ok(self) -> bool:
+        return all(state in (APPLIED, NOT_APPLICABLE) for state in self.patches.values())
 
 
 def collect(manifest: Manifest, paths: Paths, runner: Runner, python: Path | None,
@@ -55,6 +63,7 @@ def collect(manifest: Manifest, paths: Paths, runner: Runner, python: Path | Non
             rec.source if rec else None, None)
         inst = installed.get(comp.name)
         row.install = _install_text(inst, checkout) if python else "no target environment given"
+        row.install_ok = inst is not None and inst.points_at(checkout) and inst.versions == (comp.version,)
         seen = None
         if checkout.exists():
             row.head = gitcmd.head(runner, checkout)
@@ -69,20 +78,20 @@ def collect(manifest: Manifest, paths: Paths, runner: Runner, python: Path | Non
 
 def _patch_states(runner: Runner, comp, checkout: Path, rec, row: ComponentStatus):
     try:
-        series, notes = applicable(runner, comp, checkout, rec.source if rec else "git")
+        series, skipped = applicable(runner, comp, checkout, rec.source if rec else "git")
         seen = patches.observe(runner, checkout, series)
     except SdEnvError as exc:
         for path in comp.patches:
             row.patches[path.name] = f"conflict: {exc.message}"
         return None
-    for note in notes:
-        row.patches[note.detail.split(":")[0]] = "not applicable to this source"
+    for patch, _missing in skipped:
+        row.patches[patch.name] = NOT_APPLICABLE
     recorded = {p.name: p.sha256 for p in (rec.patches if rec else [])}
     for p in series:
         if seen.kind == "applied" and p.name in recorded and recorded[p.name] != p.sha256:
             row.patches[p.name] = "applied (patch file changed since; it matches the new file)"
         elif seen.kind == "applied":
-            row.patches[p.name] = "applied"
+            row.patches[p.name] = APPLIED
         elif seen.kind == "edited" and p.name in recorded:
             row.patches[p.name] = ("modified since applied" if recorded[p.name] == p.sha256
                                    else "patch file changed since applied")

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sd_env import __version__, closure, envs, lockfile, probe, status, torchtpu
+from sd_env import __version__, closure, envs, lockfile, probe, status, target, torchtpu
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
 from sd_env.runner import Runner
@@ -84,30 +84,26 @@ def check_interpreter(ctx: Context, inv: envs.Inventory) -> Check:
 # 2 ---------------------------------------------------------------------------
 def check_pins(ctx: Context, inv: envs.Inventory) -> Check:
     started = time.monotonic()
-    versions = {n.lower(): [e["version"] for e in es] for n, es in inv.dists.items()}
-    for name in ("torch", "torchvision", "numpy", "huggingface-hub", "safetensors", "torch-tpu"):
-        ctx.facts[name] = ", ".join(versions.get(name, versions.get(name.replace("-", "_"), []))) or "not installed"
+    facts = ("torch", "torchvision", "numpy", "huggingface-hub", "safetensors", "torch-tpu")
+    for name, inst in target.installed(inv, list(facts)).items():
+        ctx.facts[name] = ", ".join(inst.versions) or "not installed"
     problems = []
+    count = 0
     if ctx.man.lock is not None:
-        flavour = lockfile.flavour_order(ctx.man)[0]
-        lock = lockfile.read(ctx.man.lock.files[flavour])
+        lock = lockfile.read(ctx.man.lock.files[lockfile.flavour_order(ctx.man)[0]])
+        count = len(lock.pins)
         for name, (want, have) in sorted(closure.missing(lock, inv).items()):
             problems.append(f"{name}: locked {want}, installed {have or 'nothing'}")
     for name, entries in sorted(inv.dists.items()):
         if len(entries) > 1:
             where = ", ".join(e["path"] for e in entries)
             problems.append(f"{name}: {len(entries)} distributions shadow each other ({where})")
-    for comp in ctx.man.components:
-        found = versions.get(comp.name, [])
-        if found and found != [comp.version]:
-            problems.append(f"{comp.name}: pinned {comp.version}, installed {', '.join(found)}")
     got = ctx.runner.run([str(ctx.python), "-m", "pip", "check"], check=False, timeout=300)
     if got.returncode != 0:
         problems.append("pip check: " + "; ".join((got.stdout + got.stderr).strip().splitlines()[:4]))
     seconds = time.monotonic() - started
     if problems:
         return Check("pins", FAIL, "; ".join(problems) + " -> run `sd-env install` to restore the lock", seconds)
-    count = len(lockfile.read(ctx.man.lock.files[lockfile.flavour_order(ctx.man)[0]]).pins) if ctx.man.lock else 0
     return Check("pins", OK, f"{count} locked packages at their versions, no shadowing copies, pip check clean",
                  seconds)
 
@@ -123,13 +119,13 @@ def check_sources(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
             problems.append(f"{row.name}: checkout at {row.head[:12]}, pinned {row.pinned[:12]}")
         for name, state in row.patches.items():
             ctx.facts[f"patch {name}"] = state
-            if state == "not applicable to this source":
+            if state == status.NOT_APPLICABLE:
                 notes.append(f"{name} not applicable ({row.name} from its sdist)")
-            elif state != "applied":
+            elif state != status.APPLIED:
                 problems.append(f"{row.name}: {name} is {state}")
         if row.edited:
             problems.append(f"{row.name}: local edits in {', '.join(row.edited)}")
-        if row.install != f"{_version(ctx, row.name)} editable -> managed checkout":
+        if not row.install_ok:
             problems.append(f"{row.name}: {row.install}")
         ctx.facts[row.name] = f"{row.tag} {row.source} {row.head[:12]} ({row.install})"
         good.append(f"{row.name} {row.tag}")
@@ -138,10 +134,6 @@ def check_sources(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
                      "(local edits: keep or discard them first, see `sd-env status`)")
     detail = f"{', '.join(good)}: at the pinned commits, patches applied, editable installs -> checkouts"
     return Check("sources+patches", WARN if notes else OK, detail + ("; " + "; ".join(notes) if notes else ""))
-
-
-def _version(ctx: Context, name: str) -> str:
-    return ctx.man.component(name).version
 
 
 # 4 ---------------------------------------------------------------------------
@@ -229,8 +221,8 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
     shutil.rmtree(out, ignore_errors=True)
     script = ctx.paths.checkout("diffusers") / EXAMPLE
     diffusers_row = next((r for r in rows if r.name == "diffusers"), None)
-    real = script.exists() and diffusers_row is not None and all(
-        s == "applied" for s in diffusers_row.patches.values())
+    patched = diffusers_row is not None and all(s == status.APPLIED for s in diffusers_row.patches.values())
+    real = script.exists() and patched
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     if ctx.device != "cpu":
         env["ACCELERATE_TORCH_DEVICE"] = ctx.device
@@ -244,7 +236,9 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
         got = probe.run(ctx.runner, ctx.python, script, args, timeout=ctx.timeouts["lora"], env=env)
         got = _judge_script(ctx, got, out)
     else:
-        label = "sd-env's equivalent step (the example script is not in diffusers' sdist)"
+        why = "the example script is not in diffusers' sdist" if not script.exists() else \
+            "the example script's patch is not applied"
+        label = f"sd-env's equivalent step ({why})"
         args = ["--model", str(cache / "model"), "--data", str(cache / "data"), "--out", str(out),
                 "--device", ctx.device, "--steps", "2", *common]
         got = probe.run(ctx.runner, ctx.python, probe.script("lora_step.py"), args,
