@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+import time
+
 import pytest
 
 from sd_env import runner as runner_module
-from sd_env.errors import CommandError
+from sd_env.errors import CommandError, StepError
 from sd_env.runner import Runner
 
 
@@ -42,3 +45,39 @@ def test_unlabelled_command_stays_quiet(monkeypatch, capsys):
     monkeypatch.setattr(runner_module, "HEARTBEAT", 0.2)
     Runner().run(["sleep", "0.5"])
     assert capsys.readouterr().err == ""
+
+
+def test_timeout_kills_the_whole_group_and_does_not_wait_for_grandchildren():
+    # The grandchild `sleep 30` keeps the pipes open: killing only `sh` would wait 30 s.
+    started = time.monotonic()
+    with pytest.raises(CommandError) as info:
+        Runner().run(["sh", "-c", "sleep 6 & sleep 30"], timeout=1)
+    assert info.value.returncode is None
+    assert time.monotonic() - started < 4
+
+
+def test_a_group_that_ignores_sigterm_is_killed():
+    started = time.monotonic()
+    with pytest.raises(CommandError):
+        Runner().run(["sh", "-c", "trap '' TERM; sleep 30 & sleep 30"], timeout=1)
+    assert time.monotonic() - started < 1 + 2 * runner_module.GRACE + 1
+
+
+def test_output_that_is_not_utf8_never_raises(tmp_path):
+    script = "import sys; sys.stderr.buffer.write('驱动错误 [/x]'.encode('gbk')); sys.stdout.buffer.write(b'ok\\xff')"
+    done = Runner(log_path=tmp_path / "run.log").run([sys.executable, "-c", script])
+    assert done.stdout.startswith("ok") and "[/x]" in done.stderr
+    assert "# exit 0" in (tmp_path / "run.log").read_text(encoding="utf-8")
+
+
+def test_download_goes_through_the_runner_and_logs(tmp_path):
+    source = tmp_path / "w.whl"
+    source.write_bytes(b"wheel")
+    run = Runner(log_path=tmp_path / "run.log")
+    dest = run.download(source.as_uri(), tmp_path / "cache" / "w.whl")
+    assert dest.read_bytes() == b"wheel" and run.count("download")
+    assert "download" in (tmp_path / "run.log").read_text()
+    with pytest.raises(StepError) as info:
+        run.download((tmp_path / "nope.whl").as_uri(), tmp_path / "cache" / "nope.whl", hint="by hand")
+    assert "cannot download" in info.value.message and info.value.hint == "by hand"
+    assert not list((tmp_path / "cache").glob("*.partial"))

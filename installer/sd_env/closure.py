@@ -92,7 +92,8 @@ def install_file(runner: Runner, python: Path, wheel: Path, *, use_uv: bool = Tr
     """One local wheel, no dependencies (they are in the lock)."""
     uv = find_uv() if use_uv else None
     if uv:
-        runner.run([uv, "pip", "install", "--python", str(python), "--no-deps", "--reinstall", str(wheel)])
+        runner.run([uv, "pip", "install", "--python", str(python), "--no-deps", "--reinstall", str(wheel)],
+                   label=f"uv: installing {wheel.name}")
     else:
         runner.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-deps",
-                    "--force-reinstall", str(wheel)])
+                    "--force-reinstall", str(wheel)], label=f"pip: installing {wheel.name}")

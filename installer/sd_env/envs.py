@@ -12,7 +12,6 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -75,10 +74,11 @@ def resolve(runner: Runner, explicit: str | None, home: Path, want: str,
         progress(f"creating a conda env with Python {want} at {venv_dir}")
         shutil.rmtree(venv_dir, ignore_errors=True)
         runner.run([conda, "create", "-y", "-q", "-p", str(venv_dir), f"python={want}"],
-                   timeout=1800, hint="conda could not create the environment; see the log")
+                   timeout=1800, hint="conda could not create the environment; see the log",
+                   label=f"conda: creating {venv_dir}")
         (venv_dir / COMPLETE).write_text("created by conda\n")
         return _checked(runner, existing, want, "conda"), "new conda env"
-    found = find_base(want)
+    found = find_base(runner, want)
     if found is None:
         raise InputError(
             f"no Python {want} found (looked at --python, $SD_ENV_PYTHON, the active venv/conda env, "
@@ -101,20 +101,20 @@ def _interpreter(path: Path, source: str) -> Path:
     return path.absolute()
 
 
-def find_base(want: str) -> Path | None:
+def find_base(runner: Runner, want: str) -> Path | None:
     """A bare interpreter of version `want`: pyenv's, then python3.X on PATH."""
     candidates = []
     pyenv = shutil.which("pyenv")
     if pyenv:
-        root = subprocess.run([pyenv, "root"], capture_output=True, text=True).stdout.strip()
+        root = runner.run([pyenv, "root"], check=False, timeout=60).stdout.strip()
         found = glob.glob(os.path.join(root, "versions", f"{want}*", "bin", "python"))
         candidates += sorted(found, key=_version_key, reverse=True)
     on_path = shutil.which(f"python{want}")
     if on_path:
         candidates.append(on_path)
     for candidate in candidates:
-        out = subprocess.run([candidate, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
-                             capture_output=True, text=True)
+        out = runner.run([candidate, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
+                         check=False, timeout=60)
         if out.returncode == 0 and out.stdout.strip() == want:
             return Path(candidate)
     return None
@@ -134,7 +134,7 @@ def _create_venv(runner: Runner, base: Path, where: Path, want: str, source: str
     progress(f"creating the target venv {where} with {base}")
     shutil.rmtree(where, ignore_errors=True)  # only ever a half-made one (see COMPLETE)
     runner.run([str(base), "-m", "venv", str(where)], timeout=600,
-               hint=f"on Debian/Ubuntu: sudo apt install python{want}-venv")
+               hint=f"on Debian/Ubuntu: sudo apt install python{want}-venv", label=f"creating {where}")
     (where / COMPLETE).write_text(f"created from {base}\n")
     return where / "bin" / "python"
 

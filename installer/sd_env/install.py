@@ -148,7 +148,7 @@ def _torch_tpu(man: Manifest, paths: Paths, runner: Runner, opts: Options, recor
     if not location:
         return Result("torch_tpu", "wheel", SKIPPED, "no torch_tpu wheel in the manifest: CPU-only environment"), False
     spec = man.torch_tpu or manifest.WheelSpec(location, None)
-    path = torchtpu.local_wheel(location, paths.home / "wheels")
+    path = torchtpu.local_wheel(runner, location, paths.home / "wheels")
     if path is None:
         return Result("torch_tpu", "wheel", WARN,
                       f"no wheel at {location}: the environment is CPU-only. Get "
@@ -169,7 +169,7 @@ def _torch_tpu(man: Manifest, paths: Paths, runner: Runner, opts: Options, recor
 
 
 def _pip_check(runner: Runner, python: Path) -> Result:
-    got = runner.run([str(python), "-m", "pip", "check"], check=False, timeout=300)
+    got = runner.run([str(python), "-m", "pip", "check"], check=False, timeout=300, label="pip check")
     text = (got.stdout + got.stderr).strip()
     if got.returncode == 0:
         return Result("env", "pip check", OK, text.splitlines()[-1] if text else "no broken requirements")

@@ -95,7 +95,8 @@ def compile_lock(man: Manifest, flavour: str, runner: Runner) -> Path:
     tmp = output.with_name(output.name + ".tmp")
     try:
         runner.run(compile_argv(man, flavour, uv, tmp), timeout=1800,
-                   hint="resolving needs the package index (and the torch index for the cpu flavour)")
+                   hint="resolving needs the package index (and the torch index for the cpu flavour)",
+                   label=f"uv: resolving the {flavour} lock")
         tmp.write_text(header(man, flavour) + tmp.read_text(encoding="utf-8"), encoding="utf-8")
         tmp.replace(output)
     finally:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 OK, WARN, FAIL, SKIPPED = "ok", "warn", "fail", "skipped"
 REPORT_VERSION = 1
@@ -37,6 +41,52 @@ def console(stderr: bool = False) -> Console:
 def progress(line: str) -> None:
     """A terse step line on stderr (`* cloning accelerate v0.16.0`)."""
     console(stderr=True).print(f"* {line}", markup=False)
+
+
+_busy = threading.Lock()  # held while something animates: nested activities stay quiet
+
+
+@contextmanager
+def activity(label: str | None, every: float) -> Iterator[None]:
+    """Show that a long step is alive: a spinner with the elapsed time on a terminal, else a
+    line on stderr after each `every` seconds of it. Quiet without a label or inside another."""
+    if not label or not _busy.acquire(blocking=False):
+        yield
+        return
+    try:
+        err = console(stderr=True)
+        if err.is_terminal:
+            with err.status(_Elapsed(label)):
+                yield
+            return
+        done = threading.Event()
+        started = time.monotonic()
+
+        def beat() -> None:
+            while not done.wait(every):
+                sys.stderr.write(f"  ... {label}: still running ({time.monotonic() - started:.0f} s)\n")
+                sys.stderr.flush()
+
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+    finally:
+        _busy.release()
+
+
+class _Elapsed:
+    """A label with the seconds since it appeared, recomputed on each refresh."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.monotonic()
+
+    def __rich__(self) -> Text:
+        return Text(f"{self.label} ({time.monotonic() - self.started:.0f} s)")
 
 
 def table(title: str, results: list[Result]) -> None:

@@ -3,23 +3,34 @@
 Every call is written to the run's log file with its output, gets a timeout,
 and raises CommandError with the exit code and the output tail on failure.
 The list of calls is kept so tests can prove what a run did not do.
+
+A timeout is a limit: each command runs in its own process group, and on
+timeout (or Ctrl-C) the whole group is terminated, then killed, and sd-env
+never waits without a limit on pipes a grandchild may still hold. Output is
+read as bytes and decoded without ever raising (a driver message in GBK is
+shown with replacement characters, not a crash).
 """
 
 from __future__ import annotations
 
+import contextlib
+import locale
 import os
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from sd_env.errors import CommandError
+from sd_env.errors import CommandError, StepError
+from sd_env.report import activity
 
 DEFAULT_TIMEOUT = 30 * 60
-HEARTBEAT = 30.0  # seconds between "still running" lines off a terminal
+HEARTBEAT = 5.0  # seconds of silence before a labelled command says it is still running
+GRACE = 2.0  # seconds between terminating a timed-out process group and killing it
 
 
 @dataclass
@@ -29,6 +40,24 @@ class Completed:
     stdout: str
     stderr: str
     seconds: float
+
+
+def decode(data: bytes | None) -> str:
+    """Text from a command's output, whatever its encoding: UTF-8, else the locale's, else
+    UTF-8 with replacement characters. Never raises."""
+    if not data:
+        return ""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    preferred = locale.getpreferredencoding(False)
+    if preferred.lower().replace("-", "") not in ("utf8", "ascii", "ansix3.41968"):
+        try:
+            return data.decode(preferred)
+        except (UnicodeDecodeError, LookupError):
+            pass
+    return data.decode("utf-8", errors="replace")
 
 
 @dataclass
@@ -58,33 +87,55 @@ class Runner:
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
-                args, cwd=cwd, env=full_env, text=True,
+                args, cwd=cwd, env=full_env, start_new_session=True,
                 stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )
         except FileNotFoundError:
             raise CommandError(args, 127, f"{args[0]}: command not found", hint) from None
-        with _Heartbeat(label) as beat:
-            pending = input_text
-            while True:
-                left = timeout - (time.monotonic() - started)
-                try:
-                    out, err = proc.communicate(pending, timeout=max(0.1, min(left, HEARTBEAT if label else left)))
-                    break
-                except subprocess.TimeoutExpired:
-                    pending = None
-                    if time.monotonic() - started >= timeout:
-                        proc.kill()
-                        out, err = proc.communicate()
-                        self._log(args, cwd, None, out + err, time.monotonic() - started)
-                        raise CommandError(args, None, out + err + f"\n(timeout after {timeout:.0f} s)",
-                                           hint) from None
-                    beat.tick(time.monotonic() - started)
+        data = input_text.encode("utf-8") if input_text is not None else None
+        with activity(label, every=HEARTBEAT):
+            try:
+                out_b, err_b = proc.communicate(data, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                out_b, err_b = _stop(proc)
+                out, err = decode(out_b), decode(err_b)
+                self._log(args, cwd, None, out + err, time.monotonic() - started)
+                raise CommandError(args, None, out + err + f"\n(timeout after {timeout:.0f} s)", hint) from None
+            except BaseException:  # Ctrl-C: the group is in its own session, so it did not see it
+                _stop(proc)
+                raise
+        out, err = decode(out_b), decode(err_b)
         seconds = time.monotonic() - started
         self._log(args, cwd, proc.returncode, out + err, seconds)
         if check and proc.returncode != 0:
             raise CommandError(args, proc.returncode, out + err, hint)
         return Completed(args, proc.returncode, out, err, seconds)
+
+    def download(self, url: str, dest: Path, *, timeout: float = 60, hint: str = "") -> Path:
+        """Fetch `url` to `dest` (through `dest`.partial, so a cut download leaves nothing), logged."""
+        started = time.monotonic()
+        partial = dest.with_name(dest.name + ".partial")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.calls.append(["download", url])
+        try:
+            with activity(f"downloading {url}", every=HEARTBEAT), \
+                    urllib.request.urlopen(url, timeout=timeout) as resp, partial.open("wb") as out:
+                while True:
+                    chunk = resp.read(1 << 20)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    if time.monotonic() - started > DEFAULT_TIMEOUT:
+                        raise TimeoutError(f"not finished after {DEFAULT_TIMEOUT} s")
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            self._log(["download", url], None, 1, str(exc), time.monotonic() - started)
+            raise StepError(f"cannot download {url}: {exc}", hint) from None
+        partial.replace(dest)
+        self._log(["download", url], None, 0, f"-> {dest} ({dest.stat().st_size} bytes)",
+                  time.monotonic() - started)
+        return dest
 
     def _log(self, args: list[str], cwd: Path | None, code: int | None, output: str, seconds: float) -> None:
         if self.echo and output:
@@ -92,7 +143,7 @@ class Runner:
         if self.log_path is None:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("a", encoding="utf-8") as log:
+        with self.log_path.open("a", encoding="utf-8", errors="replace") as log:
             log.write(f"$ {' '.join(args)}" + (f"  (in {cwd})" if cwd else "") + "\n")
             if output:
                 log.write(output if output.endswith("\n") else output + "\n")
@@ -103,28 +154,19 @@ class Runner:
         return sum(all(w in call for w in words) for call in self.calls)
 
 
-class _Heartbeat:
-    """Shows that a labelled command is still running; silent for unlabelled ones."""
-
-    def __init__(self, label: str | None) -> None:
-        self.label = label
-        self.status: Any = None  # a rich Status while animating
-
-    def __enter__(self) -> _Heartbeat:
-        if self.label and sys.stderr.isatty():
-            from rich.console import Console
-
-            self.status = Console(stderr=True).status(self.label)
-            self.status.__enter__()
-        return self
-
-    def tick(self, seconds: float) -> None:
-        if self.status is not None:
-            self.status.update(f"{self.label} ({seconds:.0f} s)")
-        elif self.label:
-            sys.stderr.write(f"  ... {self.label}: still running ({seconds:.0f} s)\n")
-            sys.stderr.flush()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.status is not None:
-            self.status.__exit__(None, None, None)
+def _stop(proc: subprocess.Popen) -> tuple[bytes, bytes]:
+    """Terminate the process group, then kill it; whatever output could still be read, in bounded time."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            return proc.communicate(timeout=GRACE)
+        except subprocess.TimeoutExpired:
+            continue
+    # A grandchild that left the group still holds the pipes: stop reading them.
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=GRACE)
+    return b"", b""

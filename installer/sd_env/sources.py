@@ -102,6 +102,7 @@ def fetch_sdist(comp: Component, dest: Path, work: Path, runner: Runner, *, pyth
              "--no-build-isolation", "--dest", str(download), f"{comp.name}=={comp.version}"],
             env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"},
             hint="the sdist fallback needs PyPI or a mirror (PIP_INDEX_URL / pip.conf)",
+            label=f"pip: downloading the sdist of {comp.name}=={comp.version}",
         )
         archives = sorted(download.glob("*.tar.gz"))
         if len(archives) != 1:

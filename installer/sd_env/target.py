@@ -43,9 +43,10 @@ def install_editable(runner: Runner, python: Path, checkout: Path) -> None:
     hint = "the target needs pip and setuptools>=64 (they are in the lock); see the log for the build output"
     if _has_pip(runner, python):
         runner.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *pep517, *flags],
-                   hint=hint)
+                   hint=hint, label=f"pip: building {checkout.name} (editable)")
     elif shutil.which("uv"):
-        runner.run(["uv", "pip", "install", "--python", str(python), *flags], hint=hint)
+        runner.run(["uv", "pip", "install", "--python", str(python), *flags], hint=hint,
+                   label=f"uv: building {checkout.name} (editable)")
     else:
         raise StepError(f"{python} has no pip and uv is not on PATH", "install pip into the target: "
                         f"{python} -m ensurepip")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import email.parser
 import hashlib
-import shutil
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from packaging.utils import canonicalize_name
 from sd_env.envs import Inventory
 from sd_env.errors import InputError, StepError
 from sd_env.manifest import WheelSpec
+from sd_env.runner import Runner
 
 NAME = "torch-tpu"
 COLLISION = ("PyPI's `torch-tpu` is Google's TorchTPU, unrelated to Sophgo's torch_tpu: same import "
@@ -78,23 +77,12 @@ def check_wheel(spec: WheelSpec, path: Path) -> str:
     return digest
 
 
-def local_wheel(location: str, cache: Path) -> Path | None:
+def local_wheel(runner: Runner, location: str, cache: Path) -> Path | None:
     """The wheel as a local file: a path as it is (None when absent), a URL downloaded once to `cache`."""
     if "://" not in location or location.startswith("file://"):
         path = Path(location[len("file://"):] if location.startswith("file://") else location)
         return path if path.is_file() else None
-    name = location.rstrip("/").rsplit("/", 1)[-1]
-    dest = cache / name
+    dest = cache / location.rstrip("/").rsplit("/", 1)[-1]
     if dest.is_file():
         return dest
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(name + ".partial")
-    try:
-        with urllib.request.urlopen(location, timeout=60) as resp, partial.open("wb") as out:
-            shutil.copyfileobj(resp, out)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise StepError(f"cannot download the torch_tpu wheel from {location}: {exc}",
-                        "download it by hand and set [torch_tpu] wheel to the local path") from None
-    partial.replace(dest)
-    return dest
+    return runner.download(location, dest, hint="download it by hand and set [torch_tpu] wheel to the local path")
