@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,3 +40,48 @@ def test_probe_writing_gbk_is_a_failed_row_not_a_crash(small, fresh_target, caps
     row = {c["name"]: c for c in doc["checks"]}["torch_tpu"]
     assert code == 1 and row["status"] == "fail", row
     assert "exited with 3" in row["detail"] and "[/tags]" in row["detail"]
+
+
+# The linear probe takes 4 s: long enough to see that the rows before it were already printed.
+SLOW_LINEAR = ('import sys, time; exec("if sys.argv and sys.argv[0].endswith(\\"linear.py\\"):\\n'
+               '    time.sleep(4)")\n')
+
+
+def sd_env_process(project, *args: str, python: Path | None = None) -> subprocess.Popen:
+    """sd-env as a user runs it, stdout a pipe at 80 columns (as under `| tee`)."""
+    argv = [sys.executable, "-m", "sd_env", args[0], "-m", str(project.manifest), "--home", str(project.home),
+            *args[1:]]
+    if python is not None:
+        argv += ["--python", str(python)]
+    env = {**os.environ, "COLUMNS": "80", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_verify_prints_each_row_as_it_finishes(small, fresh_target):
+    add_pth(fresh_target, "slow.pth", SLOW_LINEAR)
+    seen: dict[str, float] = {}
+    with sd_env_process(small, "verify", "--quick", python=fresh_target) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        for line in proc.stdout:
+            seen.setdefault(line.split(" | ")[0], time.monotonic())
+        proc.wait(timeout=60)
+        end = time.monotonic()
+        err = proc.stderr.read()
+    assert {"interpreter", "ulimit -n", "linear smoke", "lora step"} <= set(seen), seen
+    # The rows before the slow check were on the pipe while it still ran.
+    assert end - seen["interpreter"] > 3 and seen["linear smoke"] - seen["ulimit -n"] > 3, (seen, end)
+    assert "* running linear smoke" in err
+
+
+def test_piped_output_keeps_whole_paths_and_literal_brackets(project, upstream, fresh_target, tmp_path):
+    # A long home path with brackets, as a user's folder might be named; a tag that reads like markup.
+    project.write_manifest([tiny_component(upstream, None)])
+    home = tmp_path / ("very-long-folder-name-" * 4) / "[proj]" / "torch[cpu]" / "x[/tags]"
+    home.mkdir(parents=True)
+    for command in (("install",), ("status",), ("verify", "--quick")):
+        with sd_env_process(project, *command, "--home", str(home), python=fresh_target) as proc:
+            out, err = proc.communicate(timeout=600)
+        assert str(home) in out, (command, out, err)  # never cut at 80 columns
+        assert "Traceback" not in err, err
+        if command == ("install",):
+            assert f"editable install of {home / 'src' / 'tinypkg'}" in out

@@ -9,19 +9,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import sys
+import time
+import traceback
 from pathlib import Path
-
-from rich.markup import escape
-from rich.table import Table
 
 from sd_env import __version__, envs, install, lockfile, manifest, repatch, sources, status, verify
 from sd_env.errors import InputError, SdEnvError
 from sd_env.paths import Paths, default_home
-from sd_env.report import REPORT_VERSION, console, dump_json, exit_code, table
-from sd_env.runner import Runner
+from sd_env.report import OK, LiveTable, Result, dump_json, exit_code, progress, results_json, results_table, say, table
+from sd_env.runner import HEARTBEAT, Runner
 
 DEFAULT_MANIFEST = "sc7-sd14-lora.toml"
 _REPO = Path(__file__).resolve().parents[2]  # the sd-env checkout, for an editable install
@@ -99,25 +97,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if "--json" not in argv or exc.code in (0, None):
+            raise
+        # argparse has said what is wrong on stderr; stdout still gets its one document.
+        words = [a for a in argv if not a.startswith("-")]
+        dump_json(words[0] if words else "", 2, {}, error=InputError("bad command line (see stderr)",
+                                                                       "sd-env COMMAND --help"))
+        return 2
     try:
         return int(args.func(args))
     except SdEnvError as exc:
-        _error(exc, getattr(args, "_log", None))
-        return exc.exit_code
+        return _fail(args, exc, exc.exit_code)
     except KeyboardInterrupt:
-        console(stderr=True).print("interrupted: re-run the same command to finish", markup=False)
-        return 130
+        return _fail(args, SdEnvError("interrupted", "re-run the same command to finish"), 130)
+    except Exception as exc:  # a bug in sd-env: keep the traceback, on stderr and in the log
+        trace = traceback.format_exc()
+        sys.stderr.write(trace)
+        log = getattr(args, "_log", None)
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a", encoding="utf-8") as out:
+                out.write(trace)
+        error = SdEnvError(f"internal error: {type(exc).__name__}: {exc}",
+                           "this is a bug in sd-env: please report it with the traceback above and the log")
+        return _fail(args, error, INTERNAL_ERROR)
+
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE: an exception sd-env did not expect (a bug), not bad input or a failed step
+
+
+def _fail(args: argparse.Namespace, exc: SdEnvError, code: int) -> int:
+    """An error that stopped a command before its report: on stderr, and as the JSON document."""
+    log = getattr(args, "_log", None)
+    if args.json and not getattr(args, "_reported", False):
+        dump_json(args.command, code, {"log": str(log) if log else None}, error=exc)
+    _error(exc, log)
+    return code
 
 
 def _error(exc: SdEnvError, log: Path | None) -> None:
-    err = console(stderr=True)
-    err.print(f"error: {exc.message}", markup=False)
+    say(f"error: {exc.message}", stderr=True)
     if exc.hint:
-        err.print(f"hint: {exc.hint}", markup=False)
+        say(f"hint: {exc.hint}", stderr=True)
     if log is not None and log.exists():
-        err.print(f"log: {log}", markup=False)
+        say(f"log: {log}", stderr=True)
 
 
 def _setup(args: argparse.Namespace, command: str) -> tuple[manifest.Manifest, Paths, Runner]:
@@ -133,7 +161,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "install")
     python, how = envs.resolve(runner, args.python, paths.home, man.python)
     assert python is not None
-    console(stderr=True).print(f"* target: {python} ({how})", markup=False)
+    progress(f"target: {python} ({how})")
     opts = install.Options(python, mirror=args.git_mirror, sdist_fallback=not args.no_sdist_fallback,
                            index_url=args.index_url, torch_tpu_wheel=args.torch_tpu_wheel,
                            use_uv=not args.no_uv)
@@ -148,27 +176,22 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if python is None:
         raise InputError(f"nothing to verify: {how}", "run ./bootstrap.sh or sd-env install first")
     ctx = verify.Context(man, paths, runner, python, quick=args.quick, mixed_precision=args.mixed_precision)
-    checks = verify.run(ctx)
+    if args.json:
+        checks = verify.run(ctx, started=lambda name: progress(f"running {name}"))
+    else:
+        with LiveTable(f"sd-env verify ({man.name}, {python})", verify.COLUMNS, every=HEARTBEAT) as live:
+            checks = verify.run(ctx, started=live.start, finished=lambda check: live.add(verify.cells(check)))
     code = verify.exit_code(checks)
     block = verify.environment_block(ctx)
     if args.json:
-        doc = {"version": REPORT_VERSION, "command": "verify", "exit_code": code, "python": str(python),
-               "device": ctx.device, "checks": [dataclasses.asdict(c) for c in checks],
-               "environment": block.splitlines(), "log": str(args._log)}
-        print(json.dumps(doc, indent=2))
+        args._reported = True
+        dump_json("verify", code, {"python": str(python), "device": ctx.device,
+                                   "checks": [dataclasses.asdict(c) for c in checks],
+                                   "environment": block.splitlines(), "log": str(args._log)})
         return code
-    grid = Table(title=f"sd-env verify ({man.name}, {python})", title_justify="left")
-    for col in ("check", "status", "detail", "s"):
-        grid.add_column(col, justify="right" if col == "s" else "left")
-    style = {"ok": "green", "warn": "yellow", "fail": "bold red", "skipped": "dim", "n/a": "dim"}
-    for c in checks:
-        grid.add_row(c.name, f"[{style[c.status]}]{c.status}[/]", escape(c.detail), f"{c.seconds:.1f}")
-    out = console()
-    out.print(grid)
-    out.print("\nFor bug reports (copy and paste):\n" + block, markup=False)
+    say("\nFor bug reports (copy and paste):\n" + block)
     failed = [c.name for c in checks if c.status == "fail"]
-    out.print(f"\n{'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'} (log: {args._log})",
-              markup=False)
+    say(f"\n{'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'} (log: {args._log})")
     return code
 
 
@@ -211,33 +234,41 @@ def _cmd_repatch(args: argparse.Namespace) -> int:
 def _report(command: str, results: list, error: SdEnvError | None, args: argparse.Namespace, paths: Paths,
             title: str = "", **extra: str) -> int:
     """The results as a table or JSON, then the error (if any) and the exit code."""
+    code = error.exit_code if error is not None else exit_code(results)
     if args.json:
-        dump_json(command, results, {"home": str(paths.home), "log": str(args._log),
-                                     "error": error.message if error else None, **extra})
+        args._reported = True
+        dump_json(command, code, {"results": results_json(results), "home": str(paths.home),
+                                  "log": str(args._log), **extra}, error=error)
     else:
-        table(title or f"sd-env {command}", results)
+        results_table(title or f"sd-env {command}", results)
     if error is not None:
         _error(error, args._log)
-        return error.exit_code
-    return exit_code(results)
+    return code
 
 
 def _cmd_lock(args: argparse.Namespace) -> int:
-    man, _paths, runner = _setup(args, "lock")
+    man, paths, runner = _setup(args, "lock")
     if man.lock is None:
         raise InputError(f"{man.path}: no [lock] table", "add one (see manifests/sc7-sd14-lora.toml)")
-    console(stderr=True).print(f"* resolving the {args.flavour} flavour of {man.name}", markup=False)
+    progress(f"resolving the {args.flavour} flavour of {man.name}")
+    started = time.monotonic()
     out = lockfile.compile_lock(man, args.flavour, runner)
     lock = lockfile.read(out)
-    console().print(f"wrote {out} ({len(lock.pins)} packages, all hashed)", markup=False)
-    return 0
+    done = Result("env", "lock", OK, f"wrote {out} ({len(lock.pins)} packages, all hashed)",
+                  time.monotonic() - started)
+    return _report("lock", [done], None, args, paths, flavour=args.flavour)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "status")
     python, _how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
     rows = status.collect(man, paths, runner, python)
-    status.render(rows, args.json, paths)
+    if args.json:
+        args._reported = True
+        dump_json("status", 0, {"home": str(paths.home), "components": [dataclasses.asdict(r) for r in rows],
+                                "log": str(args._log)})
+    else:
+        table(f"sd-env status ({paths.home})", status.COLUMNS, [status.cells(r) for r in rows])
     return 0
 
 

@@ -1,4 +1,10 @@
-"""Step results, their reduction to an exit code, and how they are shown."""
+"""Step results, their reduction to an exit code, and the one place that shows them.
+
+Every command's report goes through here: a table on a terminal, plain rows
+(one line each, never cut) when stdout is a pipe or a file, or one JSON
+document with --json. Data is never read as rich markup: `torch[cpu]` or a
+path with `[/x]` in it prints as it is.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,22 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Union
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-OK, WARN, FAIL, SKIPPED = "ok", "warn", "fail", "skipped"
+OK, WARN, FAIL, SKIPPED, NA = "ok", "warn", "fail", "skipped", "n/a"
 REPORT_VERSION = 1
-_STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red", SKIPPED: "dim"}
+_STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red", SKIPPED: "dim", NA: "dim"}
+RESULT_COLUMNS = ("component", "step", "status", "detail", "s")
+
+Cell = Union[str, Text]  # a Text only for a highlighted part (see `marked`); data is plain str
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,124 @@ def progress(line: str) -> None:
     console(stderr=True).print(f"* {line}", markup=False)
 
 
+def say(text: str, stderr: bool = False) -> None:
+    """Plain text, never cut or read as markup."""
+    console(stderr=stderr).print(text, markup=False)
+
+
+def marked(text: str, mark: str) -> Text:
+    """`text` followed by a highlighted `mark` (` (drifted)`, `local edits:`), both literal."""
+    return Text(text) + Text(mark, style="red")
+
+
+# Tables ----------------------------------------------------------------------
+def _plain(cell: Cell) -> str:
+    return cell.plain if isinstance(cell, Text) else cell
+
+
+def plain_row(cells: Sequence[Cell]) -> str:
+    """One line per row, ` | ` between cells; a cell's further lines are indented below it."""
+    return " | ".join(_plain(c) for c in cells).replace("\n", "\n    ")
+
+
+def _cell(column: str, value: Cell) -> Text:
+    if isinstance(value, Text):
+        return value
+    return Text(value, style=_STYLE.get(value, "") if column == "status" else "")
+
+
+def _grid(title: str, columns: Sequence[str], rows: Iterable[Sequence[Cell]]) -> Table:
+    grid = Table(title=Text(title), title_justify="left")
+    for col in columns:
+        grid.add_column(col, justify="right" if col == "s" else "left", overflow="fold")
+    for row in rows:
+        grid.add_row(*(_cell(col, value) for col, value in zip(columns, row)))
+    return grid
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Cell]]) -> None:
+    """A table on a terminal; off a terminal, the title, a header line and one plain line per row."""
+    out = console()
+    if out.is_terminal:
+        out.print(_grid(title, columns, rows))
+        return
+    write = sys.stdout.write
+    write(f"{title}\n{plain_row(columns)}\n")
+    for row in rows:
+        write(plain_row(row) + "\n")
+    sys.stdout.flush()
+
+
+def result_rows(results: Iterable[Result]) -> list[list[Cell]]:
+    return [[r.component, r.step, r.status, r.detail, f"{r.seconds:.1f}"] for r in results]
+
+
+def results_table(title: str, results: list[Result]) -> None:
+    table(title, RESULT_COLUMNS, result_rows(results))
+
+
+class LiveTable:
+    """Rows shown as they finish, with the step running now named while it runs.
+
+    On a terminal: a live table with a spinner line under it. Off a terminal:
+    the title and header at once, then each row as a plain line when it is
+    added, and `* name` on stderr when a step starts (with a "still running"
+    line every `every` seconds)."""
+
+    def __init__(self, title: str, columns: Sequence[str], every: float) -> None:
+        self.title, self.columns, self.every = title, columns, every
+        self.rows: list[Sequence[Cell]] = []
+        self.current: _Elapsed | None = None
+        self.live: Live | None = None
+        self.step: Any = None  # the plain-mode heartbeat of the running step
+
+    def __enter__(self) -> LiveTable:
+        out = console()
+        if out.is_terminal and _busy.acquire(blocking=False):
+            self.live = Live(self, console=out, refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        else:
+            sys.stdout.write(f"{self.title}\n{plain_row(self.columns)}\n")
+            sys.stdout.flush()
+        return self
+
+    def __rich__(self) -> Group:
+        parts: list[Any] = [_grid(self.title, self.columns, self.rows)]
+        if self.current is not None:
+            parts.append(Text("running: ") + self.current.__rich__())
+        return Group(*parts)
+
+    def start(self, name: str) -> None:
+        self._end_step()
+        if self.live is not None:
+            self.current = _Elapsed(name)
+            return
+        progress(f"running {name}")
+        self.step = activity(name, self.every)
+        self.step.__enter__()
+
+    def add(self, row: Sequence[Cell]) -> None:
+        self._end_step()
+        self.rows.append(row)
+        if self.live is None:
+            sys.stdout.write(plain_row(row) + "\n")
+            sys.stdout.flush()
+
+    def _end_step(self) -> None:
+        self.current = None
+        if self.step is not None:
+            self.step.__exit__(None, None, None)
+            self.step = None
+
+    def __exit__(self, *exc: object) -> None:
+        self._end_step()
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+            self.live = None
+            _busy.release()
+
+
+# Liveness ----------------------------------------------------------------------
 _busy = threading.Lock()  # held while something animates: nested activities stay quiet
 
 
@@ -89,18 +217,16 @@ class _Elapsed:
         return Text(f"{self.label} ({time.monotonic() - self.started:.0f} s)")
 
 
-def table(title: str, results: list[Result]) -> None:
-    t = Table(title=title, title_justify="left")
-    for col in ("component", "step", "status", "detail", "s"):
-        t.add_column(col, justify="right" if col == "s" else "left")
-    for r in results:
-        t.add_row(r.component, r.step, f"[{_STYLE[r.status]}]{r.status}[/]", r.detail,
-                  f"{r.seconds:.1f}")
-    console().print(t)
-
-
-def dump_json(command: str, results: list[Result], extra: dict[str, Any] | None = None) -> None:
-    doc = {"version": REPORT_VERSION, "command": command, "exit_code": exit_code(results),
-           "results": [asdict(r) for r in results], **(extra or {})}
-    json.dump(doc, sys.stdout, indent=2)
+# JSON ----------------------------------------------------------------------------
+def dump_json(command: str, code: int, body: dict[str, Any], error: Any = None) -> None:
+    """The one JSON document of a --json run: version, command, exit code, error and hint
+    (None when there is none), then the command's own keys."""
+    doc = {"version": REPORT_VERSION, "command": command, "exit_code": code,
+           "error": getattr(error, "message", error), "hint": getattr(error, "hint", None) or None, **body}
+    json.dump(doc, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def results_json(results: list[Result]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in results]

@@ -5,12 +5,10 @@ Read-only and offline: no fetch, no pip; git reads and one probe of the target.
 
 from __future__ import annotations
 
-import json
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.table import Table
+from rich.text import Text
 
 from sd_env import envs, gitcmd, patches, state, target
 from sd_env.errors import SdEnvError
@@ -18,7 +16,7 @@ from sd_env.install import applicable, pinned_commit
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
 from sd_env.plan import Observed, plan
-from sd_env.report import REPORT_VERSION, console
+from sd_env.report import Cell, marked
 from sd_env.runner import Runner
 
 APPLIED = "applied"
@@ -124,25 +122,18 @@ def _install_text(inst: target.Installed | None, checkout: Path) -> str:
     return f"{versions} installed normally (not the managed checkout)"
 
 
-def render(rows: list[ComponentStatus], as_json: bool, paths: Paths) -> None:
-    if as_json:
-        doc = {"version": REPORT_VERSION, "command": "status", "home": str(paths.home),
-               "components": [asdict(r) for r in rows]}
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return
-    t = Table(title=f"sd-env status ({paths.home})", title_justify="left")
-    for col in ("component", "pinned", "checkout", "patches", "install", "needs"):
-        t.add_column(col)
-    for r in rows:
-        pin = f"{r.tag} {r.pinned[:12] if r.pinned else '?'}"
-        if r.pin_source != "manifest":
-            pin += f" ({r.pin_source})"
-        head = f"{r.source} {r.head[:12]}" if r.head else "not fetched"
-        if r.head and r.pinned and r.head != r.pinned:
-            head += " [red](drifted)[/]"
-        pats = "\n".join(f"{k}: {v}" for k, v in r.patches.items()) or "-"
-        if r.edited:
-            pats += "\n[red]local edits:[/] " + ", ".join(r.edited)
-        t.add_row(r.name, pin, head, pats, r.install, ", ".join(r.needs) or "nothing")
-    console().print(t)
+COLUMNS = ("component", "pinned", "checkout", "patches", "install", "needs")
+
+
+def cells(r: ComponentStatus) -> list[Cell]:
+    """One row of the status table (report.py renders it)."""
+    pin = f"{r.tag} {r.pinned[:12] if r.pinned else '?'}"
+    if r.pin_source != "manifest":
+        pin += f" ({r.pin_source})"
+    head: Cell = f"{r.source} {r.head[:12]}" if r.head else "not fetched"
+    if r.head and r.pinned and r.head != r.pinned:
+        head = marked(str(head), " (drifted)")
+    pats: Cell = "\n".join(f"{k}: {v}" for k, v in r.patches.items()) or "-"
+    if r.edited:
+        pats = Text(str(pats) + "\n") + marked("", "local edits:") + Text(" " + ", ".join(r.edited))
+    return [r.name, pin, head, pats, r.install, ", ".join(r.needs) or "nothing"]

@@ -15,6 +15,7 @@ import re
 import resource
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,19 +53,51 @@ class Context:
     facts: dict[str, str] = field(default_factory=dict)  # for the bug-report block
 
 
-def run(ctx: Context) -> list[Check]:
+def _nothing(_: object) -> None:
+    pass
+
+
+def run(ctx: Context, started: Callable[[str], None] = _nothing,
+        finished: Callable[[Check], None] = _nothing) -> list[Check]:
+    """Every check in order; `started(name)` before each, `finished(check)` as soon as it is known."""
+    checks: list[Check] = []
+
+    def done(check: Check) -> Check:
+        checks.append(check)
+        finished(check)
+        return check
+
+    started("interpreter")
     inv = envs.inventory(ctx.runner, ctx.python)
     rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python, inv)
-    checks = [check_interpreter(ctx, inv), check_pins(ctx, inv), check_sources(ctx, rows),
-              check_torch_tpu(ctx, inv), check_ulimit()]
-    checks.append(check_linear(ctx))
+    done(check_interpreter(ctx, inv))
+    started("pins")
+    done(check_pins(ctx, inv))
+    started("sources+patches")
+    done(check_sources(ctx, rows))
+    started("torch_tpu")
+    done(check_torch_tpu(ctx, inv))
+    started("ulimit -n")
+    done(check_ulimit())
+    started("linear smoke")
+    done(check_linear(ctx))
     if ctx.quick:
-        checks += [Check("lora step", SKIPPED, "skipped: --quick"), Check("inference", SKIPPED, "skipped: --quick")]
+        done(Check("lora step", SKIPPED, "skipped: --quick"))
+        done(Check("inference", SKIPPED, "skipped: --quick"))
         return checks
-    step = check_lora_step(ctx, rows)
-    checks.append(step)
-    checks.append(check_inference(ctx, step))
+    started("lora step")
+    step = done(check_lora_step(ctx, rows))
+    started("inference")
+    done(check_inference(ctx, step))
     return checks
+
+
+COLUMNS = ("check", "status", "detail", "s")
+
+
+def cells(c: Check) -> list[str]:
+    """One row of verify's table (report.py renders it)."""
+    return [c.name, c.status, c.detail, f"{c.seconds:.1f}"]
 
 
 def exit_code(checks: list[Check]) -> int:
