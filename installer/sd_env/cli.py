@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import os
 import sys
 import time
@@ -152,8 +151,7 @@ def _setup(args: argparse.Namespace, command: str) -> tuple[manifest.Manifest, P
     man = manifest.load(args.manifest or default_manifest())
     home = args.home.expanduser().resolve() if args.home else default_home(man.path)
     paths = Paths(home)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    args._log = paths.logs / f"{stamp}-{os.getpid()}-{command}.log"
+    args._log = paths.log_file(command)
     return man, paths, Runner(log_path=args._log, echo=args.verbose)
 
 

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from sd_env.errors import InputError
+from sd_env.paths import Paths
 from sd_env.report import progress
 from sd_env.runner import Runner
 
@@ -61,7 +62,7 @@ def resolve(runner: Runner, explicit: str | None, home: Path, want: str,
     if base is None and conda_env and os.environ.get("CONDA_DEFAULT_ENV", "") != "base":
         python = _interpreter(Path(conda_env), "$CONDA_PREFIX")
         return _checked(runner, python, want, "the active conda env"), "the active conda env"
-    venv_dir = home / "venv"
+    venv_dir = Paths(home).venv
     existing = venv_dir / "bin" / "python"
     if existing.exists() and (venv_dir / COMPLETE).exists():
         return _checked(runner, existing, want, str(venv_dir)), str(venv_dir)

@@ -148,7 +148,7 @@ def _torch_tpu(man: Manifest, paths: Paths, runner: Runner, opts: Options, recor
     if not location:
         return Result("torch_tpu", "wheel", SKIPPED, "no torch_tpu wheel in the manifest: CPU-only environment"), False
     spec = man.torch_tpu or manifest.WheelSpec(location, None)
-    path = torchtpu.local_wheel(runner, location, paths.home / "wheels")
+    path = torchtpu.local_wheel(runner, location, paths.wheels)
     if path is None:
         return Result("torch_tpu", "wheel", WARN,
                       f"no wheel at {location}: the environment is CPU-only. Get "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,52 @@ class Paths:
 
     def checkout(self, name: str) -> Path:
         return self.src / name
+
+    def log_file(self, command: str) -> Path:
+        """A new log for one run of `command`, named so runs sort by time."""
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return self.logs / f"{stamp}-{os.getpid()}-{command}.log"
+
+    @property
+    def venv(self) -> Path:
+        """The target environment sd-env creates when none is given or active."""
+        return self.home / "venv"
+
+    @property
+    def wheels(self) -> Path:
+        """Wheels downloaded from a URL (Sophgo's torch_tpu)."""
+        return self.home / "wheels"
+
+    @property
+    def cache(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def tiny_sd(self) -> Path:
+        """verify's tiny Stable Diffusion model and dataset, built once."""
+        return self.cache / "tiny-sd"
+
+    @property
+    def lora_out(self) -> Path:
+        """The last LoRA verify trained."""
+        return self.cache / "lora-out"
+
+    @property
+    def repatch(self) -> Path:
+        return self.home / "repatch"
+
+    @property
+    def session(self) -> Path:
+        """The repatch in progress, if any."""
+        return self.repatch / "session.json"
+
+    def port_work(self, name: str, version: str) -> Path:
+        """The work tree where `name`'s patches are ported to `version`."""
+        return self.repatch / f"{name}-{version}"
+
+    def old_checkout(self, name: str) -> Path:
+        """Where a repatch parks the replaced checkout until the new one is installed."""
+        return self.repatch / f"old-{name}"
 
 
 def default_home(manifest: Path) -> Path:

@@ -58,7 +58,7 @@ class Session:
 
 
 def session_path(paths: Paths) -> Path:
-    return paths.home / "repatch" / "session.json"
+    return paths.session
 
 
 def load_session(paths: Paths) -> Session | None:
@@ -113,7 +113,7 @@ def start(man: Manifest, paths: Paths, runner: Runner, opts: Options, name: str,
     to_tag = _tag_for(comp, version)
     if version == from_version and not (rec and rec.tag != comp.tag):
         raise InputError(f"{name} is already at {version}", "to restore it, run `sd-env repatch` without --to")
-    work = paths.home / "repatch" / f"{name}-{version}"
+    work = paths.port_work(name, version)
     shutil.rmtree(work, ignore_errors=True)
     new = dataclasses.replace(comp, tag=to_tag, version=version, commit=None)
     progress(f"fetching {name} {to_tag} into {work}")
@@ -241,7 +241,7 @@ def _finish(man: Manifest, paths: Paths, runner: Runner, opts: Options, session:
     manifest_edit.update_component(man.path, comp.name, tag=session.to_tag, version=session.to_version,
                                    commit=commit, patches=[p.name for p in written])
     checkout = paths.checkout(comp.name)
-    old_checkout = paths.home / "repatch" / f"old-{comp.name}"
+    old_checkout = paths.old_checkout(comp.name)
     if work.exists():
         # The managed checkout holds the upstream commit with the series applied, uncommitted.
         gitcmd.git(runner, work, "reset", "-q", "--soft", session.base)

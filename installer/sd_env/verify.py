@@ -233,7 +233,7 @@ def check_linear(ctx: Context) -> Check:
 # 7 ---------------------------------------------------------------------------
 def tiny_model(ctx: Context) -> tuple[Path | None, str]:
     """The tiny SD model and dataset, built once into the cache by the target interpreter."""
-    cache = ctx.paths.home / "cache" / "tiny-sd"
+    cache = ctx.paths.tiny_sd
     got = probe.run(ctx.runner, ctx.python, probe.script("tiny_sd.py"), ["--out", str(cache)],
                     timeout=ctx.timeouts["tiny"], env={"HF_HUB_OFFLINE": "1"})
     if not got.ok:
@@ -250,7 +250,7 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
     cache, how = tiny_model(ctx)
     if cache is None:
         return Check("lora step", FAIL, how, time.monotonic() - started, ctx.device)
-    out = ctx.paths.home / "cache" / "lora-out"
+    out = ctx.paths.lora_out
     shutil.rmtree(out, ignore_errors=True)
     script = ctx.paths.checkout("diffusers") / EXAMPLE
     diffusers_row = next((r for r in rows if r.name == "diffusers"), None)
@@ -312,9 +312,8 @@ def _judge_script(ctx: Context, got: probe.ProbeResult, out: Path) -> probe.Prob
 def check_inference(ctx: Context, step: Check) -> Check:
     if step.status != OK:
         return Check("inference", SKIPPED, f"skipped: the LoRA step did not pass ({step.status})")
-    cache = ctx.paths.home / "cache"
     got = probe.run(ctx.runner, ctx.python, probe.script("lora_infer.py"),
-                    ["--model", str(cache / "tiny-sd" / "model"), "--lora", str(cache / "lora-out"),
+                    ["--model", str(ctx.paths.tiny_sd / "model"), "--lora", str(ctx.paths.lora_out),
                      "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"],
                     env={"HF_HUB_OFFLINE": "1"})
     where = _where(ctx)
