@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sd_env import gitcmd, manifest_edit, patches, port, sources, state, status, target
+from sd_env.checkouts import record_applied
 from sd_env.errors import InputError, SdEnvError, StepError
-from sd_env.install import Options, record_applied
+from sd_env.install import Options
 from sd_env.install import run as install_run
 from sd_env.manifest import Component, Manifest
 from sd_env.paths import Paths

@@ -11,8 +11,8 @@ from pathlib import Path
 from rich.text import Text
 
 from sd_env import envs, gitcmd, patches, state, target
+from sd_env.checkouts import applicable, pinned_commit
 from sd_env.errors import SdEnvError
-from sd_env.install import applicable, pinned_commit
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
 from sd_env.plan import Observed, plan
