@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import venv
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import closure, lockfile, manifest
+from sd_env import closure, lockfile, manifest, tools
 from sd_env.envs import Inventory
 from sd_env.errors import InputError, StepError
 from sd_env.runner import Runner
@@ -82,7 +84,7 @@ SIX = "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254"  # six-
 @pytest.fixture(params=[False, True], ids=["pip", "uv"])
 def use_uv(request) -> bool:
     # uv is a test dependency: its absence is a broken test setup, not a reason to skip
-    assert not request.param or closure.find_uv() is not None, "uv missing: pip install -e '.[test]'"
+    assert not request.param or tools.find_uv() is not None, "uv missing: pip install -e '.[test]'"
     return request.param
 
 
@@ -105,3 +107,31 @@ def test_hash_mismatch_names_package_and_both_hashes(tmp_path, offline_wheel, us
 def test_matching_hash_installs(tmp_path, offline_wheel, use_uv):
     assert install_six(tmp_path, offline_wheel, SIX, use_uv) == ("uv" if use_uv else "pip")
     subprocess.run([str(offline_wheel), "-c", "import six"], check=True)
+
+
+@pytest.mark.network
+def test_lock_finds_uv_beside_its_interpreter_when_path_has_none(tmp_path, offline_wheel):
+    """As from bootstrap's tool venv, not activated: uv is in its bin/, not on PATH."""
+    tool = tmp_path / "tool"
+    venv.EnvBuilder(with_pip=False).create(tool)
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site, here = (subprocess.run([python, "-c", purelib], check=True, capture_output=True, text=True).stdout.strip()
+                  for python in (str(tool / "bin" / "python"), sys.executable))
+    Path(site, "sd_env_under_test.pth").write_text(f"import site; site.addsitedir({here!r})\n")
+    (tool / "bin" / "uv").symlink_to(tools.find_uv())
+    project = tmp_path / "project"
+    (project / "manifests").mkdir(parents=True)
+    (project / "manifests" / "requirements.in").write_text("six\n")
+    manifest_path = project / "manifests" / "m.toml"
+    manifest_path.write_text('schema = 1\nname = "m"\npython = "3.9"\ndevice = "tpu:0"\n'
+                             '[torch]\nrequirements = ["torch==2.1.0"]\nindex = "https://pypi.org/simple"\n'
+                             '[lock]\nrequirements = "requirements.in"\nexclude_newer = "2023-08-31T00:00:00Z"\n'
+                             'files = { pypi = "m.pypi.lock.txt" }\n[[component]]\nname = "tinypkg"\n'
+                             'git = "https://github.com/example/tinypkg.git"\ntag = "v1.0"\nversion = "1.0"\n')
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    got = subprocess.run([str(tool / "bin" / "python"), "-m", "sd_env", "lock", "--json", "-m", str(manifest_path)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    doc = json.loads(got.stdout)
+    assert got.returncode == 0 and doc["exit_code"] == 0, got.stdout + got.stderr
+    assert "1 packages, all hashed" in doc["results"][0]["detail"]
+    assert lockfile.read(project / "manifests" / "m.pypi.lock.txt").pins == {"six": "1.16.0"}

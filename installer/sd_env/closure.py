@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from sd_env.envs import Inventory
 from sd_env.errors import CommandError, StepError
 from sd_env.lockfile import PYPI, Lock
 from sd_env.runner import Runner
+from sd_env.tools import find_uv
 
 _PIP_MISMATCH = re.compile(r"^\s+(\S+?)==(\S+) from .*?:\s*\n\s+Expected sha256 (\w+)\s*\n\s+Got\s+(\w+)", re.M)
 _UV_MISMATCH = re.compile(r"Hash mismatch for `(\S+?)==(\S+?)`.*?Expected:\s+sha256:(\w+).*?Computed:\s+sha256:(\w+)",
@@ -36,12 +36,6 @@ def missing(lock: Lock, inv: Inventory) -> dict[str, tuple[str, str | None]]:
         if installed != [version]:
             wrong[name] = (version, ", ".join(installed) or None)
     return wrong
-
-
-def find_uv() -> str | None:
-    """uv on PATH, or next to the running interpreter (a tool venv that is not activated)."""
-    beside = Path(sys.executable).parent / "uv"
-    return shutil.which("uv") or (str(beside) if beside.exists() else None)
 
 
 def index_url(explicit: str | None, runner: Runner) -> str:

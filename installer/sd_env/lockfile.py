@@ -8,7 +8,6 @@ stays in that format instead of a format of our own.
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from packaging.utils import canonicalize_name
 from sd_env.errors import InputError
 from sd_env.manifest import Manifest
 from sd_env.runner import Runner
+from sd_env.tools import find_uv
 
 PYPI = "https://pypi.org/simple"
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
@@ -88,9 +88,10 @@ def header(man: Manifest, flavour: str) -> str:
 
 def compile_lock(man: Manifest, flavour: str, runner: Runner) -> Path:
     assert man.lock is not None
-    uv = shutil.which("uv")
+    uv = find_uv()
     if uv is None:
-        raise InputError("`sd-env lock` needs uv", "pip install uv (or `pip install 'sd-env[test]'`)")
+        raise InputError("`sd-env lock` needs uv (beside sd-env's Python or on PATH)",
+                         "pip install uv (or `pip install 'sd-env[test]'`)")
     output = man.lock.files.get(flavour) or man.path.parent / f"{man.name}.{flavour}.lock.txt"
     tmp = output.with_name(output.name + ".tmp")
     try:

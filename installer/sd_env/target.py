@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from packaging.utils import canonicalize_name
 from sd_env.envs import Inventory
 from sd_env.errors import StepError
 from sd_env.runner import Runner
+from sd_env.tools import find_uv
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,12 @@ def install_editable(runner: Runner, python: Path, checkout: Path) -> None:
     if _has_pip(runner, python):
         runner.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *pep517, *flags],
                    hint=hint, label=f"pip: building {checkout.name} (editable)")
-    elif shutil.which("uv"):
-        runner.run(["uv", "pip", "install", "--python", str(python), *flags], hint=hint,
+    elif uv := find_uv():
+        runner.run([uv, "pip", "install", "--python", str(python), *flags], hint=hint,
                    label=f"uv: building {checkout.name} (editable)")
     else:
-        raise StepError(f"{python} has no pip and uv is not on PATH", "install pip into the target: "
+        raise StepError(f"{python} has no pip and there is no uv (beside sd-env or on PATH)",
+                        "install pip into the target: "
                         f"{python} -m ensurepip")
 
 
