@@ -24,7 +24,7 @@ from sd_env import gitcmd
 from sd_env.errors import CommandError, InputError, PatchConflict
 from sd_env.runner import Runner
 
-_FAILED = re.compile(r"^error: patch failed: (.+):(\d+)$", re.M)
+FAILED_HUNK = re.compile(r"^error: patch failed: (.+):(\d+)$", re.M)  # git apply's line for a hunk that fails
 _HEADER = re.compile(r"^([A-Z][A-Za-z-]+):\s?(.*)$")
 
 
@@ -219,7 +219,7 @@ def conflict(runner: Runner, repo: Path, patches: list[Patch], exc: CommandError
 
 
 def _where(patch: Patch, output: str) -> str:
-    match = _FAILED.search(output)
+    match = FAILED_HUNK.search(output)
     if not match:
         return output.strip().splitlines()[-1] if output.strip() else "git apply failed"
     path, line = match.group(1), int(match.group(2))

@@ -13,14 +13,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from unidiff import PatchSet
+
 from sd_env import gitcmd
-from sd_env.patches import Patch
+from sd_env.patches import FAILED_HUNK, Patch
 from sd_env.runner import Runner
 
 EXACT, OFFSET, THREE_WAY, FUZZED, OBSOLETE, CONFLICT = "exact", "offset", "3-way", "fuzzed", "obsolete", "conflict"
 _INDEX = re.compile(r"^index ([0-9a-f]{7,40})\.\.([0-9a-f]{7,40})", re.M)
 _OFFSET = re.compile(r"Hunk #\d+ succeeded at \d+ \(offset")
-_FAILED = re.compile(r"^error: patch failed: (.+):(\d+)$", re.M)
 
 
 @dataclass
@@ -106,16 +107,9 @@ def _checked(repo: Path, patch: Patch, result: PortResult) -> PortResult:
 
 
 def _added_lines(patch: Patch) -> dict[str, list[str]]:
-    added: dict[str, list[str]] = {}
-    current = None
-    for line in patch.text.splitlines():
-        if line.startswith("+++ "):
-            current = line[6:] if line.startswith("+++ b/") else None
-            if current:
-                added[current] = []
-        elif current and line.startswith("+"):
-            added[current].append(line[1:])
-    return added
+    """Per file the patch leaves in place, the lines it adds."""
+    return {pf.path: [line.value.rstrip("\n") for hunk in pf for line in hunk if line.is_added]
+            for pf in PatchSet(patch.text) if not pf.is_removed_file}
 
 
 def _git_apply(runner: Runner, repo: Path, patch: Patch, *flags: str, check: bool = False):
@@ -149,7 +143,7 @@ def _ensure_blobs(runner: Runner, repo: Path, patch: Patch, blobs_from: Path | N
 def _failures(repo: Path, patch: Patch, stderr: str) -> list[str]:
     """Each failed hunk with the nearest place in the new file that looks like its old text."""
     out = []
-    for path, line in _FAILED.findall(stderr):
+    for path, line in FAILED_HUNK.findall(stderr):
         change = next((c for c in patch.files if c.path == path), None)
         hunk_no, before = _hunk_text(patch, path, int(line))
         where = f"{path}: hunk #{hunk_no} (old line {line})" if hunk_no else f"{path}: hunk at old line {line}"
@@ -163,18 +157,13 @@ def _failures(repo: Path, patch: Patch, stderr: str) -> list[str]:
 
 def _hunk_text(patch: Patch, path: str, source_start: int) -> tuple[int, list[str]]:
     """The hunk's number in its file and its pre-image lines (context and removed)."""
-    in_file, hunk_no, lines, capture = False, 0, [], False
-    for line in patch.text.splitlines():
-        if capture and line.startswith(("@@", "diff --git")):
-            break
-        if line.startswith("diff --git"):
-            in_file, hunk_no = line.endswith(f" b/{path}"), 0
-        elif in_file and line.startswith("@@"):
-            hunk_no += 1
-            capture = re.match(rf"@@ -{source_start}[, ]", line) is not None
-        elif capture and line[:1] in (" ", "-"):
-            lines.append(line[1:])
-    return (hunk_no, lines) if capture else (0, [])
+    for pf in PatchSet(patch.text):
+        if pf.path != path:
+            continue
+        for number, hunk in enumerate(pf, 1):
+            if hunk.source_start == source_start:
+                return number, [line.value.rstrip("\n") for line in hunk if line.is_context or line.is_removed]
+    return 0, []
 
 
 def nearest(text: list[str], wanted: list[str]) -> tuple[int, float]:
