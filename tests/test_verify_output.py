@@ -85,3 +85,15 @@ def test_piped_output_keeps_whole_paths_and_literal_brackets(project, upstream, 
         assert "Traceback" not in err, err
         if command == ("install",):
             assert f"editable install of {home / 'src' / 'tinypkg'}" in out
+
+
+def test_verify_json_names_the_running_check_and_shows_it_is_alive(small, fresh_target, capsys, monkeypatch):
+    from sd_env import runner
+
+    monkeypatch.setattr(runner, "HEARTBEAT", 0.3)
+    add_pth(fresh_target, "slow.pth", SLOW_LINEAR.replace("time.sleep(4)", "time.sleep(1.5)"))
+    capsys.readouterr()
+    small.cli("verify", "--quick", "--json", python=fresh_target)
+    out = capsys.readouterr()
+    assert json.loads(out.out)["command"] == "verify"  # still exactly one document on stdout
+    assert "* running linear smoke" in out.err and "linear smoke: still running" in out.err

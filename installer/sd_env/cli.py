@@ -15,10 +15,11 @@ import traceback
 from pathlib import Path
 
 from sd_env import __version__, envs, install, lockfile, manifest, repatch, sources, status, verify
+from sd_env import runner as runner_module
 from sd_env.errors import InputError, SdEnvError
 from sd_env.paths import Paths, default_home
 from sd_env.report import OK, LiveTable, Result, dump_json, exit_code, progress, results_json, results_table, say, table
-from sd_env.runner import HEARTBEAT, Runner
+from sd_env.runner import Runner
 
 DEFAULT_MANIFEST = "sc7-sd14-lora.toml"
 _REPO = Path(__file__).resolve().parents[2]  # the sd-env checkout, for an editable install
@@ -174,11 +175,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if python is None:
         raise InputError(f"nothing to verify: {how}", "run ./bootstrap.sh or sd-env install first")
     ctx = verify.Context(man, paths, runner, python, quick=args.quick, mixed_precision=args.mixed_precision)
-    if args.json:
-        checks = verify.run(ctx, started=lambda name: progress(f"running {name}"))
-    else:
-        with LiveTable(f"sd-env verify ({man.name}, {python})", verify.COLUMNS, every=HEARTBEAT) as live:
-            checks = verify.run(ctx, started=live.start, finished=lambda check: live.add(verify.cells(check)))
+    title = f"sd-env verify ({man.name}, {python})"
+    with LiveTable(title, verify.COLUMNS, every=runner_module.HEARTBEAT, rows=not args.json) as live:
+        checks = verify.run(ctx, started=live.start, finished=lambda check: live.add(verify.cells(check)))
     code = verify.exit_code(checks)
     block = verify.environment_block(ctx)
     if args.json:

@@ -115,10 +115,11 @@ class LiveTable:
     On a terminal: a live table with a spinner line under it. Off a terminal:
     the title and header at once, then each row as a plain line when it is
     added, and `* name` on stderr when a step starts (with a "still running"
-    line every `every` seconds)."""
+    line every `every` seconds). With `rows=False` (--json, whose document comes at the end)
+    only the stderr part: which step runs, and that it is alive."""
 
-    def __init__(self, title: str, columns: Sequence[str], every: float) -> None:
-        self.title, self.columns, self.every = title, columns, every
+    def __init__(self, title: str, columns: Sequence[str], every: float, rows: bool = True) -> None:
+        self.title, self.columns, self.every, self.show_rows = title, columns, every, rows
         self.rows: list[Sequence[Cell]] = []
         self.current: _Elapsed | None = None
         self.live: Live | None = None
@@ -126,7 +127,9 @@ class LiveTable:
 
     def __enter__(self) -> LiveTable:
         out = console()
-        if out.is_terminal and _busy.acquire(blocking=False):
+        if not self.show_rows:
+            pass
+        elif out.is_terminal and _busy.acquire(blocking=False):
             self.live = Live(self, console=out, refresh_per_second=4, transient=False)
             self.live.__enter__()
         else:
@@ -152,7 +155,7 @@ class LiveTable:
     def add(self, row: Sequence[Cell]) -> None:
         self._end_step()
         self.rows.append(row)
-        if self.live is None:
+        if self.live is None and self.show_rows:
             sys.stdout.write(plain_row(row) + "\n")
             sys.stdout.flush()
 
