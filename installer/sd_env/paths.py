@@ -30,6 +30,19 @@ class Paths:
         """Scratch space for downloads and half-built checkouts; emptied after each step."""
         return self.home / "tmp"
 
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by every command that writes; names the pid and command holding it."""
+        return self.home / "sd-env.lock"
+
+    @property
+    def repatch(self) -> Path:
+        return self.home / "repatch"
+
+    @property
+    def wheels(self) -> Path:
+        return self.home / "wheels"
+
     def checkout(self, name: str) -> Path:
         return self.src / name
 

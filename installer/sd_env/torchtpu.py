@@ -7,11 +7,13 @@ import hashlib
 import shutil
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import canonicalize_name
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
+from sd_env import fsutil
 from sd_env.envs import Inventory
 from sd_env.errors import InputError, StepError
 from sd_env.manifest import WheelSpec
@@ -54,11 +56,16 @@ def refuse_installed_google(inv: Inventory) -> None:
 
 
 def wheel_metadata(path: Path) -> dict:
-    with zipfile.ZipFile(path) as whl:
-        names = [n for n in whl.namelist() if n.endswith(".dist-info/METADATA")]
-        if not names:
-            raise InputError(f"{path}: not a wheel (no .dist-info/METADATA)", f"get the wheel from {SOPHGO_RELEASES}")
-        msg = email.parser.Parser().parsestr(whl.read(names[0]).decode("utf-8", "replace"))
+    try:
+        with zipfile.ZipFile(path) as whl:
+            names = [n for n in whl.namelist() if n.endswith(".dist-info/METADATA")]
+            if not names:
+                raise InputError(f"{path}: not a wheel (no .dist-info/METADATA)",
+                                 f"get the wheel from {SOPHGO_RELEASES}")
+            msg = email.parser.Parser().parsestr(whl.read(names[0]).decode("utf-8", "replace"))
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise InputError(f"{path}: not a wheel: truncated or not a zip archive ({exc})",
+                         f"download it again from {SOPHGO_RELEASES}") from None
     return {"name": msg.get("Name", ""), "version": msg.get("Version", ""),
             "home_page": msg.get("Home-page", ""), "author": msg.get("Author", "") or msg.get("Author-email", ""),
             "project_urls": msg.get_all("Project-URL") or [], "requires_python": msg.get("Requires-Python", "")}
@@ -78,6 +85,21 @@ def check_wheel(spec: WheelSpec, path: Path) -> str:
     return digest
 
 
+def check_tags(path: Path, python: tuple[int, ...]) -> None:
+    """Refuse a wheel built for another Python than the target's (pip would only say "not supported")."""
+    try:
+        tags = parse_wheel_filename(path.name)[3]
+    except InvalidWheelFilename as exc:
+        raise InputError(f"{path}: not a wheel file name ({exc})", f"keep the name {SOPHGO_RELEASES} gave it") from None
+    major, minor = python[0], python[1]
+    fits = {f"py{major}", f"py{major}{minor}", f"cp{major}{minor}"}
+    if not any(t.interpreter in fits or (t.abi == "abi3" and t.interpreter.startswith(f"cp{major}")
+                                         and int(t.interpreter[3:] or 0) <= minor) for t in tags):
+        built = ", ".join(sorted({t.interpreter for t in tags}))
+        raise InputError(f"{path} is built for {built}, the target is Python {major}.{minor}",
+                         f"get the cp{major}{minor} wheel from {SOPHGO_RELEASES}")
+
+
 def local_wheel(location: str, cache: Path) -> Path | None:
     """The wheel as a local file: a path as it is (None when absent), a URL downloaded once to `cache`."""
     if "://" not in location or location.startswith("file://"):
@@ -88,13 +110,11 @@ def local_wheel(location: str, cache: Path) -> Path | None:
     if dest.is_file():
         return dest
     cache.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(name + ".partial")
     try:
-        with urllib.request.urlopen(location, timeout=60) as resp, partial.open("wb") as out:
+        with fsutil.replacing(dest) as partial, urllib.request.urlopen(location, timeout=60) as resp, \
+                partial.open("wb") as out:
             shutil.copyfileobj(resp, out)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise StepError(f"cannot download the torch_tpu wheel from {location}: {exc}",
                         "download it by hand and set [torch_tpu] wheel to the local path") from None
-    partial.replace(dest)
     return dest
