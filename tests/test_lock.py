@@ -105,3 +105,21 @@ def test_hash_mismatch_names_package_and_both_hashes(tmp_path, offline_wheel, us
 def test_matching_hash_installs(tmp_path, offline_wheel, use_uv):
     assert install_six(tmp_path, offline_wheel, SIX, use_uv) == ("uv" if use_uv else "pip")
     subprocess.run([str(offline_wheel), "-c", "import six"], check=True)
+
+
+def test_a_new_flavour_is_listed_in_the_manifest(tmp_path):
+    """`sd-env lock --flavour cpu` writes a lock install reads: the manifest's [lock.files] lists it."""
+    from sd_env import manifest_edit
+
+    man = tmp_path / "sc7.toml"
+    text = (ROOT / "manifests" / "sc7-sd14-lora.toml").read_text()
+    man.write_text(text.replace('"sc7-sd14-lora.', '"' + str(ROOT / "manifests" / "sc7-sd14-lora.")).replace(
+        'requirements = "', f'requirements = "{ROOT / "manifests"}/', 1).replace(
+        'patches_dir = "../patches"', f'patches_dir = "{ROOT / "patches"}"') + "# last line\n")
+    before = manifest.load(man)
+    assert "cpu" not in before.lock.files
+    manifest_edit.add_lock_file(man, "cpu", tmp_path / "sc7.cpu.lock.txt")
+    after = manifest.load(man)
+    assert after.lock.files["cpu"] == tmp_path / "sc7.cpu.lock.txt"
+    assert lockfile.flavour_order(after) == ["cpu", "pypi"]  # install now reads it first
+    assert man.read_text().endswith("# last line\n") and man.read_text().count("#") == text.count("#") + 1
