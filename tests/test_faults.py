@@ -10,6 +10,7 @@ verified environment: status clean, no half-applied patch, no temporary file.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -154,3 +155,27 @@ def test_install_and_repatch_at_once(ported_home, fresh_target, wheels):
     assert json.loads(waited.stdout)["results"][-1]["step"] == "finish"
     verified(project, fresh_target, env)
     assert run_in(fresh_target, "import tinypkg; print(tinypkg.__version__)") == "1.2"
+
+
+def test_leftovers_of_a_killed_run_are_removed_under_the_lock(tmp_path, capsys):
+    """Temporary names of this sd-env and of older ones; files that only look alike stay."""
+    from sd_env import homelock
+    from sd_env.paths import Paths
+
+    paths = Paths(tmp_path / "home")
+    patches_dir = tmp_path / "patches"
+    made = [paths.home / ".state.json.abc.sd-env-tmp", paths.home / ".state-x1y2", paths.repatch / "session.json.tmp",
+            paths.wheels / "torch_tpu-2.1.0-cp39-cp39-linux_x86_64.whl.partial", patches_dir / "a-1.0-tpu.diff.tmp",
+            paths.src / "tinypkg" / ".git" / "sd-env-index-k3j4", paths.work / "tinypkg-x" / "setup.py"]
+    kept = [paths.home / "state.json", patches_dir / "a-1.0-tpu.diff", paths.src / "tinypkg" / "notes.tmp"]
+    for path in made + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    paths.lock.write_text("4242 install\n")  # the holder a kill -9 left behind
+    with homelock.hold(paths, "install", wait=False, extra=(patches_dir,)):
+        assert paths.lock.read_text() == f"{os.getpid()} install\n"
+    assert [p for p in made if p.exists()] == [] and all(p.exists() for p in kept)
+    assert paths.lock.read_text() == ""
+    err = capsys.readouterr().err
+    assert "a previous sd-env run (pid 4242, `install`) was killed before it finished" in err
+    assert "removed 6 temporary files of an interrupted run" in err

@@ -1,7 +1,7 @@
 """Command line: a thin argparse layer, `main(argv) -> int`.
 
 Errors are turned into `error: ...`, a hint and an exit code here and only
-here: 0 ok, 1 a step failed, 2 bad input.
+here: 0 ok, 1 a step failed, 2 bad input, 3 another run holds the home.
 """
 
 from __future__ import annotations
