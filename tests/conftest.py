@@ -81,6 +81,11 @@ class Upstream:
 
 @pytest.fixture
 def upstream(tmp_path: Path) -> Upstream:
+    return make_upstream(tmp_path)
+
+
+def make_upstream(tmp_path: Path) -> Upstream:
+    """tinypkg released as v1.0 in a git repo under `tmp_path`."""
     repo = tmp_path / "upstream" / "tinypkg"
     repo.mkdir(parents=True)
     git(repo, "init", "-q", "-b", "main")

@@ -135,3 +135,21 @@ def test_lock_finds_uv_beside_its_interpreter_when_path_has_none(tmp_path, offli
     assert got.returncode == 0 and doc["exit_code"] == 0, got.stdout + got.stderr
     assert "1 packages, all hashed" in doc["results"][0]["detail"]
     assert lockfile.read(project / "manifests" / "m.pypi.lock.txt").pins == {"six": "1.16.0"}
+
+
+def test_a_new_flavour_is_listed_in_the_manifest(tmp_path):
+    """`sd-env lock --flavour cpu` writes a lock install reads: the manifest's [lock.files] lists it."""
+    from sd_env import manifest_edit
+
+    man = tmp_path / "sc7.toml"
+    text = (ROOT / "manifests" / "sc7-sd14-lora.toml").read_text()
+    man.write_text(text.replace('"sc7-sd14-lora.', '"' + str(ROOT / "manifests" / "sc7-sd14-lora.")).replace(
+        'requirements = "', f'requirements = "{ROOT / "manifests"}/', 1).replace(
+        'patches_dir = "../patches"', f'patches_dir = "{ROOT / "patches"}"') + "# last line\n")
+    before = manifest.load(man)
+    assert "cpu" not in before.lock.files
+    manifest_edit.add_lock_file(man, "cpu", tmp_path / "sc7.cpu.lock.txt")
+    after = manifest.load(man)
+    assert after.lock.files["cpu"] == tmp_path / "sc7.cpu.lock.txt"
+    assert lockfile.flavour_order(after) == ["cpu", "pypi"]  # install now reads it first
+    assert man.read_text().endswith("# last line\n") and man.read_text().count("#") == text.count("#") + 1

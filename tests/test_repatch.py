@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import manifest, manifest_edit, patches, port, state, target
+from sd_env import fsutil, manifest, patches, port, state, target
 from tests.conftest import CORE, SETUP, TPU_PATCH, git, run_in, tiny_component
 
 SCALER = "from tinypkg.core import device_kind, scaler_for; print(scaler_for(device_kind('tpu:0')))"
@@ -457,7 +457,8 @@ def _kill_before(monkeypatch, module, name):
 KILL_POINTS = {
     "after the refreshed patch is written": lambda mp: _kill_after(
         mp, os, "replace", lambda src, dst: Path(dst).name == "tinypkg-1.3-tpu.diff"),
-    "after the manifest update": lambda mp: _kill_after(mp, manifest_edit, "update_component"),
+    "after the manifest update": lambda mp: _kill_after(
+        mp, fsutil, "write_atomic", lambda path, data: path.suffix == ".toml"),
     "between the checkout moves": lambda mp: _kill_after(
         mp, os, "replace", lambda src, dst: Path(dst).name == "old-tinypkg"),
     "after the checkout swap": lambda mp: _kill_after(
@@ -498,3 +499,30 @@ def test_manifest_edited_by_hand_is_an_upgrade(installed, upstream, fresh_target
     assert code == 0, err
     assert rows(doc, "port")[0]["detail"].startswith(f"{OLD}: offset (")
     assert_ported(installed, upstream, fresh_target, capsys, tmp_path, "1.2")
+
+
+def test_back_to_the_pinned_release_reuses_the_patch_file(installed, upstream, fresh_target, capsys):
+    """--to another release, then --to the pinned one again: the original patch file is reused, no duplicate."""
+    original = (installed.root / "patches" / OLD).read_bytes()
+    assert run_repatch(installed, fresh_target, capsys, "--to", "tinypkg==1.2")[0] == 0
+    code, doc, err = run_repatch(installed, fresh_target, capsys, "--to", "tinypkg==1.0")
+    assert code == 0, err
+    assert sorted(p.name for p in (installed.root / "patches").iterdir()) == [OLD, "tinypkg-1.2-tpu.diff"]
+    assert (installed.root / "patches" / OLD).read_bytes() == original  # reused as it is, header and all
+    comp = manifest.load(installed.manifest).component("tinypkg")
+    assert (comp.version, [p.name for p in comp.patches]) == ("1.0", [OLD])
+    assert OLD in rows(doc, "finish")[0]["detail"]
+    row = status_row(installed, fresh_target, capsys)
+    assert row["patches"] == {OLD: "applied"} and row["needs"] == []
+    assert run_in(fresh_target, SCALER) == "torch_tpu.GradScaler" and run_in(fresh_target, VERSION) == "1.0"
+
+
+def test_manifest_with_one_patch_a_line_is_rewritten_keeping_comments(installed, fresh_target, capsys):
+    text = installed.manifest.read_text().replace(f'patches = ["{OLD}"]',
+                                                  f'# the TPU port\npatches = [\n  "{OLD}",  # keep\n]')
+    installed.manifest.write_text("# my project\n" + text)
+    code, _doc, err = run_repatch(installed, fresh_target, capsys, "--to", "tinypkg==1.2")
+    assert code == 0, err
+    text = installed.manifest.read_text()
+    assert text.startswith("# my project\n") and "# the TPU port\npatches = [\n" in text
+    assert '"tinypkg-1.2-tpu.diff",\n]' in text and 'version = "1.2"' in text

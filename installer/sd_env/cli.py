@@ -1,20 +1,22 @@
 """Command line: a thin argparse layer, `main(argv) -> int`.
 
 Errors are turned into `error: ...`, a hint and an exit code here and only
-here: 0 ok, 1 a step failed, 2 bad input.
+here: 0 ok, 1 a step failed, 2 bad input, 3 another run holds the home.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from sd_env import __version__, envs, install, lockfile, manifest, repatch, sources, status, verify
+from sd_env import __version__, envs, homelock, install, lockfile, manifest, repatch, sources, status, verify
 from sd_env import runner as runner_module
 from sd_env.errors import InputError, SdEnvError
 from sd_env.paths import Paths, default_home
@@ -47,12 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print a versioned JSON report")
     common.add_argument("-v", "--verbose", action="store_true", help="show subprocess output")
 
+    writes = argparse.ArgumentParser(add_help=False)
+    writes.add_argument("--wait", action="store_true",
+                        help="wait for another sd-env run on the same home instead of failing at once")
+
     parser = argparse.ArgumentParser(
         prog="sd-env", description="Reproducible Stable Diffusion LoRA environments for Sophgo SC7.")
     parser.add_argument("--version", action="version", version=f"sd-env {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("install", parents=[common], help="fetch, patch and install every component")
+    p = sub.add_parser("install", parents=[common, writes], help="fetch, patch and install every component")
     p.add_argument("--git-mirror", metavar="PREFIX", default=os.environ.get(sources.ENV_MIRROR),
                    help="fetch https://github.com/OWNER/NAME.git from PREFIX/OWNER/NAME.git "
                    f"(also ${sources.ENV_MIRROR})")
@@ -71,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision of the LoRA step (fp16 needs the card: n/a on the CPU)")
     p.set_defaults(func=_cmd_verify)
 
-    p = sub.add_parser("repatch", parents=[common], help="restore patched components, or port patches to a release")
+    p = sub.add_parser("repatch", parents=[common, writes],
+                       help="restore patched components, or port patches to a release")
     p.add_argument("--to", metavar="NAME==VERSION", help="move a component to another release and port its patches")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--continue", dest="resume", action="store_true",
@@ -86,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sdist-fallback", action="store_true", help="as for install")
     p.set_defaults(func=_cmd_repatch)
 
-    p = sub.add_parser("lock", parents=[common], help="re-resolve the era lock from the manifest (needs uv)")
+    p = sub.add_parser("lock", parents=[common, writes], help="re-resolve the era lock from the manifest (needs uv)")
     p.add_argument("--flavour", choices=("cpu", "pypi"), default="pypi",
                    help="which torch flavour to lock (default: pypi)")
     p.set_defaults(func=_cmd_lock)
@@ -110,9 +117,19 @@ def main(argv: list[str] | None = None) -> int:
                                                                        "sd-env COMMAND --help"))
         return 2
     try:
-        return int(args.func(args))
+        with contextlib.ExitStack() as stack:
+            args._stack = stack  # holds the home's lock (commands that write) until the command returns
+            return int(args.func(args))
     except SdEnvError as exc:
         return _fail(args, exc, exc.exit_code)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        # A full or read-only disk is the machine's state, not a bug: say where, keep the traceback out.
+        where = exc.filename or "a file sd-env writes"
+        return _fail(args, SdEnvError(f"cannot write {where}: {exc.strerror} (full disk or read-only file system)",
+                                      "free space there (or pass --home on another disk) and run the same command "
+                                      "again"), 1)
     except KeyboardInterrupt:
         return _fail(args, SdEnvError("interrupted", "re-run the same command to finish"), 130)
     except Exception as exc:  # a bug in sd-env: keep the traceback, on stderr and in the log
@@ -153,6 +170,9 @@ def _setup(args: argparse.Namespace, command: str) -> tuple[manifest.Manifest, P
     home = args.home.expanduser().resolve() if args.home else default_home(man.path)
     paths = Paths(home)
     args._log = paths.log_file(command)
+    if hasattr(args, "wait"):  # a command that writes: one at a time per home
+        folders = {man.path.parent} | {p.parent for c in man.components for p in c.patches}
+        args._stack.enter_context(homelock.hold(paths, command, wait=args.wait, extra=tuple(sorted(folders))))
     return man, paths, Runner(log_path=args._log, echo=args.verbose)
 
 
@@ -207,7 +227,9 @@ def _cmd_repatch(args: argparse.Namespace) -> int:
     results: list = []
     error: SdEnvError | None = None
     try:
-        if args.resume or (session is not None and session.phase == "finishing" and not args.to):
+        finishing = session is not None and session.phase == "finishing"
+        same = session is not None and args.to == f"{session.component}=={session.to_version}"
+        if args.resume or (finishing and (not args.to or same)):  # re-running the killed command finishes it
             results = repatch.resume(man, paths, runner, opts, accept=args.accept)
         elif args.to:
             name, sep, version = args.to.partition("==")
@@ -251,7 +273,8 @@ def _cmd_lock(args: argparse.Namespace) -> int:
     started = time.monotonic()
     out = lockfile.compile_lock(man, args.flavour, runner)
     lock = lockfile.read(out)
-    done = Result("env", "lock", OK, f"wrote {out} ({len(lock.pins)} packages, all hashed)",
+    listed = "" if args.flavour in man.lock.files else f"; listed in {man.path} [lock.files] {args.flavour}"
+    done = Result("env", "lock", OK, f"wrote {out} ({len(lock.pins)} packages, all hashed{listed})",
                   time.monotonic() - started)
     return _report("lock", [done], None, args, paths, flavour=args.flavour)
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd_env import closure, envs, gitcmd, lockfile, manifest, patches, sources, state, target, torchtpu
+from sd_env import closure, envs, faults, gitcmd, lockfile, manifest, patches, sources, state, target, torchtpu
 from sd_env.checkouts import APPLIED_DIR, applicable, pinned_commit, record_applied
 from sd_env.errors import SdEnvError, StepError
 from sd_env.manifest import Component, Manifest
@@ -51,6 +51,9 @@ class Outcome:
 def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outcome:
     """Environment, lock, components, torch_tpu, in that order; stop at the first failure."""
     record = state.load(paths.state)
+    for comp in manifest.components:
+        for path in comp.patches:
+            patches.load(path)  # a patch that is no diff, or leaves the tree, fails before anything is written
     outcome = Outcome([])
     where = "env"
     try:
@@ -60,6 +63,7 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
         if manifest.lock is not None:
             result, changed = _closure(manifest, runner, opts, inv)
             outcome.results.append(result)
+            faults.point("lock-installed")
         # The lock holds no component, so this inventory still tells how each one is installed.
         installed = target.installed(inv, [c.name for c in manifest.components])
         built = []
@@ -125,6 +129,7 @@ def _torch_tpu(man: Manifest, paths: Paths, runner: Runner, opts: Options, recor
                       f"{Path(location).name} from {torchtpu.SOPHGO_RELEASES}, put it there "
                       "(or pass --torch-tpu-wheel PATH) and run `sd-env install` again"), False
     digest = torchtpu.check_wheel(spec, path)
+    torchtpu.check_tags(path, inv.python)
     version = torchtpu.wheel_metadata(path)["version"]
     have = target.installed(inv, [torchtpu.NAME])[torchtpu.NAME].versions
     if have == (version,) and record.wheels.get(path.name) == digest:
@@ -195,6 +200,7 @@ def _component(comp: Component, paths: Paths, runner: Runner, opts: Options,
         else:
             progress(f"installing {comp.name} (editable, no dependencies)")
             target.install_editable(runner, opts.python, checkout)
+            faults.point("built")
             detail = f"editable install of {checkout}"
         results.append(Result(comp.name, step, OK, detail, time.monotonic() - started))
     return results + notes
@@ -265,6 +271,7 @@ def _patch(comp: Component, checkout: Path, runner: Runner, series: list[patches
            rec: state.ComponentState) -> str:
     progress(f"patching {comp.name}: {', '.join(p.name for p in series)}")
     patches.apply(runner, checkout, series)
+    faults.point("patched")
     record_applied(checkout, series, rec, gitcmd.head(runner, checkout))
     return "applied " + ", ".join(f"{p.name} (sha256 {p.sha256[:12]})" for p in series)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from sd_env import fsutil, manifest_edit
 from sd_env.errors import InputError
 from sd_env.manifest import Manifest
 from sd_env.runner import Runner
@@ -43,6 +44,9 @@ def read(path: Path) -> Lock:
         match = _PIN.match(line)
         if match:
             current = canonicalize_name(match.group(1))
+            if current in pins:
+                raise InputError(f"{path}: {current} is pinned twice ({pins[current]} and {match.group(2)})",
+                                 "keep one pin per package: regenerate the lock with `sd-env lock`")
             pins[current] = match.group(2)
             hashes[current] = []
         if current is not None:
@@ -93,14 +97,13 @@ def compile_lock(man: Manifest, flavour: str, runner: Runner) -> Path:
         raise InputError("`sd-env lock` needs uv (beside sd-env's Python or on PATH)",
                          "pip install uv (or `pip install 'sd-env[test]'`)")
     output = man.lock.files.get(flavour) or man.path.parent / f"{man.name}.{flavour}.lock.txt"
-    tmp = output.with_name(output.name + ".tmp")
-    try:
+    with fsutil.replacing(output) as tmp:
         runner.run(compile_argv(man, flavour, uv, tmp), timeout=1800,
                    hint="resolving needs the package index (and the torch index for the cpu flavour)",
                    label=f"uv: resolving the {flavour} lock")
         tmp.write_text(header(man, flavour) + tmp.read_text(encoding="utf-8"), encoding="utf-8")
-        tmp.replace(output)
-    finally:
-        tmp.unlink(missing_ok=True)
     read(output)  # a lock we cannot read back is not written as a success
+    if flavour not in man.lock.files:
+        # A lock the manifest does not list is a lock nothing installs: register it.
+        manifest_edit.add_lock_file(man.path, flavour, output)
     return output

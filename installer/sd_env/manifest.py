@@ -85,13 +85,20 @@ class Manifest:
         raise KeyError(name)
 
 
+MAX_BYTES = 1 << 20  # a manifest is a page of TOML; anything larger is a wrong file
+
+
 def load(path: Path) -> Manifest:
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
     except OSError as exc:
         raise ManifestError(path, "", f"cannot read the manifest ({exc.strerror})",
                             "pass an existing file with -m/--manifest") from None
+    if len(raw) > MAX_BYTES:
+        raise ManifestError(path, "", f"larger than {MAX_BYTES // 1024} KiB: not a manifest",
+                            "pass the manifest TOML with -m/--manifest")
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -166,6 +173,10 @@ def _lock(t: _Table, base: Path) -> LockSpec:
             raise ManifestError(t.path, files_t.key(flavour), "unknown torch flavour",
                                 f"use one of: {', '.join(FLAVOURS)}")
         files[flavour] = base / files_t.get(flavour, str)
+    if not files:
+        raise ManifestError(t.path, t.key("files"), "lists no lock file",
+                            'add pypi = "<name>.pypi.lock.txt" (and cpu = ... for the CPU build), '
+                            "then run `sd-env lock`")
     platform = t.get("platform", str, default="x86_64-unknown-linux-gnu")
     return LockSpec(base / t.get("requirements", str), platform, stamps["exclude_newer"],
                     {k: per_package.get(k, str) for k in per_package.names()}, files)
@@ -210,6 +221,9 @@ def _component(t: _Table, patches_dir: Path) -> Component:
             raise ManifestError(t.path, t.key(f"patches[{i}]"), "must be a file name",
                                 'write it as a string, e.g. "accelerate-0.16.0-tpu.diff"')
         p = patches_dir / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ManifestError(t.path, t.key(f"patches[{i}]"), f"{rel!r} is outside the patches folder",
+                                f"put the patch in {patches_dir} and write its file name")
         if not p.is_file():
             raise ManifestError(t.path, t.key(f"patches[{i}]"), f"no patch file at {p}",
                                 f"put the patch in {patches_dir} or correct the name")

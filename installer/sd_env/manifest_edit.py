@@ -1,66 +1,70 @@
-"""Rewrite one [[component]] of a manifest file in place, keeping comments and layout.
+"""Rewrite one [[component]] of a manifest file, keeping the user's comments and layout.
 
-There is no TOML writer among sd-env's dependencies, and a writer would drop
-the user's comments; the edit is line-based and the result is parsed again
-before it replaces the file.
+tomlkit edits the parsed document in place (arrays written one item a line,
+inline comments and the order of keys all survive), and the result is parsed
+again by the manifest loader before it replaces the file.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
-from sd_env import manifest
-from sd_env.errors import InputError
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+
+from sd_env import fsutil, manifest
+from sd_env.errors import InputError, ManifestError
 from sd_env.manifest import tomllib  # the same TOML reader the loader uses
+
+
+def updated_text(path: Path, name: str, *, tag: str, version: str, commit: str | None,
+                 patches: list[str], check: bool = True) -> str:
+    """The manifest's text with component `name` moved to `tag`/`version`/`commit` and `patches`.
+
+    `check=False` skips the loader's check (which needs the patch files to exist) for a text whose
+    patches are yet to be written; the caller checks it once they are.
+    """
+    try:
+        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, TOMLKitError) as exc:
+        raise ManifestError(path, "", f"cannot be edited: {exc}", "fix the file so `sd-env status` reads it") from None
+    comp = next((c for c in doc.get("component", []) if c.get("name") == name), None)
+    if comp is None:
+        raise InputError(f"{path}: no [[component]] named {name!r}", "name a component of the manifest")
+    comp["tag"] = tag
+    comp["version"] = version
+    if commit:
+        comp["commit"] = commit
+    elif "commit" in comp:
+        del comp["commit"]
+    if patches or "patches" in comp:
+        old = comp.get("patches")
+        new = tomlkit.array()
+        new.extend(patches)
+        # Keep the user's choice of one item a line.
+        new.multiline(old is not None and "\n" in old.as_string())
+        comp["patches"] = new
+    text = tomlkit.dumps(doc)
+    data = tomllib.loads(text)
+    if check:
+        manifest.parse(data, path)  # never write a manifest that does not load
+    return text
+
+
+def add_lock_file(path: Path, flavour: str, lock: Path) -> None:
+    """Register `lock` as the manifest's [lock.files] entry for `flavour`."""
+    try:
+        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+        doc["lock"].setdefault("files", tomlkit.table())[flavour] = os.path.relpath(lock, path.parent)
+    except (OSError, UnicodeDecodeError, TOMLKitError, KeyError) as exc:
+        raise ManifestError(path, "lock.files", f"cannot be edited: {exc}",
+                            f'add {flavour} = "{lock.name}" to [lock.files] by hand') from None
+    text = tomlkit.dumps(doc)
+    manifest.parse(tomllib.loads(text), path)
+    fsutil.write_atomic(path, text)
 
 
 def update_component(path: Path, name: str, *, tag: str, version: str, commit: str | None,
                      patches: list[str]) -> None:
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines(keepends=True)
-    start, end = _block(lines, name, path)
-    block = lines[start:end]
-    values = {"tag": _q(tag), "version": _q(version),
-              "patches": "[" + ", ".join(_q(p) for p in patches) + "]"}
-    block = [_set(line, values) for line in block if not _is_key(line, "commit")]
-    if commit:
-        at = max(i for i, line in enumerate(block) if _is_key(line, "version")) + 1
-        block.insert(at, f"commit = {_q(commit)}\n")
-    if not any(_is_key(line, "patches") for line in block) and patches:
-        at = max(i for i, line in enumerate(block) if line.strip() and not line.lstrip().startswith("#")) + 1
-        block.insert(at, f"patches = {values['patches']}\n")
-    new = "".join(lines[:start] + block + lines[end:])
-    manifest.parse(tomllib.loads(new), path)  # never write a manifest that does not load
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _block(lines: list[str], name: str, path: Path) -> tuple[int, int]:
-    starts = [i for i, line in enumerate(lines) if line.strip() == "[[component]]"]
-    for n, start in enumerate(starts):
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
-        end = min(end, starts[n + 1]) if n + 1 < len(starts) else end
-        if any(_is_key(line, "name") and _q(name) in line for line in lines[start:end]):
-            # Comments just above the next table belong to it, not to this block.
-            while end > start and lines[end - 1].lstrip().startswith("#"):
-                end -= 1
-            return start, end
-    raise InputError(f"{path}: no [[component]] named {name!r}", "name a component of the manifest")
-
-
-def _is_key(line: str, key: str) -> bool:
-    return re.match(rf"^\s*{key}\s*=", line) is not None
-
-
-def _set(line: str, values: dict[str, str]) -> str:
-    for key, value in values.items():
-        if _is_key(line, key):
-            return f"{key} = {value}\n"
-    return line
-
-
-def _q(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    fsutil.write_atomic(path, updated_text(path, name, tag=tag, version=version, commit=commit, patches=patches))

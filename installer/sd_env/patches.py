@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from unidiff import PatchSet
 from unidiff.errors import UnidiffParseError
 
-from sd_env import gitcmd
+from sd_env import faults, gitcmd
 from sd_env.errors import CommandError, InputError, PatchConflict
 from sd_env.runner import Runner
 
@@ -63,7 +63,16 @@ class SeriesState:
 
 
 def load(path: Path) -> Patch:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text diff (binary or not UTF-8)",
+                         "binary changes cannot be patched; regenerate it with `git diff --full-index`") from None
+    return parse(text, path)
+
+
+def parse(text: str, path: Path) -> Patch:
+    """A patch from its text; `path` is where it lives (or will)."""
     try:
         parsed = PatchSet(text)
     except UnidiffParseError as exc:
@@ -78,10 +87,10 @@ def load(path: Path) -> Patch:
         hunks = tuple(Hunk(h.source_start, h.source_length, h.section_header) for h in pf)
         files.append(FileChange(pf.path, pf.is_added_file, pf.is_removed_file, hunks))
     return Patch(path.name, path, text, hashlib.sha256(text.encode()).hexdigest(),
-                 _header(text), tuple(files))
+                 parse_header(text), tuple(files))
 
 
-def _header(text: str) -> dict[str, str]:
+def parse_header(text: str) -> dict[str, str]:
     header: dict[str, str] = {}
     key = None
     for line in text.splitlines():
@@ -183,6 +192,8 @@ def apply(runner: Runner, repo: Path, patches: list[Patch]) -> None:
     written: list[str] = []
     try:
         for patch in patches:
+            if written:
+                faults.point("half-patched")
             written += [c.path for c in patch.files]
             _apply(runner, repo, [patch])
     except CommandError as exc:

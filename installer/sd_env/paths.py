@@ -31,6 +31,16 @@ class Paths:
         """Scratch space for downloads and half-built checkouts; emptied after each step."""
         return self.home / "tmp"
 
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by every command that writes; names the pid and command holding it."""
+        return self.home / "sd-env.lock"
+
+    @property
+    def wheels(self) -> Path:
+        """Wheels downloaded from a URL (Sophgo's torch_tpu)."""
+        return self.home / "wheels"
+
     def checkout(self, name: str) -> Path:
         return self.src / name
 
@@ -43,11 +53,6 @@ class Paths:
     def venv(self) -> Path:
         """The target environment sd-env creates when none is given or active."""
         return self.home / "venv"
-
-    @property
-    def wheels(self) -> Path:
-        """Wheels downloaded from a URL (Sophgo's torch_tpu)."""
-        return self.home / "wheels"
 
     @property
     def cache(self) -> Path:

@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd_env import gitcmd, manifest_edit, patches, port, sources, state, status, target
+from sd_env import faults, fsutil, gitcmd, manifest, manifest_edit, patches, port, sources, state, status, target
 from sd_env.checkouts import record_applied
 from sd_env.errors import InputError, SdEnvError, StepError
 from sd_env.install import Options
@@ -64,19 +64,21 @@ def session_path(paths: Paths) -> Path:
 
 def load_session(paths: Paths) -> Session | None:
     path = session_path(paths)
-    if not path.exists():
+    fix = (f"move {path.parent} aside (the port in progress is lost), then `sd-env repatch` "
+           "restores the pinned state")
+    data = state.read_record(path, SESSION_VERSION, "repatch session", fix)
+    if data is None:
         return None
-    data = json.loads(path.read_text())
     data.pop("version", None)
-    return Session(**data)
+    try:
+        return Session(**data)
+    except TypeError as exc:
+        raise InputError(f"{path}: the repatch session is corrupt ({exc})", fix) from None
 
 
 def save_session(paths: Paths, session: Session) -> None:
-    path = session_path(paths)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("session.json.tmp")
-    tmp.write_text(json.dumps({"version": SESSION_VERSION, **dataclasses.asdict(session)}, indent=2))
-    os.replace(tmp, path)
+    text = json.dumps({"version": SESSION_VERSION, **dataclasses.asdict(session)}, indent=2)
+    fsutil.write_atomic(session_path(paths), text + "\n")
 
 
 def pending_upgrades(man: Manifest, paths: Paths) -> list[tuple[str, str]]:
@@ -122,6 +124,7 @@ def start(man: Manifest, paths: Paths, runner: Runner, opts: Options, name: str,
                         sdist_fallback=opts.sdist_fallback)
     session = Session(name, from_tag, from_version, to_tag, version, got.commit, got.source, str(work), got.commit,
                       [str(p) for p in comp.patches], [], sdist_sha256=got.sdist_sha256, fuzz=fuzz)
+    faults.point("repatch-fetched")
     save_session(paths, session)
     return _port_all(man, paths, runner, opts, session, fuzz, accept)
 
@@ -199,48 +202,89 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
         commit = ""
         if got.ported:
             commit = _commit(runner, work, f"{patch.name} ({got.method})")
+            faults.point("ported")
         session.done.append({"name": patch.name, "path": str(patch.path), "method": got.method,
                              "detail": got.detail, "commit": commit})
         save_session(paths, session)
         status_ = WARN if got.method in (port.OBSOLETE, port.FUZZED) else OK
         results.append(Result(session.component, "port", status_, f"{patch.name}: {got.method} ({got.detail})"))
+    # Everything that can refuse (a patch that does not parse, a manifest that cannot be edited) is
+    # checked while --abort is still possible; finishing only writes what was checked.
+    _outputs(man, runner, session)
     session.phase = "finishing"
     save_session(paths, session)
+    faults.point("finishing")
     return results + _finish(man, paths, runner, opts, session)
 
 
-def _finish(man: Manifest, paths: Paths, runner: Runner, opts: Options, session: Session) -> list[Result]:
-    """Write the refreshed patches, point the manifest at them, swap the checkout, rebuild."""
+def _outputs(man: Manifest, runner: Runner, session: Session) -> tuple[list[tuple[Path, str]], list[Path], str]:
+    """What finishing writes: the refreshed patch files (path, text; empty text: an existing file with
+    the same change is reused), the new series in order, and the manifest's new text."""
     comp = _component(man, session.component)
     work = Path(session.work)
-    written: list[Path] = []
-    staged: list[tuple[Path, Path]] = []
+    files: list[tuple[Path, str]] = []
+    series: list[Path] = []
     parent = session.base
     for done in session.done:
         if not done["commit"]:
             continue  # obsolete upstream: dropped from the series
         old = patches.load(Path(done["path"]))
         new_path = old.path.with_name(_new_name(old.name, session.from_version, session.to_version))
-        written.append(new_path)
         if not work.exists():
-            continue  # an interrupted finish already wrote the patches and moved the work tree in place
+            series.append(new_path)  # an interrupted finish already wrote the patches and moved the work tree
+            continue
         # Not gitcmd.out: stripping would cut a trailing blank context line off the diff.
         diff = gitcmd.git(runner, work, "diff", "--full-index", parent, done["commit"]).stdout
         parent = done["commit"]
-        tmp = new_path.with_name(new_path.name + ".tmp")
-        tmp.write_text(_new_header(old, session, done["method"]) + "\n" + diff, encoding="utf-8")
-        staged.append((tmp, new_path))
-        try:
-            patches.load(tmp)  # a refreshed patch that does not parse must not replace anything
-        except SdEnvError:
-            for leftover, _ in staged:
-                leftover.unlink(missing_ok=True)
-            raise
-    for tmp, new_path in staged:
-        os.replace(tmp, new_path)
+        same = _same_change(diff, [old.path, new_path, *sorted(old.path.parent.iterdir())], session)
+        if same is not None:
+            series.append(same)  # going back to a release a patch file was made for: no duplicate
+            continue
+        text = _new_header(old, session, done["method"]) + "\n" + diff
+        patches.parse(text, new_path)  # a refreshed patch that does not parse must not replace anything
+        files.append((new_path, text))
+        series.append(new_path)
     commit = session.to_commit if session.source == "git" else None
-    manifest_edit.update_component(man.path, comp.name, tag=session.to_tag, version=session.to_version,
-                                   commit=commit, patches=[p.name for p in written])
+    manifest_text = manifest_edit.updated_text(man.path, comp.name, tag=session.to_tag, version=session.to_version,
+                                               commit=commit, patches=[p.name for p in series], check=False)
+    return files, series, manifest_text
+
+
+def _same_change(diff: str, candidates: list[Path], session: Session) -> Path | None:
+    """The first candidate patch file made for the target release whose diff (its header aside) is `diff`."""
+    want = _body(diff)
+    for path in candidates:
+        if path.suffix not in (".diff", ".patch") or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        # Made for the target: its Upstream-Version names the tag, or (no such header) its name the version.
+        made_for = patches.parse_header(text).get("Upstream-Version")
+        fits = session.to_tag in made_for.split() if made_for else session.to_version in path.name
+        if fits and _body(text) == want:
+            return path
+    return None
+
+
+def _body(text: str) -> str:
+    at = text.find("diff --git")
+    return (text[at:] if at >= 0 else text).rstrip()
+
+
+def _finish(man: Manifest, paths: Paths, runner: Runner, opts: Options, session: Session) -> list[Result]:
+    """Write the refreshed patches, point the manifest at them, swap the checkout, rebuild."""
+    comp = _component(man, session.component)
+    work = Path(session.work)
+    files, written, manifest_text = _outputs(man, runner, session)
+    for path, text in files:
+        fsutil.write_atomic(path, text)
+    faults.point("patches-written")
+    if manifest_text != man.path.read_text(encoding="utf-8"):
+        manifest.parse(manifest.tomllib.loads(manifest_text), man.path)  # never write one that does not load
+        fsutil.write_atomic(man.path, manifest_text)
+    faults.point("manifest-written")
     checkout = paths.checkout(comp.name)
     old_checkout = paths.old_checkout(comp.name)
     if work.exists():
@@ -251,6 +295,7 @@ def _finish(man: Manifest, paths: Paths, runner: Runner, opts: Options, session:
         if checkout.exists():
             os.replace(checkout, old_checkout)
         os.replace(work, checkout)
+        faults.point("swapped")
     record = state.load(paths.state)
     rec = record.components[comp.name] = state.ComponentState(
         session.source, session.to_tag, session.base, recorded_commit=session.source == "git",
@@ -259,6 +304,7 @@ def _finish(man: Manifest, paths: Paths, runner: Runner, opts: Options, session:
     state.save(record, paths.state)
     progress(f"installing {comp.name} {session.to_version} (editable, no dependencies)")
     target.install_editable(runner, opts.python, checkout)
+    faults.point("repatch-built")
     shutil.rmtree(old_checkout, ignore_errors=True)
     session_path(paths).unlink(missing_ok=True)
     shown = ", ".join(p.name for p in written) or "no patches left (all obsolete upstream)"

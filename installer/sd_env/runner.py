@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sd_env import fsutil
 from sd_env.errors import CommandError, StepError
 from sd_env.report import activity
 
@@ -113,13 +114,11 @@ class Runner:
         return Completed(args, proc.returncode, out, err, seconds)
 
     def download(self, url: str, dest: Path, *, timeout: float = 60, hint: str = "") -> Path:
-        """Fetch `url` to `dest` (through `dest`.partial, so a cut download leaves nothing), logged."""
+        """Fetch `url` to `dest` (written atomically, so a cut download leaves nothing), logged."""
         started = time.monotonic()
-        partial = dest.with_name(dest.name + ".partial")
-        dest.parent.mkdir(parents=True, exist_ok=True)
         self.calls.append(["download", url])
         try:
-            with activity(f"downloading {url}", every=HEARTBEAT), \
+            with activity(f"downloading {url}", every=HEARTBEAT), fsutil.replacing(dest) as partial, \
                     urllib.request.urlopen(url, timeout=timeout) as resp, partial.open("wb") as out:
                 while True:
                     chunk = resp.read(1 << 20)
@@ -129,10 +128,8 @@ class Runner:
                     if time.monotonic() - started > DEFAULT_TIMEOUT:
                         raise TimeoutError(f"not finished after {DEFAULT_TIMEOUT} s")
         except OSError as exc:
-            partial.unlink(missing_ok=True)
             self._log(["download", url], None, 1, str(exc), time.monotonic() - started)
             raise StepError(f"cannot download {url}: {exc}", hint) from None
-        partial.replace(dest)
         self._log(["download", url], None, 0, f"-> {dest} ({dest.stat().st_size} bytes)",
                   time.monotonic() - started)
         return dest

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd_env import gitcmd
+from sd_env import faults, gitcmd
 from sd_env.errors import CommandError, InputError, StepError
 from sd_env.manifest import Component
 from sd_env.report import progress
@@ -79,7 +79,9 @@ def fetch_git(comp: Component, dest: Path, work: Path, runner: Runner, *,
             )
         gitcmd.git(runner, tmp, "checkout", "-q", "--detach", commit)
         _exclude_build_leftovers(tmp)
+        faults.point("fetched")
         _move_into_place(tmp, dest)
+        faults.point("moved")
         return Fetched("git", commit, url=url)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

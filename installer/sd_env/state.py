@@ -1,7 +1,8 @@
 """The versioned record of what sd-env did in a home folder (state.json).
 
-Written atomically (temp file + rename) so an interrupted run never leaves
-half a record. Observed facts (what is on disk) always win over the record;
+Written atomically (fsutil) so an interrupted run never leaves half a
+record. A record from a newer sd-env or a damaged one is an error naming the
+file, never read as empty and then overwritten. Observed facts (what is on disk) always win over the record;
 the record holds what cannot be observed: where a source came from, the
 commit recorded on first clone, and which patches were applied on what.
 """
@@ -9,13 +10,15 @@ commit recorded on first clone, and which patches were applied on what.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sd_env import faults, fsutil
+from sd_env.errors import InputError
+
 VERSION = 1
+UPGRADE = "upgrade sd-env (`pip install -U sd-env`, or re-run ./bootstrap.sh from a newer checkout)"
 
 
 @dataclass
@@ -46,24 +49,50 @@ class State:
                 "wheels": self.wheels}
 
 
+def read_record(path: Path, version: int, what: str, fix: str) -> dict[str, Any] | None:
+    """A versioned JSON record; None when absent. Damage and unknown versions are InputErrors naming `path`."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what}: {exc.strerror}", fix) from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        how = "empty" if not raw.strip() else "corrupt or truncated"
+        raise InputError(f"{path}: the {what} is {how} ({exc})", fix) from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: the {what} is corrupt (not a JSON object)", fix)
+    found = data.get("version")
+    if isinstance(found, int) and not isinstance(found, bool) and found > version:
+        raise InputError(f"{path}: the {what} has version {found}, written by a newer sd-env "
+                         f"(this one reads version {version})", UPGRADE)
+    if found != version:
+        raise InputError(f"{path}: the {what} has an unknown version {found!r} (this sd-env reads {version})",
+                         fix)
+    return data
+
+
+def fix_for(path: Path) -> str:
+    return (f"move {path} aside and run `sd-env install`: it re-derives the record from the checkouts "
+            "(the sdist and wheel checksums are recorded again)")
+
+
 def load(path: Path) -> State:
-    if not path.exists():
+    data = read_record(path, VERSION, "sd-env state record", fix_for(path))
+    if data is None:
         return State()
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("version") != VERSION:
-        # An unknown record is not trusted: observed facts are re-derived.
-        return State()
-    comps = {}
-    for name, raw in data.get("components", {}).items():
-        patches = [AppliedPatch(**p) for p in raw.pop("patches", [])]
-        comps[name] = ComponentState(**raw, patches=patches)
-    return State(comps, dict(data.get("wheels", {})))
+    try:
+        comps = {}
+        for name, raw in data.get("components", {}).items():
+            patches = [AppliedPatch(**p) for p in raw.pop("patches", [])]
+            comps[name] = ComponentState(**raw, patches=patches)
+        return State(comps, dict(data.get("wheels", {})))
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise InputError(f"{path}: the sd-env state record is corrupt ({exc})", fix_for(path)) from None
 
 
 def save(state: State, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".state-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(state.to_json(), out, indent=2, sort_keys=True)
-        out.write("\n")
-    os.replace(tmp, path)
+    fsutil.write_atomic(path, json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n")
+    faults.point("state-saved")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import email.parser
 import hashlib
 import zipfile
+import zlib
 from pathlib import Path
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import canonicalize_name
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from sd_env.envs import Inventory
 from sd_env.errors import InputError, StepError
@@ -53,11 +54,16 @@ def refuse_installed_google(inv: Inventory) -> None:
 
 
 def wheel_metadata(path: Path) -> dict:
-    with zipfile.ZipFile(path) as whl:
-        names = [n for n in whl.namelist() if n.endswith(".dist-info/METADATA")]
-        if not names:
-            raise InputError(f"{path}: not a wheel (no .dist-info/METADATA)", f"get the wheel from {SOPHGO_RELEASES}")
-        msg = email.parser.Parser().parsestr(whl.read(names[0]).decode("utf-8", "replace"))
+    try:
+        with zipfile.ZipFile(path) as whl:
+            names = [n for n in whl.namelist() if n.endswith(".dist-info/METADATA")]
+            if not names:
+                raise InputError(f"{path}: not a wheel (no .dist-info/METADATA)",
+                                 f"get the wheel from {SOPHGO_RELEASES}")
+            msg = email.parser.Parser().parsestr(whl.read(names[0]).decode("utf-8", "replace"))
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise InputError(f"{path}: not a wheel: truncated or not a zip archive ({exc})",
+                         f"download it again from {SOPHGO_RELEASES}") from None
     return {"name": msg.get("Name", ""), "version": msg.get("Version", ""),
             "home_page": msg.get("Home-page", ""), "author": msg.get("Author", "") or msg.get("Author-email", ""),
             "project_urls": msg.get_all("Project-URL") or [], "requires_python": msg.get("Requires-Python", "")}
@@ -75,6 +81,21 @@ def check_wheel(spec: WheelSpec, path: Path) -> str:
     if is_google(meta):
         raise InputError(f"{path} is Google's torch-tpu {meta['version']}, not Sophgo's", COLLISION)
     return digest
+
+
+def check_tags(path: Path, python: tuple[int, ...]) -> None:
+    """Refuse a wheel built for another Python than the target's (pip would only say "not supported")."""
+    try:
+        tags = parse_wheel_filename(path.name)[3]
+    except InvalidWheelFilename as exc:
+        raise InputError(f"{path}: not a wheel file name ({exc})", f"keep the name {SOPHGO_RELEASES} gave it") from None
+    major, minor = python[0], python[1]
+    fits = {f"py{major}", f"py{major}{minor}", f"cp{major}{minor}"}
+    if not any(t.interpreter in fits or (t.abi == "abi3" and t.interpreter.startswith(f"cp{major}")
+                                         and int(t.interpreter[3:] or 0) <= minor) for t in tags):
+        built = ", ".join(sorted({t.interpreter for t in tags}))
+        raise InputError(f"{path} is built for {built}, the target is Python {major}.{minor}",
+                         f"get the cp{major}{minor} wheel from {SOPHGO_RELEASES}")
 
 
 def local_wheel(runner: Runner, location: str, cache: Path) -> Path | None:
