@@ -300,8 +300,6 @@ def test_bad_session(installed, case, content, expected):
 
 # --- the machine ---------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="fixed on branch hard (the runner decodes output with errors='replace'): drop on merge")
 def test_probe_output_not_utf8(installed, case, tmp_path):
     """A target whose every run writes GBK to stderr (a Chinese locale, a vendor driver's banner)."""
     wrapper = tmp_path / "bin" / "python"
