@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -39,7 +39,13 @@ class Result:
     seconds: float = 0.0
 
 
-def exit_code(results: Iterable[Result]) -> int:
+class _HasStatus(Protocol):
+    @property
+    def status(self) -> str: ...
+
+
+def exit_code(results: Iterable[_HasStatus]) -> int:
+    """1 when any step result or verify check failed, else 0."""
     return 1 if any(r.status == FAIL for r in results) else 0
 
 
