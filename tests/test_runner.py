@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +83,35 @@ def test_download_goes_through_the_runner_and_logs(tmp_path):
         run.download((tmp_path / "nope.whl").as_uri(), tmp_path / "cache" / "nope.whl", hint="by hand")
     assert "cannot download" in info.value.message and info.value.hint == "by hand"
     assert not list((tmp_path / "cache").glob("*.partial"))
+
+
+def test_ctrl_c_stops_the_whole_group(tmp_path):
+    """The children run in their own session (so a terminal's Ctrl-C reaches only sd-env): sd-env
+    must stop them itself, grandchildren included."""
+    pids = tmp_path / "pids"
+
+    def interrupt(*_args):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Runner().run(["sh", "-c", f"echo $$ > {pids}; sleep 30 & echo $! >> {pids}; wait"])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert time.monotonic() - started < 1 + 2 * runner_module.GRACE + 1
+    time.sleep(0.2)
+    for pid in map(int, pids.read_text().split()):
+        assert not alive(pid), pid
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (a container's init may be slow to reap an orphan)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

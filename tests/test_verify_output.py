@@ -97,3 +97,18 @@ def test_verify_json_names_the_running_check_and_shows_it_is_alive(small, fresh_
     out = capsys.readouterr()
     assert json.loads(out.out)["command"] == "verify"  # still exactly one document on stdout
     assert "* running linear smoke" in out.err and "linear smoke: still running" in out.err
+
+
+def test_install_has_no_silent_gap_over_5_s(small, fresh_target):
+    """Every step longer than a few seconds says it is alive (piped: a line every 5 s)."""
+    stamps = []
+    with sd_env_process(small, "install", python=fresh_target) as proc:
+        started = time.monotonic()
+        assert proc.stderr is not None and proc.stdout is not None
+        for _line in proc.stderr:
+            stamps.append(time.monotonic())
+        proc.wait(timeout=600)
+        stamps.append(time.monotonic())
+        proc.stdout.read()
+    gaps = [b - a for a, b in zip([started, *stamps], stamps)]
+    assert proc.returncode == 0 and max(gaps) < 5 + 1.5, gaps

@@ -198,7 +198,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     title = f"sd-env verify ({man.name}, {python})"
     with LiveTable(title, verify.COLUMNS, every=runner_module.HEARTBEAT, rows=not args.json) as live:
         checks = verify.run(ctx, started=live.start, finished=lambda check: live.add(verify.cells(check)))
-    code = verify.exit_code(checks)
+    code = exit_code(checks)
     block = verify.environment_block(ctx)
     if args.json:
         args._reported = True

@@ -35,7 +35,7 @@ def inventory(runner: Runner, python: Path) -> Inventory:
     """What the interpreter is and has, asked in a subprocess (a broken env cannot crash sd-env)."""
     probe = resources.files("sd_env") / "probes" / "inventory.py"
     with resources.as_file(probe) as script:
-        out = runner.run([str(python), "-I", str(script)], timeout=120,
+        out = runner.run([str(python), "-I", str(script)], timeout=120, label="reading the target environment",
                          hint=f"{python} does not run; recreate the environment").stdout
     data = json.loads(out)
     return Inventory(tuple(data["python"]), data["executable"], data["prefix"], data["is_env"],

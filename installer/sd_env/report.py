@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -39,7 +39,13 @@ class Result:
     seconds: float = 0.0
 
 
-def exit_code(results: Iterable[Result]) -> int:
+class _HasStatus(Protocol):
+    @property
+    def status(self) -> str: ...
+
+
+def exit_code(results: Iterable[_HasStatus]) -> int:
+    """1 when any step result or verify check failed, else 0."""
     return 1 if any(r.status == FAIL for r in results) else 0
 
 
@@ -48,9 +54,13 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
+_last_line = [time.monotonic()]  # when stderr last showed a sign of life (heartbeats count from it)
+
+
 def progress(line: str) -> None:
     """A terse step line on stderr (`* cloning accelerate v0.16.0`)."""
     console(stderr=True).print(f"* {line}", markup=False)
+    _last_line[0] = time.monotonic()
 
 
 def say(text: str, stderr: bool = False) -> None:
@@ -194,9 +204,14 @@ def activity(label: str | None, every: float) -> Iterator[None]:
         started = time.monotonic()
 
         def beat() -> None:
-            while not done.wait(every):
+            # Counted from the last line on stderr, not from this step's start: a run of
+            # shorter steps is no excuse for a long silence either.
+            while not done.wait(max(0.0, _last_line[0] + every - time.monotonic())):
+                if time.monotonic() - _last_line[0] < every:
+                    continue
                 sys.stderr.write(f"  ... {label}: still running ({time.monotonic() - started:.0f} s)\n")
                 sys.stderr.flush()
+                _last_line[0] = time.monotonic()
 
         thread = threading.Thread(target=beat, daemon=True)
         thread.start()

@@ -22,9 +22,9 @@ from pathlib import Path
 from sd_env import __version__, closure, envs, lockfile, probe, status, target, torchtpu
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
+from sd_env.report import FAIL, NA, OK, SKIPPED, WARN
 from sd_env.runner import Runner
 
-OK, WARN, FAIL, SKIPPED, NA = "ok", "warn", "fail", "skipped", "n/a"
 NOFILE_MIN = 65535
 _STEP_LOSS = re.compile(r"step_loss=([0-9.eE+-]+|nan|inf)")  # the script's progress bar postfix
 EXAMPLE = Path("examples") / "text_to_image" / "train_text_to_image_lora.py"
@@ -98,10 +98,6 @@ COLUMNS = ("check", "status", "detail", "s")
 def cells(c: Check) -> list[str]:
     """One row of verify's table (report.py renders it)."""
     return [c.name, c.status, c.detail, f"{c.seconds:.1f}"]
-
-
-def exit_code(checks: list[Check]) -> int:
-    return 1 if any(c.status == FAIL for c in checks) else 0
 
 
 # 1 ---------------------------------------------------------------------------
