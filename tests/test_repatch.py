@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import fsutil, manifest, patches, port, state, target
+from sd_env import fsutil, manifest, manifest_edit, patches, port, state, target
 from tests.conftest import CORE, SETUP, TPU_PATCH, git, run_in, tiny_component
 
 SCALER = "from tinypkg.core import device_kind, scaler_for; print(scaler_for(device_kind('tpu:0')))"
@@ -526,3 +526,18 @@ def test_manifest_with_one_patch_a_line_is_rewritten_keeping_comments(installed,
     text = installed.manifest.read_text()
     assert text.startswith("# my project\n") and "# the TPU port\npatches = [\n" in text
     assert '"tinypkg-1.2-tpu.diff",\n]' in text and 'version = "1.2"' in text
+
+
+def test_a_manifest_that_cannot_be_edited_stops_before_finishing(installed, fresh_target, capsys, monkeypatch):
+    """The manifest edit is checked while --abort still works: the user is never stuck."""
+    before = snapshot(installed, fresh_target)
+    # A component renamed by hand while the port ran: the edit cannot find it.
+    real = manifest_edit.updated_text
+    monkeypatch.setattr(manifest_edit, "updated_text", lambda path, name, **kw: real(path, "renamed", **kw))
+    code, _doc, err = run_repatch(installed, fresh_target, capsys, "--to", "tinypkg==1.2")
+    monkeypatch.undo()
+    assert code == 2 and "no [[component]] named 'renamed'" in err, err
+    assert json.loads(session_file(installed).read_text())["phase"] == "porting"
+    assert not (installed.root / "patches" / "tinypkg-1.2-tpu.diff").exists()
+    assert run_repatch(installed, fresh_target, capsys, "--abort")[0] == 0
+    assert snapshot(installed, fresh_target) == before

@@ -107,7 +107,8 @@ def load(path: Path) -> Manifest:
     return parse(data, path)
 
 
-def parse(data: dict[str, Any], path: Path) -> Manifest:
+def parse(data: dict[str, Any], path: Path, pending: frozenset[str] = frozenset()) -> Manifest:
+    """`pending`: patch file names about to be written, taken as present (repatch checks its edit early)."""
     t = _Table(data, path, "")
     t.allow("schema", "name", "python", "device", "torch", "torch_tpu", "lock", "patches_dir",
             "component")
@@ -131,7 +132,7 @@ def parse(data: dict[str, Any], path: Path) -> Manifest:
     wheel = _wheel(t.table("torch_tpu"), base) if "torch_tpu" in data else None
     lock = _lock(t.table("lock"), base) if "lock" in data else None
 
-    comps = [_component(c, patches_dir) for c in t.tables("component")]
+    comps = [_component(c, patches_dir, pending) for c in t.tables("component")]
     seen: dict[str, str] = {}
     for i, comp in enumerate(comps):
         # PyPI names compare normalized: "Accelerate" and "accelerate" are one distribution.
@@ -194,7 +195,7 @@ def _wheel(t: _Table, base: Path) -> WheelSpec:
     return WheelSpec(location, sha)
 
 
-def _component(t: _Table, patches_dir: Path) -> Component:
+def _component(t: _Table, patches_dir: Path, pending: frozenset[str]) -> Component:
     t.allow("name", "git", "tag", "version", "commit", "patches", "build", "sdist")
     name = t.get("name", str)
     if not _NAME.match(name):
@@ -224,7 +225,7 @@ def _component(t: _Table, patches_dir: Path) -> Component:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ManifestError(t.path, t.key(f"patches[{i}]"), f"{rel!r} is outside the patches folder",
                                 f"put the patch in {patches_dir} and write its file name")
-        if not p.is_file():
+        if not p.is_file() and rel not in pending:
             raise ManifestError(t.path, t.key(f"patches[{i}]"), f"no patch file at {p}",
                                 f"put the patch in {patches_dir} or correct the name")
         patches.append(p)

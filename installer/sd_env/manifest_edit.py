@@ -19,12 +19,9 @@ from sd_env.manifest import tomllib  # the same TOML reader the loader uses
 
 
 def updated_text(path: Path, name: str, *, tag: str, version: str, commit: str | None,
-                 patches: list[str], check: bool = True) -> str:
-    """The manifest's text with component `name` moved to `tag`/`version`/`commit` and `patches`.
-
-    `check=False` skips the loader's check (which needs the patch files to exist) for a text whose
-    patches are yet to be written; the caller checks it once they are.
-    """
+                 patches: list[str], pending: frozenset[str] = frozenset()) -> str:
+    """The manifest's text with component `name` moved to `tag`/`version`/`commit` and `patches`;
+    `pending` names patch files not written yet."""
     try:
         doc = tomlkit.parse(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, TOMLKitError) as exc:
@@ -46,9 +43,7 @@ def updated_text(path: Path, name: str, *, tag: str, version: str, commit: str |
         new.multiline(old is not None and "\n" in old.as_string())
         comp["patches"] = new
     text = tomlkit.dumps(doc)
-    data = tomllib.loads(text)
-    if check:
-        manifest.parse(data, path)  # never write a manifest that does not load
+    manifest.parse(tomllib.loads(text), path, pending)  # never write a manifest that does not load
     return text
 
 

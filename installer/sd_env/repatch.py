@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd_env import faults, fsutil, gitcmd, manifest, manifest_edit, patches, port, sources, state, status, target
+from sd_env import faults, fsutil, gitcmd, manifest_edit, patches, port, sources, state, status, target
 from sd_env.checkouts import record_applied
 from sd_env.errors import InputError, SdEnvError, StepError
 from sd_env.install import Options
@@ -246,7 +246,8 @@ def _outputs(man: Manifest, runner: Runner, session: Session) -> tuple[list[tupl
         series.append(new_path)
     commit = session.to_commit if session.source == "git" else None
     manifest_text = manifest_edit.updated_text(man.path, comp.name, tag=session.to_tag, version=session.to_version,
-                                               commit=commit, patches=[p.name for p in series], check=False)
+                                               commit=commit, patches=[p.name for p in series],
+                                               pending=frozenset(p.name for p, _ in files))
     return files, series, manifest_text
 
 
@@ -282,8 +283,7 @@ def _finish(man: Manifest, paths: Paths, runner: Runner, opts: Options, session:
         fsutil.write_atomic(path, text)
     faults.point("patches-written")
     if manifest_text != man.path.read_text(encoding="utf-8"):
-        manifest.parse(manifest.tomllib.loads(manifest_text), man.path)  # never write one that does not load
-        fsutil.write_atomic(man.path, manifest_text)
+        fsutil.write_atomic(man.path, manifest_text)  # checked by _outputs, before finishing began
     faults.point("manifest-written")
     checkout = paths.checkout(comp.name)
     old_checkout = paths.old_checkout(comp.name)
