@@ -71,8 +71,8 @@ def build(runner: Runner, python: Path, paths: Paths, root: Path | None = None) 
     if not info.get("headers"):
         missing.append(f"python{info['python']}-dev")
     if missing:
-        what = " and ".join(["a C++ compiler" if m == "g++" else f"the Python {info['python']} headers"
-                             for m in missing])
+        what = " and no ".join(["C++ compiler" if m == "g++" else f"Python {info['python']} headers"
+                                for m in missing])
         raise EmulatorUnavailable(f"cannot build the tpu emulator: no {what} (looked for $CXX, c++, g++, clang++ "
                                   f"and {info.get('include')}/Python.h)", f"sudo apt install {' '.join(missing)}")
     # Build beside the cache entry, then rename: an interrupted build leaves no half-built entry.
