@@ -137,8 +137,8 @@ def softmax_and_attention() -> None:
     same(lambda t: t.log_softmax(-1), rand(2, 4, 7, grad=True), grad=True)
     q, k, v = rand(2, 2, 6, 8, grad=True), rand(2, 2, 5, 8, grad=True), rand(2, 2, 5, 8, grad=True)
     # torch 2.1 gives only CPU and CUDA tensors the fused kernel; any other device (the card too) takes the
-    # math path, whose rounding differs from the CPU's flash kernel.
-    same(F.scaled_dot_product_attention, q, k, v, grad=True, tol=1e-6)
+    # math path, whose rounding differs from the CPU's flash kernel (by a few 1e-6 in the gradients).
+    same(F.scaled_dot_product_attention, q, k, v, grad=True, tol=1e-5)
 
 
 @case

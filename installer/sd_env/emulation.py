@@ -55,7 +55,7 @@ def build(runner: Runner, python: Path, paths: Paths, root: Path | None = None) 
     found = probe.run(runner, python, root / "build.py", ["check"], timeout=CHECK_TIMEOUT)
     if found.data is None or "torch" not in found.data:
         raise EmulatorUnavailable(f"cannot read the target's torch with {python}: {found.problem}",
-                                  "install torch 2.1.0 in the target (sd-env install)")
+                                  "install torch==2.1.0 in the target (sd-env install does)")
     info = found.data
     if not str(info["torch"]).startswith(SUPPORTED_TORCH + "."):
         raise EmulatorUnavailable(
