@@ -57,6 +57,9 @@ def build(runner: Runner, python: Path, paths: Paths, root: Path | None = None) 
         raise EmulatorUnavailable(f"cannot read the target's torch with {python}: {found.problem}",
                                   "install torch==2.1.0 in the target (sd-env install does)")
     info = found.data
+    if not info["torch"]:
+        raise EmulatorUnavailable(f"the target {python} has no torch",
+                                  "install torch==2.1.0 in the target (sd-env install does)")
     if not str(info["torch"]).startswith(SUPPORTED_TORCH + "."):
         raise EmulatorUnavailable(
             f"the tpu emulator supports torch {SUPPORTED_TORCH}.x (torch_tpu's era); the target has torch "
