@@ -80,6 +80,7 @@ def build(runner: Runner, python: Path, paths: Paths, root: Path | None = None) 
                                   f"and {info.get('include')}/Python.h)", f"sudo apt install {' '.join(missing)}")
     # Build beside the cache entry, then rename: an interrupted build leaves no half-built entry.
     paths.emulators.mkdir(parents=True, exist_ok=True)
+    _drop_abandoned(paths.emulators)
     work = paths.emulators / f".{key}.building-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -94,6 +95,14 @@ def build(runner: Runner, python: Path, paths: Paths, root: Path | None = None) 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return Emulator(dest, False, time.monotonic() - started, key)
+
+
+def _drop_abandoned(folder: Path) -> None:
+    """Remove the work folders of killed builds (their process is gone)."""
+    for work in folder.glob(".*.building-*"):
+        pid = work.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _complete(folder: Path) -> bool:
