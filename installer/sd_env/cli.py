@@ -16,7 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-from sd_env import __version__, envs, homelock, install, lockfile, manifest, repatch, sources, status, verify
+from sd_env import __version__, emulation, envs, homelock, install, lockfile, manifest, repatch, sources, status, verify
 from sd_env import runner as runner_module
 from sd_env.errors import InputError, SdEnvError
 from sd_env.paths import Paths, default_home
@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flavour", choices=("cpu", "pypi"), default="pypi",
                    help="which torch flavour to lock (default: pypi)")
     p.set_defaults(func=_cmd_lock)
+
+    p = sub.add_parser("emulate", parents=[common], help="run a command in the target with an emulated tpu device")
+    p.add_argument("--device", default="tpu:0", help="ACCELERATE_TORCH_DEVICE for the command (default: tpu:0)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command and its arguments")
+    p.set_defaults(func=_cmd_emulate)
 
     p = sub.add_parser("status", parents=[common], help="show what is pinned, patched, installed, drifted")
     p.set_defaults(func=_cmd_status)
@@ -277,6 +282,25 @@ def _cmd_lock(args: argparse.Namespace) -> int:
     done = Result("env", "lock", OK, f"wrote {out} ({len(lock.pins)} packages, all hashed{listed})",
                   time.monotonic() - started)
     return _report("lock", [done], None, args, paths, flavour=args.flavour)
+
+
+def _cmd_emulate(args: argparse.Namespace) -> int:
+    man, paths, runner = _setup(args, "emulate")
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise InputError("no command to run", "write it after --, e.g. sd-env emulate -- python train.py")
+    python, how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
+    if python is None:
+        raise InputError(f"no target environment: {how}", "run ./bootstrap.sh or sd-env install first")
+    emu = emulation.build(runner, python, paths)
+    env = emulation.environment(emu, args.device)
+    bin_dir = python.parent
+    env["PATH"] = str(bin_dir) + os.pathsep + os.environ.get("PATH", "")
+    if (bin_dir.parent / "pyvenv.cfg").exists():
+        env["VIRTUAL_ENV"] = str(bin_dir.parent)
+    built = "cached" if emu.cached else f"built in {emu.seconds:.0f} s"
+    progress(f"{args.device} is emulated: torch_tpu on the CPU ({built}, {emu.key})")
+    return runner.passthrough(cmd, env=env)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -41,6 +41,11 @@ class Paths:
         """Wheels downloaded from a URL (Sophgo's torch_tpu)."""
         return self.home / "wheels"
 
+    @property
+    def emulators(self) -> Path:
+        """Built tpu emulators, one folder per torch/Python/source key (see emulation.py)."""
+        return self.home / "emulator"
+
     def checkout(self, name: str) -> Path:
         return self.src / name
 
