@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="skip the LoRA training step and inference")
     p.add_argument("--mixed-precision", choices=("no", "fp16"), default="no",
                    help="precision of the LoRA step (fp16 needs the card: n/a on the CPU)")
+    p.add_argument("--emulate", action="store_true",
+                   help="run the smoke test, the LoRA step (fp16 and fp32) and inference on sd-env's emulated "
+                   "torch_tpu (no card needed; built on first use, never installed)")
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("repatch", parents=[common], help="restore patched components, or port patches to a release")
@@ -148,12 +151,17 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if python is None:
         raise InputError(f"nothing to verify: {how}", "run ./bootstrap.sh or sd-env install first")
     ctx = verify.Context(man, paths, runner, python, quick=args.quick, mixed_precision=args.mixed_precision)
-    checks = verify.run(ctx)
+    if args.emulate:
+        from sd_env import verify_emulated  # builds a C++ extension: only loaded when asked for
+
+        checks = verify_emulated.run(ctx)
+    else:
+        checks = verify.run(ctx)
     code = verify.exit_code(checks)
     block = verify.environment_block(ctx)
     if args.json:
         doc = {"version": REPORT_VERSION, "command": "verify", "exit_code": code, "python": str(python),
-               "device": ctx.device, "checks": [dataclasses.asdict(c) for c in checks],
+               "device": ctx.device, "emulated": ctx.emulated, "checks": [dataclasses.asdict(c) for c in checks],
                "environment": block.splitlines(), "log": str(args._log)}
         print(json.dumps(doc, indent=2))
         return code
