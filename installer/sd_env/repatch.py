@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd_env import gitcmd, manifest_edit, patches, port, sources, state, status, target
+from sd_env import gitcmd, manifest_edit, patches, port, proof, sources, state, status, target
 from sd_env.errors import InputError, SdEnvError, StepError
 from sd_env.install import Options, record_applied
 from sd_env.install import run as install_run
@@ -205,7 +205,8 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
         results.append(Result(session.component, "port", status_, f"{patch.name}: {got.method} ({got.detail})"))
     session.phase = "finishing"
     save_session(paths, session)
-    return results + _finish(man, paths, runner, opts, session)
+    finished = _finish(man, paths, runner, opts, session)
+    return results + finished + proof.after_port(runner, opts.python, paths, session.component)
 
 
 def _finish(man: Manifest, paths: Paths, runner: Runner, opts: Options, session: Session) -> list[Result]:
