@@ -1,0 +1,310 @@
+// Every op the device does not implement natively: run the CPU kernel on
+// zero-copy CPU views of the device tensors, then map the results back
+// (written arguments, views of arguments, new tensors).
+//
+// Unlike at::native::cpu_fallback this never copies inputs, refuses to mix
+// devices the way CUDA does, swaps device generators for the CPU generators
+// that make their draws, and runs CPU kernels that lack Half in float.
+#include "emu.h"
+
+#include <c10/core/CPUAllocator.h>
+#include <c10/util/intrusive_ptr.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+namespace emu {
+namespace {
+
+using c10::IValue;
+
+const c10::DispatchKeySet kCpuKeys(c10::DispatchKey::CPU);
+const c10::DispatchKeySet kTpuKeys(c10::DispatchKey::PrivateUse1);
+
+c10::Storage host_storage(const c10::Storage& device) {
+  // The deleter owns a reference to the device storage: the view keeps it alive.
+  c10::DataPtr data = c10::InefficientStdFunctionContext::makeDataPtr(
+      device.mutable_data(), [keep = device](void*) {}, c10::Device(c10::kCPU));
+  return c10::Storage(c10::Storage::use_byte_size_t(), device.nbytes(), std::move(data), c10::GetCPUAllocator(),
+                      /*resizable=*/true);
+}
+
+at::Tensor tensor_on(c10::Storage storage, c10::DispatchKeySet keys, const at::Tensor& like) {
+  auto t = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), keys, like.dtype());
+  t.unsafeGetTensorImpl()->set_sizes_and_strides(like.sizes(), like.strides(), like.storage_offset());
+  return t;
+}
+
+bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  return a.sizes() == b.sizes() && a.strides() == b.strides() && a.storage_offset() == b.storage_offset();
+}
+
+// One call of the fallback: which device it runs on and how device storages
+// map to the host storages seen by the CPU kernel.
+struct Call {
+  const c10::OperatorHandle& op;
+  c10::Device device{kTpu, -1};
+  std::unordered_map<c10::StorageImpl*, c10::Storage> host_of;    // device storage -> host storage
+  std::unordered_map<c10::StorageImpl*, c10::Storage> device_of;  // host storage -> device storage
+  std::unordered_map<c10::TensorImpl*, at::Tensor> original;      // host view -> device tensor
+  std::vector<std::pair<at::Tensor, at::Tensor>> written;         // (device tensor, host view)
+
+  explicit Call(const c10::OperatorHandle& handle) : op(handle) {}
+
+  [[noreturn]] void mixed(c10::Device other, const std::string& arg) const {
+    TORCH_CHECK(false, "Expected all tensors to be on the same device, but found at least two devices, ", device,
+                " and ", other, "! (when checking argument for argument ", arg, " in method ",
+                op.schema().operator_name(), ")");
+  }
+
+  void check(const at::Tensor& t, const std::string& arg, bool write, bool cpu_ok) {
+    if (!t.defined()) return;
+    if (t.device().type() == kTpu) {
+      if (device.index() < 0)
+        device = t.device();
+      else if (t.device() != device)
+        mixed(t.device(), arg);
+    } else if (t.device().type() == c10::kCPU) {
+      // A CPU scalar is fine, as on CUDA; any other CPU tensor is a placement bug.
+      if ((write || !(cpu_ok || t.dim() == 0)) && pending_cpu.empty()) pending_cpu = arg;
+    }
+  }
+  std::string pending_cpu;
+
+  at::Tensor to_host(const at::Tensor& t, bool write) {
+    if (!t.defined() || t.device().type() != kTpu) return t;
+    c10::StorageImpl* impl = t.storage().unsafeGetStorageImpl();
+    auto found = host_of.find(impl);
+    if (found == host_of.end()) {
+      c10::Storage host = host_storage(t.storage());
+      device_of.emplace(host.unsafeGetStorageImpl(), t.storage());
+      found = host_of.emplace(impl, std::move(host)).first;
+    }
+    at::Tensor view = tensor_on(found->second, kCpuKeys, t);
+    original.emplace(view.unsafeGetTensorImpl(), t);
+    if (write) written.emplace_back(t, view);
+    return view;
+  }
+
+  IValue to_host(const IValue& v, bool write) {
+    if (v.isTensor()) return to_host(v.toTensor(), write);
+    if (v.isList()) {
+      c10::List<IValue> list = v.toList();
+      c10::impl::GenericList copy(list.elementType());
+      copy.reserve(list.size());
+      for (const IValue& item : list) copy.push_back(to_host(item, write));
+      return copy;
+    }
+    if (v.isGenerator()) return cpu_generator_of(v.toGenerator());
+    if (v.isDevice() && v.toDevice().type() == kTpu) return c10::Device(c10::kCPU);
+    return v;
+  }
+
+  // The CPU kernel may have resized a written argument into new host memory:
+  // that memory becomes the device storage's.
+  void sync_written() {
+    for (auto& [host_impl, device] : device_of) {
+      if (host_impl->data() == device.data()) continue;
+      c10::DataPtr data = host_impl->set_data_ptr(c10::DataPtr(nullptr, c10::Device(c10::kCPU)));
+      data.unsafe_set_device(c10::Device(kTpu, device.device().index()));
+      device.unsafeGetStorageImpl()->set_data_ptr_noswap(std::move(data));
+      device.unsafeGetStorageImpl()->set_nbytes(host_impl->nbytes());
+    }
+    for (auto& [dev, host] : written) {
+      if (!same_layout(dev, host))
+        dev.unsafeGetTensorImpl()->set_sizes_and_strides(host.sizes(), host.strides(), host.storage_offset());
+    }
+  }
+
+  std::unordered_map<c10::StorageImpl*, size_t> return_refs;
+  std::unordered_map<c10::StorageImpl*, c10::Storage> adopted;
+
+  at::Tensor to_device(const at::Tensor& t) {
+    if (!t.defined() || t.device().type() != c10::kCPU) return t;
+    auto same = original.find(t.unsafeGetTensorImpl());
+    if (same != original.end()) return same->second;
+    c10::StorageImpl* impl = t.storage().unsafeGetStorageImpl();
+    auto alias = device_of.find(impl);
+    if (alias != device_of.end()) return tensor_on(alias->second, kTpuKeys, t);  // a view of an argument
+    auto done = adopted.find(impl);
+    if (done == adopted.end()) done = adopted.emplace(impl, adopt(impl)).first;
+    return tensor_on(done->second, kTpuKeys, t);
+  }
+
+  // A new result: take over its memory when nothing else holds it, else copy.
+  c10::Storage adopt(c10::StorageImpl* impl) {
+    c10::Device where(kTpu, device.index() < 0 ? current_device() : device.index());
+    size_t nbytes = impl->nbytes();
+    if (c10::raw::intrusive_ptr::use_count(impl) == return_refs[impl] && impl->data() != nullptr) {
+      c10::DataPtr data = impl->set_data_ptr(c10::DataPtr(nullptr, c10::Device(c10::kCPU)));
+      data.unsafe_set_device(where);
+      return c10::Storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data), allocator(), true);
+    }
+    c10::DeviceGuard guard(where);
+    c10::DataPtr data = allocator()->allocate(nbytes);
+    if (nbytes) std::memcpy(data.get(), impl->data(), nbytes);
+    return c10::Storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data), allocator(), true);
+  }
+
+  void count_refs(const IValue& v) {
+    if (v.isTensor()) {
+      const at::Tensor& t = v.toTensor();
+      if (t.defined() && t.has_storage()) return_refs[t.storage().unsafeGetStorageImpl()]++;
+    } else if (v.isList()) {
+      for (const IValue& item : v.toList()) count_refs(item);
+    }
+  }
+
+  IValue to_device(const IValue& v) {
+    if (v.isTensor()) return to_device(v.toTensor());
+    if (v.isList()) {
+      c10::List<IValue> list = v.toList();
+      c10::impl::GenericList copy(list.elementType());
+      for (const IValue& item : list) copy.push_back(to_device(item));
+      return copy;
+    }
+    return v;
+  }
+};
+
+bool is_write(const c10::Argument& arg) { return arg.alias_info() && arg.alias_info()->isWrite(); }
+
+bool is_generator(const c10::Argument& arg) {
+  const c10::TypePtr& type = arg.type();
+  if (type->kind() == c10::TypeKind::GeneratorType) return true;
+  auto optional = type->cast<c10::OptionalType>();
+  return optional && optional->getElementType()->kind() == c10::TypeKind::GeneratorType;
+}
+
+template <typename F>
+void each_tensor(const IValue& v, F&& f) {
+  if (v.isTensor()) {
+    f(v.toTensor());
+  } else if (v.isList()) {
+    for (const IValue& item : v.toList()) each_tensor(item, f);
+  }
+}
+
+bool any_half(const torch::jit::Stack& args) {
+  bool found = false;
+  for (const IValue& v : args)
+    each_tensor(v, [&](const at::Tensor& t) { found = found || (t.defined() && t.scalar_type() == at::kHalf); });
+  return found;
+}
+
+IValue map_tensors(const IValue& v, const std::function<at::Tensor(const at::Tensor&)>& f) {
+  if (v.isTensor()) return f(v.toTensor());
+  if (v.isList()) {
+    c10::List<IValue> list = v.toList();
+    c10::impl::GenericList copy(list.elementType());
+    for (const IValue& item : list) copy.push_back(map_tensors(item, f));
+    return copy;
+  }
+  return v;
+}
+
+// CPU kernels of torch 2.1 lacking Half: compute in float, round to Half.
+torch::jit::Stack run_in_float(const c10::OperatorHandle& op, const torch::jit::Stack& args) {
+  std::vector<std::pair<at::Tensor, at::Tensor>> widened;  // (float copy, half original)
+  torch::jit::Stack stack;
+  for (const IValue& v : args) {
+    stack.push_back(map_tensors(v, [&](const at::Tensor& t) {
+      if (!t.defined() || t.scalar_type() != at::kHalf) return t;
+      at::Tensor wide = t.to(at::kFloat);
+      widened.emplace_back(wide, t);
+      return wide;
+    }));
+  }
+  op.redispatchBoxed(kCpuKeys, &stack);
+  for (auto& [wide, half] : widened) {
+    if (!half.is_same(wide) && half.sizes() != wide.sizes()) half.resize_(wide.sizes());
+  }
+  std::unordered_map<c10::TensorImpl*, at::Tensor> back;
+  for (auto& [wide, half] : widened) back.emplace(wide.unsafeGetTensorImpl(), half);
+  // Write back only what the op wrote (its written arguments are returned or mutable).
+  const auto& arguments = op.schema().arguments();
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    if (!is_write(arguments[i])) continue;
+    each_tensor(args[i], [&](const at::Tensor& half) {
+      for (auto& [wide, orig] : widened)
+        if (orig.is_same(half)) half.copy_(wide);
+    });
+  }
+  for (IValue& v : stack) {
+    v = map_tensors(v, [&](const at::Tensor& t) {
+      auto found = t.defined() ? back.find(t.unsafeGetTensorImpl()) : back.end();
+      if (found != back.end()) return found->second;
+      return t.defined() && t.scalar_type() == at::kFloat ? t.to(at::kHalf) : t;
+    });
+  }
+  return stack;
+}
+
+bool allows_cpu_indices(const c10::OperatorHandle& op, const c10::Argument& arg) {
+  const std::string& name = op.schema().name();
+  return arg.name() == "indices" && (name.rfind("aten::index", 0) == 0 || name == "aten::_index_put_impl_");
+}
+
+}  // namespace
+
+at::Tensor cpu_view(const at::Tensor& t) {
+  if (!t.defined() || t.device().type() != kTpu) return t;
+  return tensor_on(host_storage(t.storage()), kCpuKeys, t);
+}
+
+void cpu_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const auto& schema = op.schema();
+  const auto& arguments = schema.arguments();
+  const size_t first = stack->size() - arguments.size();
+  Call call(op);
+
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    bool write = is_write(arguments[i]);
+    bool cpu_ok = allows_cpu_indices(op, arguments[i]);
+    each_tensor((*stack)[first + i], [&](const at::Tensor& t) { call.check(t, arguments[i].name(), write, cpu_ok); });
+  }
+  if (call.device.index() < 0) call.device = c10::Device(kTpu, current_device());
+  if (!call.pending_cpu.empty()) call.mixed(c10::Device(c10::kCPU), call.pending_cpu);
+
+  torch::jit::Stack host;
+  host.reserve(arguments.size());
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    IValue& v = (*stack)[first + i];
+    if (is_generator(arguments[i]) && v.isNone())
+      host.push_back(cpu_generator_of(default_generator(call.device.index())));
+    else
+      host.push_back(call.to_host(v, is_write(arguments[i])));
+  }
+  torch::jit::drop(*stack, arguments.size());
+
+  c10::DeviceGuard guard(call.device);
+  torch::jit::Stack results = host;
+  try {
+    op.redispatchBoxed(kCpuKeys, &results);
+  } catch (const c10::Error& e) {
+    if (std::string(e.what()).find("for 'Half'") == std::string::npos || !any_half(host)) throw;
+    results = run_in_float(op, host);
+  }
+  host.clear();
+  call.sync_written();
+  for (const IValue& v : results) call.count_refs(v);
+  for (IValue& v : results) stack->push_back(call.to_device(v));
+}
+
+TORCH_LIBRARY_IMPL(_, PrivateUse1, m) { m.fallback(torch::CppFunction::makeFromBoxedFunction<&cpu_fallback>()); }
+
+// Ops with a CompositeExplicitAutograd kernel would run it on device tensors
+// instead of the fallback: convolution would pick no backend ("convolution_
+// overrideable not implemented"), and the norms would take a math path that
+// is not the CPU kernel's arithmetic. Send them to the CPU kernel too.
+TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
+  for (const char* name : {"convolution", "convolution_backward", "native_group_norm", "native_layer_norm", "addr",
+                           "addr.out", "_stack", "_stack.out"})
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&cpu_fallback>());
+}
+
+}  // namespace emu

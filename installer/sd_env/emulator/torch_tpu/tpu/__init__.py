@@ -1,0 +1,110 @@
+"""torch.tpu / torch_tpu.tpu: devices, random numbers and autocast state."""
+
+from __future__ import annotations
+
+import torch
+
+from torch_tpu import _C
+from torch_tpu.tpu import amp
+from torch_tpu.tpu.random import (
+    default_generators,
+    get_rng_state,
+    initial_seed,
+    manual_seed,
+    manual_seed_all,
+    seed,
+    seed_all,
+    set_rng_state,
+)
+
+_initialized = False
+
+
+def init() -> None:
+    global _initialized
+    _initialized = True
+
+
+def is_initialized() -> bool:
+    return _initialized
+
+
+def _is_in_bad_fork() -> bool:
+    return False  # no driver state to lose in a forked child
+
+
+def device_count() -> int:
+    """$SG_MAX_DEVICE_COUNT devices (default 1), as the real plugin reads it."""
+    return _C.device_count()
+
+
+def is_available() -> bool:
+    return device_count() > 0
+
+
+def current_device() -> int:
+    return _C.current_device()
+
+
+def _index(device: torch.device | str | int | None) -> int:
+    if device is None:
+        return current_device()
+    if isinstance(device, int):
+        return device
+    device = torch.device(device)
+    if device.type != "tpu":
+        raise ValueError(f"Expected a tpu device, but got: {device}")
+    return current_device() if device.index is None else device.index
+
+
+def set_device(device: torch.device | str | int) -> None:
+    index = _index(device)
+    if index >= 0:
+        _C.set_device(index)
+
+
+class device:
+    """Context manager that makes `device` current, like torch.cuda.device."""
+
+    def __init__(self, device: torch.device | str | int | None) -> None:
+        self.index = _index(device)
+        self.previous = -1
+
+    def __enter__(self) -> None:
+        self.previous = current_device()
+        set_device(self.index)
+
+    def __exit__(self, *exc: object) -> None:
+        set_device(self.previous)
+
+
+def synchronize(device: torch.device | str | int | None = None) -> None:
+    """Kernels run synchronously on the host: nothing to wait for."""
+
+
+def is_autocast_enabled() -> bool:
+    return _C.is_autocast_enabled()
+
+
+def set_autocast_enabled(enabled: bool) -> None:
+    _C.set_autocast_enabled(bool(enabled))
+
+
+def get_autocast_dtype() -> torch.dtype:
+    return getattr(torch, _C.get_autocast_dtype())
+
+
+def set_autocast_dtype(dtype: torch.dtype) -> None:
+    _C.set_autocast_dtype(str(dtype))
+
+
+def get_amp_supported_dtype() -> list[torch.dtype]:
+    return [torch.float16, torch.bfloat16]
+
+
+__all__ = [
+    "amp", "current_device", "default_generators", "device", "device_count", "get_amp_supported_dtype",
+    "get_autocast_dtype", "get_rng_state", "init", "initial_seed", "is_autocast_enabled", "is_available",
+    "is_initialized", "manual_seed", "manual_seed_all", "seed", "seed_all", "set_autocast_dtype",
+    "set_autocast_enabled", "set_device", "set_rng_state", "synchronize",
+]
