@@ -211,7 +211,16 @@ IValue map_tensors(const IValue& v, const std::function<at::Tensor(const at::Ten
 torch::jit::Stack run_in_float(const c10::OperatorHandle& op, const torch::jit::Stack& args) {
   std::vector<std::pair<at::Tensor, at::Tensor>> widened;  // (float copy, half original)
   torch::jit::Stack stack;
-  for (const IValue& v : args) {
+  const auto& schema_args = op.schema().arguments();
+  for (size_t i = 0; i < args.size(); ++i) {
+    const IValue& v = args[i];
+    // A dtype argument saying Half (e.g. _softmax_backward_data's input_dtype in an fp16
+    // backward) must say Float too, or the kernel rejects its own float output.
+    if (v.isInt() && v.toInt() == static_cast<int64_t>(at::kHalf) && i < schema_args.size() &&
+        schema_args[i].real_type()->str().rfind("ScalarType", 0) == 0) {
+      stack.push_back(IValue(static_cast<int64_t>(at::kFloat)));
+      continue;
+    }
     stack.push_back(map_tensors(v, [&](const at::Tensor& t) {
       if (!t.defined() || t.scalar_type() != at::kHalf) return t;
       at::Tensor wide = t.to(at::kFloat);
