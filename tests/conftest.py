@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from sd_env import emulation
 from sd_env.cli import main
+from sd_env.paths import Paths
+from sd_env.runner import Runner
 
 ROOT = Path(__file__).resolve().parents[1]
 GIT_ENV = {
@@ -226,6 +229,29 @@ def bootstrapped(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     first = bootstrap(home)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     return home, first
+
+
+@pytest.fixture(scope="session")
+def emulator_target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Paths]:
+    """The torch 2.1 target the tpu emulator is built against, and the home that caches the build.
+
+    The bootstrapped real environment by default (as in CI). While developing,
+    SD_ENV_TEST_TARGET=/work/devhome reuses an existing home's venv (read only:
+    the build is cached in $SD_ENV_TEST_EMULATOR_HOME, else a session folder).
+    """
+    existing = os.environ.get("SD_ENV_TEST_TARGET")
+    if existing:
+        home = os.environ.get("SD_ENV_TEST_EMULATOR_HOME") or str(tmp_path_factory.mktemp("emulator-home"))
+        return Path(existing) / "venv" / "bin" / "python", Paths(Path(home))
+    home, _ = request.getfixturevalue("bootstrapped")
+    return home / "venv" / "bin" / "python", Paths(home)
+
+
+@pytest.fixture(scope="session")
+def emulator(emulator_target: tuple[Path, Paths]) -> emulation.Emulator:
+    """The emulator, built once per session (about half a minute on 2 idle cores) and cached in the home."""
+    python, paths = emulator_target
+    return emulation.build(Runner(), python, paths)
 
 
 __all__ = ["CORE", "ROOT", "TPU_PATCH", "Project", "Upstream", "bootstrap", "git", "run_in", "sys", "tiny_component"]

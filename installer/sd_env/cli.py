@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from sd_env import __version__, envs, install, lockfile, manifest, repatch, sources, status, verify
+from sd_env import __version__, emulation, envs, install, lockfile, manifest, repatch, sources, status, verify
 from sd_env.errors import InputError, SdEnvError
 from sd_env.paths import Paths, default_home
 from sd_env.report import REPORT_VERSION, console, dump_json, exit_code, table
@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flavour", choices=("cpu", "pypi"), default="pypi",
                    help="which torch flavour to lock (default: pypi)")
     p.set_defaults(func=_cmd_lock)
+
+    p = sub.add_parser("emulate", parents=[common], help="run a command in the target with an emulated tpu device")
+    p.add_argument("--device", default="tpu:0", help="ACCELERATE_TORCH_DEVICE for the command (default: tpu:0)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command and its arguments")
+    p.set_defaults(func=_cmd_emulate)
 
     p = sub.add_parser("status", parents=[common], help="show what is pinned, patched, installed, drifted")
     p.set_defaults(func=_cmd_status)
@@ -239,6 +244,26 @@ def _cmd_lock(args: argparse.Namespace) -> int:
     lock = lockfile.read(out)
     console().print(f"wrote {out} ({len(lock.pins)} packages, all hashed)", markup=False)
     return 0
+
+
+def _cmd_emulate(args: argparse.Namespace) -> int:
+    man, paths, runner = _setup(args, "emulate")
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise InputError("no command to run", "write it after --, e.g. sd-env emulate -- python train.py")
+    python, how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
+    if python is None:
+        raise InputError(f"no target environment: {how}", "run ./bootstrap.sh or sd-env install first")
+    emu = emulation.build(runner, python, paths)
+    env = emulation.environment(emu, args.device)
+    bin_dir = python.parent
+    env["PATH"] = str(bin_dir) + os.pathsep + os.environ.get("PATH", "")
+    if (bin_dir.parent / "pyvenv.cfg").exists():
+        env["VIRTUAL_ENV"] = str(bin_dir.parent)
+    built = "cached" if emu.cached else f"built in {emu.seconds:.0f} s"
+    console(stderr=True).print(f"* {args.device} is emulated: torch_tpu on the CPU ({built}, {emu.key})",
+                               markup=False)
+    return runner.passthrough(cmd, env=env)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -52,3 +52,7 @@ class CommandError(StepError):
 
 class PatchConflict(StepError):
     """A patch series does not apply; the checkout was left as it was."""
+
+
+class EmulatorUnavailable(SdEnvError):
+    """The tpu emulator cannot be built here: no compiler, no Python headers, or an unsupported torch."""

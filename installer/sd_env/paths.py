@@ -30,6 +30,11 @@ class Paths:
         """Scratch space for downloads and half-built checkouts; emptied after each step."""
         return self.home / "tmp"
 
+    @property
+    def emulators(self) -> Path:
+        """Built tpu emulators, one folder per torch/Python/source key (see emulation.py)."""
+        return self.home / "emulator"
+
     def checkout(self, name: str) -> Path:
         return self.src / name
 

@@ -86,6 +86,19 @@ class Runner:
             raise CommandError(args, proc.returncode, out + err, hint)
         return Completed(args, proc.returncode, out, err, seconds)
 
+    def passthrough(self, argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None) -> int:
+        """Run a user's command with the terminal (no capture, no timeout); its exit code."""
+        args = [os.fspath(a) for a in argv]
+        self.calls.append(args)
+        started = time.monotonic()
+        try:
+            code = subprocess.call(args, env={**os.environ, **(env or {})})
+        except FileNotFoundError:
+            code = 127
+            sys.stderr.write(f"{args[0]}: command not found\n")
+        self._log(args, None, code, "(output went to the terminal)", time.monotonic() - started)
+        return code
+
     def _log(self, args: list[str], cwd: Path | None, code: int | None, output: str, seconds: float) -> None:
         if self.echo and output:
             sys.stderr.write(output if output.endswith("\n") else output + "\n")

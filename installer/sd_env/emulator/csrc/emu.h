@@ -30,5 +30,6 @@ at::Generator cpu_generator_of(const at::Generator& tpu_generator);
 
 // Boxed fallback: the CPU kernel on zero-copy views, results mapped back to "tpu".
 void cpu_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack);
+void route_composites_to_cpu();
 
 }  // namespace emu

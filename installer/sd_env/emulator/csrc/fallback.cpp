@@ -308,12 +308,33 @@ TORCH_LIBRARY_IMPL(_, PrivateUse1, m) { m.fallback(torch::CppFunction::makeFromB
 
 // Ops with a CompositeExplicitAutograd kernel would run it on device tensors
 // instead of the fallback: convolution would pick no backend ("convolution_
-// overrideable not implemented"), and the norms would take a math path that
-// is not the CPU kernel's arithmetic. Send them to the CPU kernel too.
+// overrideable not implemented"). Send it to the CPU kernel.
 TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
-  for (const char* name : {"convolution", "convolution_backward", "native_group_norm", "native_layer_norm", "addr",
-                           "addr.out", "_stack", "_stack.out"})
-    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&cpu_fallback>());
+  m.impl("convolution", torch::CppFunction::makeFromBoxedFunction<&cpu_fallback>());
+  m.impl("convolution_backward", torch::CppFunction::makeFromBoxedFunction<&cpu_fallback>());
+}
+
+// Every op with a CPU kernel and also a composite one would take the
+// composite path on the device: a different arithmetic (math_group_norm,
+// math_mish_backward) or a detour through the out= variant (mse_loss: a
+// resize warning). Point them all at the CPU kernel, so results are the CPU's.
+// Called once the extension is loaded, when every aten op is registered.
+void route_composites_to_cpu() {
+  using c10::DispatchKey;
+  static auto* lib = new torch::Library(torch::Library::IMPL, "aten", DispatchKey::PrivateUse1, __FILE__, __LINE__);
+  auto& dispatcher = c10::Dispatcher::singleton();
+  for (const c10::OperatorName& name : dispatcher.getAllOpNames()) {
+    if (name.name.rfind("aten::", 0) != 0) continue;
+    auto op = dispatcher.findOp(name);
+    if (!op || !op->hasKernelForDispatchKey(DispatchKey::CPU) || op->hasKernelForDispatchKey(DispatchKey::PrivateUse1))
+      continue;
+    if (!op->hasKernelForDispatchKey(DispatchKey::CompositeExplicitAutograd) &&
+        !op->hasKernelForDispatchKey(DispatchKey::CompositeExplicitAutogradNonFunctional) &&
+        !op->hasKernelForDispatchKey(DispatchKey::CompositeImplicitAutograd))
+      continue;
+    std::string qualified = name.name.substr(6) + (name.overload_name.empty() ? "" : "." + name.overload_name);
+    lib->impl(qualified.c_str(), torch::CppFunction::makeFromBoxedFunction<&cpu_fallback>());
+  }
 }
 
 }  // namespace emu

@@ -26,6 +26,7 @@ std::string name_of(at::ScalarType dtype) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "CPU-backed emulation of Sophgo's torch_tpu device (PrivateUse1)";
+  emu::route_composites_to_cpu();
   m.def("device_count", [] { return static_cast<int>(emu::device_count()); });
   m.def("current_device", [] { return static_cast<int>(emu::current_device()); });
   m.def("set_device", [](int index) { emu::set_device(static_cast<c10::DeviceIndex>(index)); });

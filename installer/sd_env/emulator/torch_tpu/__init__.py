@@ -8,8 +8,7 @@ for it (`sd-env emulate`, `sd-env verify --emulate`), never installs it.
 
 import torch
 
-from torch_tpu import _C  # noqa: F401  (loads the device's kernels)
-from torch_tpu import tpu
+from torch_tpu import _C, tpu  # noqa: F401  (_C loads the device's kernels)
 
 EMULATED = True  # the real plugin has no such attribute
 __version__ = "2.1.0.post1+emulated"

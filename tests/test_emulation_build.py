@@ -1,0 +1,82 @@
+"""Building and caching the emulator, and `sd-env emulate`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sd_env import emulation
+from sd_env.cli import main
+from sd_env.errors import CommandError, EmulatorUnavailable
+from sd_env.paths import Paths
+from sd_env.runner import Runner
+
+BUILD_SCRIPT = str(emulation.source() / "build.py")
+
+
+def test_key_follows_the_source(tmp_path: Path) -> None:
+    copy = tmp_path / "emulator"
+    shutil.copytree(emulation.source(), copy, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    before = emulation.source_hash(copy)
+    assert before == emulation.source_hash()
+    (copy / "csrc" / "fallback.cpp").write_text((copy / "csrc" / "fallback.cpp").read_text() + "\n// edited\n")
+    assert emulation.source_hash(copy) != before
+
+
+def test_a_target_without_torch_is_refused_with_a_hint(tmp_path: Path) -> None:
+    with pytest.raises(EmulatorUnavailable) as err:
+        emulation.build(Runner(), Path(sys.executable), Paths(tmp_path))  # sd-env's own venv: no torch
+    assert "torch" in err.value.message and "torch==2.1.0" in err.value.hint
+
+
+@pytest.mark.slow
+def test_second_build_is_a_cache_hit(emulator_target: tuple[Path, Paths], emulator: emulation.Emulator) -> None:
+    runner = Runner()
+    again = emulation.build(runner, emulator_target[0], emulator_target[1])
+    assert again.cached and again.pythonpath == emulator.pythonpath and again.key == emulator.key
+    assert emulator.key.endswith(emulation.source_hash()) and emulator.key.startswith("torch2.1")
+    assert runner.count(BUILD_SCRIPT, "build") == 0 and runner.count(BUILD_SCRIPT, "check") == 1
+
+
+@pytest.mark.slow
+def test_missing_compiler_names_the_install_command(emulator_target: tuple[Path, Paths], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+    runner = Runner()
+    with pytest.raises(EmulatorUnavailable) as err:
+        emulation.build(runner, emulator_target[0], Paths(tmp_path / "home"))
+    assert "C++ compiler" in err.value.message and err.value.hint == "sudo apt install g++"
+    assert runner.count(BUILD_SCRIPT, "build") == 0
+    assert not (tmp_path / "home" / "emulator").exists()
+
+
+@pytest.mark.slow
+def test_failed_build_leaves_no_cache_entry(emulator_target: tuple[Path, Paths], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXX", shutil.which("false") or "false")  # a "compiler" that always fails
+    paths = Paths(tmp_path / "home")
+    with pytest.raises(CommandError):
+        emulation.build(Runner(), emulator_target[0], paths)
+    assert list(paths.emulators.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_emulate_runs_the_command_with_the_emulator(emulator_target: tuple[Path, Paths],
+                                                    emulator: emulation.Emulator,
+                                                    capfd: pytest.CaptureFixture[str]) -> None:
+    python, paths = emulator_target
+    code = ("import os, sys, torch, torch_tpu; print(torch_tpu.EMULATED, os.environ['ACCELERATE_TORCH_DEVICE'], "
+            "os.environ['SD_ENV_EMULATED'], torch.ones(1, device='tpu').device, sys.executable); sys.exit(3)")
+    rc = main(["emulate", "--home", str(paths.home), "--python", str(python), "--", "python", "-c", code])
+    out, err = capfd.readouterr()
+    assert rc == 3, err
+    assert out.split()[:4] == ["True", "tpu:0", "1", "tpu:0"] and out.split()[4].startswith(str(python.parent))
+    assert "tpu:0 is emulated" in err
+    # the target itself never gets the emulator
+    spec = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('torch_tpu'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert spec == "None"
