@@ -104,10 +104,27 @@ def lora_step(ctx: Context, rows: list[status.ComponentStatus], mixed: str, labe
     got = precision.read(out)
     said = precision.summary(mixed, got)
     ctx.facts[f"precision {label}"] = said
-    if step.status == OK and got.measured and got.devices != {"tpu"}:
+    if step.status != OK:
+        return dataclasses.replace(step, detail=f"{step.detail}; {said}")
+    if got.measured and got.devices != {"tpu"}:
         return dataclasses.replace(step, status=FAIL, detail=f"{step.detail}; but the UNet's matmuls ran on "
                                    f"{', '.join(sorted(got.devices))}, not only on tpu: {said}")
-    return dataclasses.replace(step, detail=f"{step.detail}; {said}")
+    moved = _up_max(ctx)
+    if moved == 0.0:
+        # What the unpatched script does on a PrivateUse1 device: the optimizer holds the CPU copies.
+        return dataclasses.replace(step, status=FAIL, detail=f"{step.detail}; but it trained nothing: every LoRA "
+                                   "up-weight is still 0 (the optimizer steps other parameters than the model's: "
+                                   "is the diffusers patch's .to(accelerator.device) there?); " + said)
+    shown = f"LoRA weights moved (max |up| {moved:.1e}); " if moved is not None else ""
+    return dataclasses.replace(step, detail=f"{step.detail}; {shown}{said}")
+
+
+def _up_max(ctx: Context) -> float | None:
+    """The largest LoRA up-weight the step wrote: they start at 0, so 0 means never trained."""
+    got = probe.run(ctx.runner, ctx.python, probe.script("lora_weights.py"), [str(ctx.paths.home / "cache" /
+                    "lora-out")], timeout=ctx.timeouts["infer"])
+    value = (got.data or {}).get("up_max")
+    return float(value) if value is not None else None
 
 
 def check_tutorial_inference(ctx: Context, step: Check) -> Check:
