@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -253,6 +254,22 @@ torch::jit::Stack run_in_float(const c10::OperatorHandle& op, const torch::jit::
   return stack;
 }
 
+// Ops whose CPU kernel lacks Half, learnt from their first failure: that failure's
+// c10::Error records a symbolized backtrace, which costs far more than the op itself,
+// so paying it on every fp16 call made an fp16 training step several times slower.
+std::mutex lacks_half_mutex;
+std::unordered_set<c10::OperatorName> lacks_half_ops;
+
+bool lacks_half(const c10::OperatorHandle& op) {
+  std::lock_guard<std::mutex> lock(lacks_half_mutex);
+  return lacks_half_ops.count(op.operator_name()) > 0;
+}
+
+void remember_lacks_half(const c10::OperatorHandle& op) {
+  std::lock_guard<std::mutex> lock(lacks_half_mutex);
+  lacks_half_ops.insert(op.operator_name());
+}
+
 bool allows_cpu_indices(const c10::OperatorHandle& op, const c10::Argument& arg) {
   const std::string& name = op.schema().name();
   return arg.name() == "indices" && (name.rfind("aten::index", 0) == 0 || name == "aten::_index_put_impl_");
@@ -292,11 +309,16 @@ void cpu_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
 
   c10::DeviceGuard guard(call.device);
   torch::jit::Stack results = host;
-  try {
-    op.redispatchBoxed(kCpuKeys, &results);
-  } catch (const c10::Error& e) {
-    if (std::string(e.what()).find("for 'Half'") == std::string::npos || !any_half(host)) throw;
+  if (lacks_half(op) && any_half(host)) {
     results = run_in_float(op, host);
+  } else {
+    try {
+      op.redispatchBoxed(kCpuKeys, &results);
+    } catch (const c10::Error& e) {
+      if (std::string(e.what()).find("for 'Half'") == std::string::npos || !any_half(host)) throw;
+      remember_lacks_half(op);
+      results = run_in_float(op, host);
+    }
   }
   host.clear();
   call.sync_written();
