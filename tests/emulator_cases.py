@@ -137,8 +137,8 @@ def softmax_and_attention() -> None:
     same(lambda t: t.log_softmax(-1), rand(2, 4, 7, grad=True), grad=True)
     q, k, v = rand(2, 2, 6, 8, grad=True), rand(2, 2, 5, 8, grad=True), rand(2, 2, 5, 8, grad=True)
     # torch 2.1 gives only CPU and CUDA tensors the fused kernel; any other device (the card too) takes the
-    # math path, whose rounding differs from the CPU's flash kernel.
-    same(F.scaled_dot_product_attention, q, k, v, grad=True, tol=1e-6)
+    # math path, whose rounding differs from the CPU's flash kernel (by a few 1e-6 in the gradients).
+    same(F.scaled_dot_product_attention, q, k, v, grad=True, tol=1e-5)
 
 
 @case
@@ -356,6 +356,12 @@ def same_fp16(fn: Callable[..., Any], *inputs: Any) -> None:
 
 @case
 def fp16_ops() -> None:
+    try:  # the CPU itself cannot: these go through the float path
+        F.conv2d(rand(1, 4, 6, 6).half(), rand(4, 4, 3, 3).half())
+    except RuntimeError as exc:
+        assert "not implemented for 'Half'" in str(exc), str(exc)
+    else:
+        raise AssertionError("this torch has a Half conv2d on the CPU: the float path is not exercised")
     same_fp16(torch.mm, rand(8, 16), rand(16, 4))
     same_fp16(lambda x, w, b: F.conv2d(x, w, b, padding=1), rand(1, 4, 6, 6), rand(4, 4, 3, 3), rand(4))
     same_fp16(lambda x, w, b: F.linear(x, w, b), rand(2, 16), rand(8, 16), rand(8))
@@ -448,6 +454,31 @@ def autocast_dtypes() -> None:
     with torch_tpu_autocast():
         assert lin(x).dtype == torch.float16
     assert lin(x).dtype == torch.float32, "autocast leaked out of its block"
+
+
+@case
+def autocast_training_with_scaler() -> None:
+    from torch_tpu.tpu.amp import GradScaler
+
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4), torch.nn.SiLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(64, 2)).to("tpu")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = GradScaler(init_scale=1024.0)  # 2**16 overflows these fp16 grads: a skipped first step, as on CUDA
+    x, y = torch.randn(2, 3, 6, 6, device="tpu"), torch.randn(2, 2, device="tpu")
+    before = [p.detach().cpu().clone() for p in model.parameters()]
+    for _ in range(2):
+        with torch.autocast("tpu", dtype=torch.float16):
+            out = model(x)
+            assert out.dtype == torch.float16, out.dtype
+            loss = F.mse_loss(out.float(), y)
+        scaler.scale(loss).backward()
+        assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    assert scaler.get_scale() == 1024.0, scaler.get_scale()
+    assert all(not torch.equal(a, b.detach().cpu()) for a, b in zip(before, model.parameters())), "no update"
 
 
 def torch_tpu_autocast() -> Any:
@@ -575,15 +606,17 @@ def unet_lora_training_step() -> None:
 
 
 def bench(steps: int) -> dict[str, float]:
-    """Seconds per LoRA step on CPU and tpu, side by side (after one warm-up step each)."""
-    out: dict[str, float] = {"threads": torch.get_num_threads()}
-    for device in ("cpu", "tpu"):
+    """Seconds per LoRA step on CPU and tpu, side by side: alternating rounds of `steps` steps after a
+    warm-up, the best round of each (robust to other load on the machine)."""
+    best = {"cpu": float("inf"), "tpu": float("inf")}
+    for device in best:
         lora_steps(device, steps=1)
-        started = time.perf_counter()
-        lora_steps(device, steps=steps)
-        out[device] = (time.perf_counter() - started) / steps
-    out["slowdown"] = out["tpu"] / out["cpu"]
-    return out
+    for _ in range(3):
+        for device in best:
+            started = time.perf_counter()
+            lora_steps(device, steps=steps)
+            best[device] = min(best[device], (time.perf_counter() - started) / steps)
+    return {**best, "threads": torch.get_num_threads(), "slowdown": best["tpu"] / best["cpu"]}
 
 
 def main(argv: list[str]) -> int:

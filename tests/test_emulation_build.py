@@ -59,6 +59,8 @@ def test_failed_build_leaves_no_cache_entry(emulator_target: tuple[Path, Paths],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXX", shutil.which("false") or "false")  # a "compiler" that always fails
     paths = Paths(tmp_path / "home")
+    killed = paths.emulators / ".torch2.1.0-py3.9-0123.building-999999999"  # left by a killed build
+    killed.mkdir(parents=True)
     with pytest.raises(CommandError):
         emulation.build(Runner(), emulator_target[0], paths)
     assert list(paths.emulators.iterdir()) == []

@@ -55,8 +55,11 @@ def build(runner: Runner, python: Path, paths: Paths, root: Path | None = None) 
     found = probe.run(runner, python, root / "build.py", ["check"], timeout=CHECK_TIMEOUT)
     if found.data is None or "torch" not in found.data:
         raise EmulatorUnavailable(f"cannot read the target's torch with {python}: {found.problem}",
-                                  "install torch 2.1.0 in the target (sd-env install)")
+                                  "install torch==2.1.0 in the target (sd-env install does)")
     info = found.data
+    if not info["torch"]:
+        raise EmulatorUnavailable(f"the target {python} has no torch",
+                                  "install torch==2.1.0 in the target (sd-env install does)")
     if not str(info["torch"]).startswith(SUPPORTED_TORCH + "."):
         raise EmulatorUnavailable(
             f"the tpu emulator supports torch {SUPPORTED_TORCH}.x (torch_tpu's era); the target has torch "
@@ -77,6 +80,7 @@ def build(runner: Runner, python: Path, paths: Paths, root: Path | None = None) 
                                   f"and {info.get('include')}/Python.h)", f"sudo apt install {' '.join(missing)}")
     # Build beside the cache entry, then rename: an interrupted build leaves no half-built entry.
     paths.emulators.mkdir(parents=True, exist_ok=True)
+    _drop_abandoned(paths.emulators)
     work = paths.emulators / f".{key}.building-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -91,6 +95,14 @@ def build(runner: Runner, python: Path, paths: Paths, root: Path | None = None) 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return Emulator(dest, False, time.monotonic() - started, key)
+
+
+def _drop_abandoned(folder: Path) -> None:
+    """Remove the work folders of killed builds (their process is gone)."""
+    for work in folder.glob(".*.building-*"):
+        pid = work.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _complete(folder: Path) -> bool:

@@ -30,10 +30,14 @@ def compiler() -> str | None:
 
 
 def check() -> dict:
-    import torch
+    from importlib import metadata  # not `import torch`: that alone takes seconds
 
+    try:
+        torch = metadata.version("torch").split("+")[0]
+    except metadata.PackageNotFoundError:
+        torch = None
     include = Path(sysconfig.get_paths()["include"])
-    return {"torch": torch.__version__.split("+")[0], "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+    return {"torch": torch, "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
             "compiler": compiler(), "headers": (include / "Python.h").is_file(), "include": str(include),
             "machine": sysconfig.get_platform()}
 

@@ -44,6 +44,24 @@ bool same_layout(const at::Tensor& a, const at::Tensor& b) {
   return a.sizes() == b.sizes() && a.strides() == b.strides() && a.storage_offset() == b.storage_offset();
 }
 
+// The same IValue with every tensor in it (also inside lists) replaced by f(tensor).
+IValue map_tensors(const IValue& v, const std::function<at::Tensor(const at::Tensor&)>& f) {
+  if (v.isTensor()) return f(v.toTensor());
+  if (v.isList()) {
+    c10::List<IValue> list = v.toList();
+    const c10::TypePtr& type = list.elementType();
+    auto optional = type->cast<c10::OptionalType>();
+    if (type->kind() != c10::TypeKind::TensorType &&
+        !(optional && optional->getElementType()->kind() == c10::TypeKind::TensorType))
+      return v;  // int[], float[], ...: nothing to map
+    c10::impl::GenericList copy(type);
+    copy.reserve(list.size());
+    for (const IValue& item : list) copy.push_back(map_tensors(item, f));
+    return copy;
+  }
+  return v;
+}
+
 // One call of the fallback: which device it runs on and how device storages
 // map to the host storages seen by the CPU kernel.
 struct Call {
@@ -62,6 +80,8 @@ struct Call {
                 op.schema().operator_name(), ")");
   }
 
+  std::string pending_cpu;  // the first argument that is a non-scalar CPU tensor
+
   void check(const at::Tensor& t, const std::string& arg, bool write, bool cpu_ok) {
     if (!t.defined()) return;
     if (t.device().type() == kTpu) {
@@ -74,7 +94,6 @@ struct Call {
       if ((write || !(cpu_ok || t.dim() == 0)) && pending_cpu.empty()) pending_cpu = arg;
     }
   }
-  std::string pending_cpu;
 
   at::Tensor to_host(const at::Tensor& t, bool write) {
     if (!t.defined() || t.device().type() != kTpu) return t;
@@ -92,17 +111,9 @@ struct Call {
   }
 
   IValue to_host(const IValue& v, bool write) {
-    if (v.isTensor()) return to_host(v.toTensor(), write);
-    if (v.isList()) {
-      c10::List<IValue> list = v.toList();
-      c10::impl::GenericList copy(list.elementType());
-      copy.reserve(list.size());
-      for (const IValue& item : list) copy.push_back(to_host(item, write));
-      return copy;
-    }
     if (v.isGenerator()) return cpu_generator_of(v.toGenerator());
     if (v.isDevice() && v.toDevice().type() == kTpu) return c10::Device(c10::kCPU);
-    return v;
+    return map_tensors(v, [&](const at::Tensor& t) { return to_host(t, write); });
   }
 
   // The CPU kernel may have resized a written argument into new host memory:
@@ -161,14 +172,7 @@ struct Call {
   }
 
   IValue to_device(const IValue& v) {
-    if (v.isTensor()) return to_device(v.toTensor());
-    if (v.isList()) {
-      c10::List<IValue> list = v.toList();
-      c10::impl::GenericList copy(list.elementType());
-      for (const IValue& item : list) copy.push_back(to_device(item));
-      return copy;
-    }
-    return v;
+    return map_tensors(v, [&](const at::Tensor& t) { return to_device(t); });
   }
 };
 
@@ -197,17 +201,6 @@ bool any_half(const torch::jit::Stack& args) {
   return found;
 }
 
-IValue map_tensors(const IValue& v, const std::function<at::Tensor(const at::Tensor&)>& f) {
-  if (v.isTensor()) return f(v.toTensor());
-  if (v.isList()) {
-    c10::List<IValue> list = v.toList();
-    c10::impl::GenericList copy(list.elementType());
-    for (const IValue& item : list) copy.push_back(map_tensors(item, f));
-    return copy;
-  }
-  return v;
-}
-
 // CPU kernels of torch 2.1 lacking Half: compute in float, round to Half.
 torch::jit::Stack run_in_float(const c10::OperatorHandle& op, const torch::jit::Stack& args) {
   std::vector<std::pair<at::Tensor, at::Tensor>> widened;  // (float copy, half original)
@@ -230,9 +223,6 @@ torch::jit::Stack run_in_float(const c10::OperatorHandle& op, const torch::jit::
     }));
   }
   op.redispatchBoxed(kCpuKeys, &stack);
-  for (auto& [wide, half] : widened) {
-    if (!half.is_same(wide) && half.sizes() != wide.sizes()) half.resize_(wide.sizes());
-  }
   std::unordered_map<c10::TensorImpl*, at::Tensor> back;
   for (auto& [wide, half] : widened) back.emplace(wide.unsafeGetTensorImpl(), half);
   // Write back only what the op wrote (its written arguments are returned or mutable).
@@ -240,8 +230,11 @@ torch::jit::Stack run_in_float(const c10::OperatorHandle& op, const torch::jit::
   for (size_t i = 0; i < arguments.size(); ++i) {
     if (!is_write(arguments[i])) continue;
     each_tensor(args[i], [&](const at::Tensor& half) {
-      for (auto& [wide, orig] : widened)
-        if (orig.is_same(half)) half.copy_(wide);
+      for (auto& [wide, orig] : widened) {
+        if (!orig.is_same(half)) continue;
+        if (half.sizes() != wide.sizes()) half.resize_(wide.sizes());  // an out= the op resized
+        half.copy_(wide);
+      }
     });
   }
   for (IValue& v : stack) {

@@ -2,8 +2,10 @@
 #include "emu.h"
 
 #include <ATen/autocast_mode.h>
-#include <torch/csrc/Generator.h>
-#include <torch/extension.h>
+#include <pybind11/pybind11.h>
+#include <torch/csrc/Generator.h>  // not torch/extension.h: it triples the build time
+
+namespace py = pybind11;
 
 namespace {
 
