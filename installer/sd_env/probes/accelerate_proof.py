@@ -42,6 +42,8 @@ def main():
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    # On the device before the optimizer sees its parameters: `.to("tpu")` replaces them (see the diffusers patch).
+    model = model.to(accelerator.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model, optimizer = accelerator.prepare(model, optimizer)
     x = torch.randn(32, 8, device=accelerator.device)
