@@ -202,10 +202,28 @@ def fresh_target(tmp_path: Path, target_python: Path) -> Path:
     return where / "bin" / "python"
 
 
+def shared_mirrors() -> Path | None:
+    """The read-only bare git mirrors of accelerate and diffusers: `shared/mirrors` beside the
+    repository in CI (../shared/mirrors), or beside one of its parents (a worktree under wt/)."""
+    for base in ROOT.parents:
+        candidate = base / "shared" / "mirrors"
+        if (candidate / "huggingface" / "diffusers.git").is_dir():
+            return candidate
+    return None
+
+
 def bootstrap(home: Path) -> subprocess.CompletedProcess:
-    """./bootstrap.sh with SD_ENV_HOME=home, outside any active environment."""
+    """./bootstrap.sh with SD_ENV_HOME=home, outside any active environment.
+
+    With the shared mirrors, accelerate and diffusers come from git (the real tag and commit
+    checks, and diffusers' patched example script, which no sdist has); transformers, which
+    is not mirrored, still takes the sdist fallback.
+    """
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "SD_ENV_PYTHON")}
     env.update(SD_ENV_HOME=str(home), COLUMNS="200")
+    mirrors = shared_mirrors()
+    if mirrors is not None:
+        env["SD_ENV_GIT_MIRROR"] = str(mirrors)
     return subprocess.run([str(ROOT / "bootstrap.sh")], env=env, capture_output=True, text=True, timeout=3600)
 
 

@@ -1,20 +1,19 @@
 #!/usr/bin/env python
-"""Probe the real (patched) accelerate 0.16.0 with a stand-in ``torch_tpu``.
+"""Probe the real (patched) accelerate 0.16.0 on sd-env's emulated ``torch_tpu``.
 
 Run it with the target interpreter: one that can import torch (2.1) and the
 accelerate checkout patched with ``patches/accelerate-0.16.0-tpu.diff``.
-There is no Sophgo card here, so a stand-in ``torch_tpu`` package is written
-to a temporary directory: it renames PyTorch's PrivateUse1 backend to "tpu"
-(so ``torch.device("tpu:0")`` is valid), and exposes ``tpu.is_available()``
-(True), ``tpu.device_count()`` (1) and ``tpu.amp.GradScaler`` (a class that
-records its kwargs).
+There is no Sophgo card here: ``--torch-tpu DIR`` is the folder of sd-env's
+emulation (``emulation.build(...).pythonpath``), put first on PYTHONPATH of
+each child, so ``torch.device("tpu:0")`` is a real PrivateUse1 device and
+``torch_tpu.tpu.amp.GradScaler`` the emulation's CUDA-like scaler.
 
 Each variant runs in a fresh interpreter (the backend rename and accelerate's
 shared state are process-wide) with ``ACCELERATE_TORCH_DEVICE=tpu:0`` and
 creates ``Accelerator(mixed_precision="fp16")``:
 
-* ``patched``: the installed accelerate; the scaler must be the stand-in
-  GradScaler, built with the GradScalerKwargs handler's kwargs.  The child
+* ``patched``: the installed accelerate; the scaler must be torch_tpu's
+  GradScaler, built with the GradScalerKwargs handler's kwargs (init_scale).  The child
   does not import torch_tpu itself: the patched accelerate must do it.
 * ``patched-no-torch_tpu``: the installed accelerate without torch_tpu on the
   path and no ACCELERATE_TORCH_DEVICE: import and an fp16 Accelerator on the
@@ -47,49 +46,6 @@ from pathlib import Path
 VARIANTS = ("patched", "patched-no-torch_tpu", "upstream", "tutorial-literal")
 PATCH_MARK = "import torch_tpu\nexcept ImportError:"  # our module-level guarded import
 DEFAULT_PATCH = Path(__file__).resolve().parents[1] / "patches" / "accelerate-0.16.0-tpu.diff"
-
-STAND_IN = {
-    "torch_tpu/__init__.py": '''\
-"""sd-env stand-in for Sophgo's torch_tpu (no device behind it)."""
-import torch
-
-__sd_env_stand_in__ = True
-torch.utils.rename_privateuse1_backend("tpu")
-
-from . import tpu  # noqa: E402
-
-torch._register_device_module("tpu", tpu)
-''',
-    "torch_tpu/tpu/__init__.py": '''\
-from . import amp  # noqa: F401
-
-
-def is_available():
-    return True
-
-
-def device_count():
-    return 1
-''',
-    "torch_tpu/tpu/amp.py": '''\
-class GradScaler:
-    """Stand-in for torch_tpu.tpu.amp.GradScaler: records its kwargs."""
-
-    sd_env_stand_in = True
-
-    def __init__(self, **kwargs):
-        self.kwargs = dict(kwargs)
-''',
-}
-
-
-def write_stand_in(root: Path) -> Path:
-    for rel, text in STAND_IN.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
-
 
 def tutorial_literal_edit(source: str) -> str:
     """Apply the tutorial's edit, as printed in the tutorial, to upstream accelerator.py."""
@@ -151,8 +107,10 @@ def child(variant: str) -> dict:
         out["native_amp"] = accelerator.native_amp
         scaler = accelerator.scaler
         out["scaler_class"] = None if scaler is None else f"{type(scaler).__module__}.{type(scaler).__qualname__}"
-        out["scaler_is_stand_in"] = bool(getattr(scaler, "sd_env_stand_in", False))
-        out["scaler_kwargs"] = getattr(scaler, "kwargs", None)
+        tpu = sys.modules.get("torch_tpu")
+        out["emulated"] = bool(getattr(tpu, "EMULATED", False))
+        out["scaler_is_torch_tpu"] = tpu is not None and isinstance(scaler, tpu.tpu.amp.GradScaler)
+        out["scale"] = None if scaler is None else float(scaler.get_scale())
         out["error_type"] = None
     except BaseException as exc:  # report, never crash without JSON
         out["error_type"] = type(exc).__name__
@@ -166,8 +124,8 @@ def expectation(variant: str, res: dict) -> bool:
         return (
             res.get("error_type") is None
             and res.get("device") == "tpu:0"
-            and res.get("scaler_is_stand_in") is True
-            and res.get("scaler_kwargs") == {"init_scale": 1024.0}
+            and res.get("scaler_is_torch_tpu") is True
+            and res.get("scale") == 1024.0
         )
     if variant == "patched-no-torch_tpu":
         return res.get("error_type") is None and res.get("device") == "cpu" and res.get("module_torch_tpu") == "None"
@@ -178,13 +136,13 @@ def expectation(variant: str, res: dict) -> bool:
     return False
 
 
-def run_variant(variant: str, patch: Path, timeout: float) -> dict:
+def run_variant(variant: str, patch: Path, torch_tpu: Path, timeout: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="sd-env-acc-probe-") as tmp:
         tmp = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
         paths = []
         if variant != "patched-no-torch_tpu":
-            paths.append(str(write_stand_in(tmp / "stand_in")))
+            paths.append(str(torch_tpu))
             env["ACCELERATE_TORCH_DEVICE"] = "tpu:0"
         if variant in ("upstream", "tutorial-literal"):
             try:
@@ -221,13 +179,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", action="append", choices=VARIANTS, help="default: all")
     ap.add_argument("--patch", type=Path, default=DEFAULT_PATCH)
+    ap.add_argument("--torch-tpu", type=Path, help="the folder holding sd-env's emulated torch_tpu (required)")
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child)))
         return 0
-    results = {v: run_variant(v, args.patch, args.timeout) for v in (args.variant or VARIANTS)}
+    if args.torch_tpu is None:
+        ap.error("--torch-tpu DIR is required (sd-env's emulated torch_tpu)")
+    results = {v: run_variant(v, args.patch, args.torch_tpu, args.timeout) for v in (args.variant or VARIANTS)}
     ran = [r for r in results.values() if "skipped" not in r]
     ok = bool(ran) and all(r.get("ok") for r in ran)
     print(json.dumps({"probe": "real_accelerate", "python": sys.version.split()[0], "ok": ok, "variants": results}))

@@ -1,7 +1,9 @@
 """./bootstrap.sh end to end: the default manifest into a fresh Python 3.9 environment.
 
 Downloads the locked closure (2.8 GB, PyPI's CUDA build of torch 2.1.0) on a
-cold machine; git sources fall back to PyPI sdists where GitHub is unreachable.
+cold machine. accelerate and diffusers come from git through the shared mirrors
+when they are there (SD_ENV_GIT_MIRROR, see conftest.bootstrap); other git
+sources fall back to PyPI sdists where GitHub is unreachable.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sd_env import lockfile, manifest
-from tests.conftest import ROOT, bootstrap
+from tests.conftest import ROOT, bootstrap, shared_mirrors
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
@@ -70,6 +72,16 @@ def test_first_run_reports_what_it_did(bootstrapped):
         line = next(line for line in first.stdout.splitlines() if f"│ {row}" in line)
         assert "│ ok" in line and "ran on cpu (no SC7 card)" in line, line
     assert "all checks passed" in first.stdout
+
+
+def test_mirrored_components_came_from_git(bootstrapped):
+    if shared_mirrors() is None:
+        pytest.skip("skipped: no shared/mirrors beside the repository, every component took its sdist")
+    home, _ = bootstrapped
+    record = json.loads((home / "state.json").read_text())["components"]
+    assert record["accelerate"]["source"] == "git" and record["diffusers"]["source"] == "git", record
+    assert record["transformers"]["source"] == "sdist"  # not mirrored: the fallback still works
+    assert (home / "src" / "diffusers" / "examples" / "text_to_image" / "train_text_to_image_lora.py").is_file()
 
 
 def test_second_run_is_a_no_op(bootstrapped):

@@ -1,9 +1,12 @@
 """The real accelerate 0.16.0, fetched and patched by sd-env, in a real Python 3.9 + torch 2.1.0 venv.
 
 GitHub is made unreachable on purpose (a file:// URL that does not exist), so
-sd-env takes the PyPI sdist; then `tests/real_accelerate_probe.py` runs in the
-target with a stand-in torch_tpu and checks that the patched accelerate builds
-torch_tpu's GradScaler while the tutorial's literal edit raises UnboundLocalError.
+sd-env takes the PyPI sdist; then, on sd-env's emulated torch_tpu (the `emulator`
+fixture, only on PYTHONPATH), `tests/real_accelerate_probe.py` checks that
+unpatched accelerate refuses fp16 on "tpu" ("requires a GPU"), the tutorial's
+literal edit raises UnboundLocalError and ours builds torch_tpu's GradScaler;
+and `probes/accelerate_proof.py` trains 2 fp16 steps with it, then skips a step
+with an injected inf.
 
 The torch venv is built once per machine (about 4.9 GB, from the era lock) under
 $SD_ENV_TEST_CACHE/venv39-torch21 (default ~/.cache/sd-env-tests/venv39-torch21);
@@ -24,8 +27,10 @@ from pathlib import Path
 
 import pytest
 
+from sd_env import emulation
 from sd_env.cli import main
 from sd_env.closure import find_uv
+from sd_env.probe import script as probe_script
 from tests.conftest import ROOT, run_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
@@ -155,7 +160,7 @@ patches = ["{PATCH.name}"]
     return path
 
 
-def test_sd_env_patched_accelerate_builds_the_torch_tpu_scaler(tmp_path, target, capsys):
+def test_sd_env_patched_accelerate_builds_the_torch_tpu_scaler_and_trains(tmp_path, target, emulator, capsys):
     home = tmp_path / "home"
     argv = ["install", "-m", str(accelerate_manifest(tmp_path)), "--home", str(home), "--python", str(target),
             "--json"]
@@ -170,8 +175,8 @@ def test_sd_env_patched_accelerate_builds_the_torch_tpu_scaler(tmp_path, target,
     assert results[("accelerate", "build")]["status"] == "ok"
 
     checkout = home / "src" / "accelerate"
-    probe = subprocess.run([str(target), str(PROBE), "--patch", str(PATCH)], capture_output=True, text=True,
-                           timeout=900)
+    probe = subprocess.run([str(target), str(PROBE), "--patch", str(PATCH), "--torch-tpu", str(emulator.pythonpath)],
+                           capture_output=True, text=True, timeout=900)
     report = json.loads(probe.stdout.splitlines()[-1])
     variants = report["variants"]
     assert probe.returncode == 0 and report["ok"], json.dumps(report, indent=2)
@@ -180,11 +185,23 @@ def test_sd_env_patched_accelerate_builds_the_torch_tpu_scaler(tmp_path, target,
     assert got["torch"].startswith("2.1.0") and got["accelerate"] == "0.16.0"
     assert got["accelerate_file"].startswith(str(checkout)), got["accelerate_file"]
     assert got["device"] == "tpu:0"
-    assert got["scaler_is_stand_in"] is True
-    assert got["scaler_class"] == "torch_tpu.tpu.amp.GradScaler"
-    assert got["scaler_kwargs"] == {"init_scale": 1024.0}
+    assert got["emulated"] is True and got["scaler_is_torch_tpu"] is True, got
+    assert got["scale"] == 1024.0  # GradScalerKwargs(init_scale=1024.0) reached torch_tpu's scaler
 
     literal = variants["tutorial-literal"]
     assert literal["error_type"] == "UnboundLocalError" and "torch_tpu" in literal["error"]
-    assert variants["upstream"]["error_type"] == "ValueError"
+    assert variants["upstream"]["error_type"] == "ValueError" and "requires a GPU" in variants["upstream"]["error"]
     assert variants["patched-no-torch_tpu"]["device"] == "cpu"
+
+    # The patch's reason to exist: fp16 training steps on "tpu" with torch_tpu's scaler.
+    env = {**os.environ, **emulation.environment(emulator)}
+    trained = subprocess.run([str(target), str(probe_script("accelerate_proof.py"))], capture_output=True, text=True,
+                             timeout=900, env=env)
+    proof = json.loads(trained.stdout.splitlines()[-1])
+    assert trained.returncode == 0 and proof["ok"], json.dumps(proof, indent=2) + trained.stderr[-2000:]
+    assert proof["device"] == "tpu:0" and proof["emulated"] and proof["torch_tpu_scaler"]
+    assert proof["accelerate_file"].startswith(str(checkout))
+    good, bad = proof["steps"][:2], proof["steps"][2]
+    assert all(s["weights_changed"] and not s["skipped"] and s["grad_device"] == "tpu:0" for s in good), good
+    assert bad["inf_injected"] and bad["skipped"] and not bad["weights_changed"], bad
+    assert bad["scale_after"] == bad["scale_before"] / 2

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="skip the LoRA training step and inference")
     p.add_argument("--mixed-precision", choices=("no", "fp16"), default="no",
                    help="precision of the LoRA step (fp16 needs the card: n/a on the CPU)")
+    p.add_argument("--emulate", action="store_true",
+                   help="run the smoke test, the LoRA step (fp16 and fp32) and inference on sd-env's emulated "
+                   "torch_tpu (no card needed; built on first use, never installed)")
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("repatch", parents=[common, writes],
@@ -200,14 +203,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if python is None:
         raise InputError(f"nothing to verify: {how}", "run ./bootstrap.sh or sd-env install first")
     ctx = verify.Context(man, paths, runner, python, quick=args.quick, mixed_precision=args.mixed_precision)
-    title = f"sd-env verify ({man.name}, {python})"
+    title = f"sd-env verify ({man.name}, {python})" + (" on the emulated tpu" if args.emulate else "")
+    if args.emulate:
+        from sd_env import verify_emulated  # builds a C++ extension: only loaded when asked for
+
+        run = verify_emulated.run
+    else:
+        run = verify.run
     with LiveTable(title, verify.COLUMNS, every=runner_module.HEARTBEAT, rows=not args.json) as live:
-        checks = verify.run(ctx, started=live.start, finished=lambda check: live.add(verify.cells(check)))
+        checks = run(ctx, started=live.start, finished=lambda check: live.add(verify.cells(check)))
     code = exit_code(checks)
     block = verify.environment_block(ctx)
     if args.json:
         args._reported = True
-        dump_json("verify", code, {"python": str(python), "device": ctx.device,
+        dump_json("verify", code, {"python": str(python), "device": ctx.device, "emulated": ctx.emulated,
                                    "checks": [dataclasses.asdict(c) for c in checks],
                                    "environment": block.splitlines(), "log": str(args._log)})
         return code

@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd_env import faults, fsutil, gitcmd, manifest_edit, patches, port, sources, state, status, target
+from sd_env import faults, fsutil, gitcmd, manifest_edit, patches, port, proof, sources, state, status, target
 from sd_env.checkouts import record_applied
 from sd_env.errors import InputError, SdEnvError, StepError
 from sd_env.install import Options
@@ -214,7 +214,8 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
     session.phase = "finishing"
     save_session(paths, session)
     faults.point("finishing")
-    return results + _finish(man, paths, runner, opts, session)
+    finished = _finish(man, paths, runner, opts, session)
+    return results + finished + proof.after_port(runner, opts.python, paths, session.component)
 
 
 def _outputs(man: Manifest, runner: Runner, session: Session) -> tuple[list[tuple[Path, str]], list[Path], str]:

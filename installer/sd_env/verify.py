@@ -50,6 +50,7 @@ class Context:
     mixed_precision: str = "no"
     timeouts: dict[str, float] = field(default_factory=lambda: dict(TIMEOUTS))
     device: str = "cpu"  # set by the torch_tpu check
+    emulated: bool = False  # --emulate: the device is sd-env's emulated torch_tpu (verify_emulated.py)
     facts: dict[str, str] = field(default_factory=dict)  # for the bug-report block
 
 
@@ -322,6 +323,8 @@ def check_inference(ctx: Context, step: Check) -> Check:
 
 
 def _where(ctx: Context) -> str:
+    if ctx.emulated:
+        return "ran on tpu (emulated)"
     return f"ran on {ctx.device}" + (" (no SC7 card)" if ctx.device == "cpu" else "")
 
 
@@ -335,7 +338,7 @@ def environment_block(ctx: Context) -> str:
     """A copy-and-paste block for bug reports, like `diffusers-cli env`."""
     lines = [f"- sd-env version: {__version__}", f"- Platform: {platform.platform()}",
              f"- Manifest: {ctx.man.path} ({ctx.man.name})", f"- Device: {ctx.man.device} wanted, checks ran on "
-             f"{ctx.device}"]
+             f"{ctx.device}{' (emulated)' if ctx.emulated else ''}"]
     lines += [f"- {k}: {v}" for k, v in ctx.facts.items()]
     return "\n".join(lines)
 

@@ -3,7 +3,7 @@
 The tensors of pytorch_lora_weights.* (safetensors or a torch .bin), and the
 `train_loss` scalars the v0.20.0 script logs to TensorBoard (it prints no
 loss; its progress bar rounds it). Prints one JSON object:
-{"ok", "file", "tensors", "finite", "losses"}.
+{"ok", "file", "tensors", "finite", "up_max", "losses"}.
 """
 
 import math
@@ -27,8 +27,10 @@ def main(folder):
 
         tensors = torch.load(str(path), map_location="cpu")
     finite = all(math.isfinite(float(t.float().abs().max())) for t in tensors.values())
+    # LoRA up-weights start at zero: all still zero means the optimizer never moved them.
+    ups = [float(t.float().abs().max()) for k, t in tensors.items() if k.endswith("up.weight")]
     return {"ok": bool(tensors) and finite, "file": str(path), "tensors": len(tensors), "finite": finite,
-            "losses": logged_losses(Path(folder))}
+            "up_max": max(ups) if ups else None, "losses": logged_losses(Path(folder))}
 
 
 def logged_losses(folder):

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -204,7 +205,16 @@ bool any_half(const torch::jit::Stack& args) {
 torch::jit::Stack run_in_float(const c10::OperatorHandle& op, const torch::jit::Stack& args) {
   std::vector<std::pair<at::Tensor, at::Tensor>> widened;  // (float copy, half original)
   torch::jit::Stack stack;
-  for (const IValue& v : args) {
+  const auto& schema_args = op.schema().arguments();
+  for (size_t i = 0; i < args.size(); ++i) {
+    const IValue& v = args[i];
+    // A dtype argument saying Half (e.g. _softmax_backward_data's input_dtype in an fp16
+    // backward) must say Float too, or the kernel rejects its own float output.
+    if (v.isInt() && v.toInt() == static_cast<int64_t>(at::kHalf) && i < schema_args.size() &&
+        schema_args[i].real_type()->str().rfind("ScalarType", 0) == 0) {
+      stack.push_back(IValue(static_cast<int64_t>(at::kFloat)));
+      continue;
+    }
     stack.push_back(map_tensors(v, [&](const at::Tensor& t) {
       if (!t.defined() || t.scalar_type() != at::kHalf) return t;
       at::Tensor wide = t.to(at::kFloat);
@@ -235,6 +245,22 @@ torch::jit::Stack run_in_float(const c10::OperatorHandle& op, const torch::jit::
     });
   }
   return stack;
+}
+
+// Ops whose CPU kernel lacks Half, learnt from their first failure: that failure's
+// c10::Error records a symbolized backtrace, which costs far more than the op itself,
+// so paying it on every fp16 call made an fp16 training step several times slower.
+std::mutex lacks_half_mutex;
+std::unordered_set<c10::OperatorName> lacks_half_ops;
+
+bool lacks_half(const c10::OperatorHandle& op) {
+  std::lock_guard<std::mutex> lock(lacks_half_mutex);
+  return lacks_half_ops.count(op.operator_name()) > 0;
+}
+
+void remember_lacks_half(const c10::OperatorHandle& op) {
+  std::lock_guard<std::mutex> lock(lacks_half_mutex);
+  lacks_half_ops.insert(op.operator_name());
 }
 
 bool allows_cpu_indices(const c10::OperatorHandle& op, const c10::Argument& arg) {
@@ -276,11 +302,16 @@ void cpu_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
 
   c10::DeviceGuard guard(call.device);
   torch::jit::Stack results = host;
-  try {
-    op.redispatchBoxed(kCpuKeys, &results);
-  } catch (const c10::Error& e) {
-    if (std::string(e.what()).find("for 'Half'") == std::string::npos || !any_half(host)) throw;
+  if (lacks_half(op) && any_half(host)) {
     results = run_in_float(op, host);
+  } else {
+    try {
+      op.redispatchBoxed(kCpuKeys, &results);
+    } catch (const c10::Error& e) {
+      if (std::string(e.what()).find("for 'Half'") == std::string::npos || !any_half(host)) throw;
+      remember_lacks_half(op);
+      results = run_in_float(op, host);
+    }
   }
   host.clear();
   call.sync_written();

@@ -1,0 +1,135 @@
+"""sd-env's precision watcher: which dtype did the UNet's matmuls really run in?
+
+Loaded as `sitecustomize` because sd-env puts this folder first on PYTHONPATH
+for one training run, so the unmodified training script is what gets measured.
+It does nothing unless SD_ENV_PRECISION_OUT names a file. Then:
+
+- a TorchDispatchMode is active during each top-level UNet2DConditionModel
+  forward (entered and left by global module hooks) and counts the
+  matmul-family ops (mm, addmm, bmm, baddbmm, convolution, attention) by the
+  dtype and device of their first floating input. The mode sits below
+  autocast and autograd in the dispatcher, so it sees what really ran, after
+  any autocast cast; inside a LoRA layer the op counts as "lora", else "base";
+  forwards with grad enabled count as "train", the others (validation) "infer";
+- accelerate's Accelerator.backward is wrapped to record the scaler (class and
+  scale) and the autocast state seen by the training forward;
+- at exit, one JSON line with the counts is appended to the file (only by a
+  process that ran a UNet forward).
+
+Any sitecustomize this one shadows is still run first.
+"""
+
+import os
+import sys
+
+MATMUL = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "convolution", "_convolution",
+          "scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
+          "_scaled_dot_product_efficient_attention", "_scaled_dot_product_attention_math"}
+UNET = "UNet2DConditionModel"
+LORA = ("LoRALinearLayer", "LoRAConv2dLayer")
+
+
+def _run_shadowed():
+    import importlib.machinery
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for entry in sys.path:
+        if os.path.abspath(entry or ".") == here:
+            continue
+        spec = importlib.machinery.PathFinder.find_spec("sitecustomize", [entry or "."])
+        if spec is not None and spec.loader is not None:
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            return
+
+
+def _install(out):
+    import atexit
+    import json
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = {}
+    info = {"backward_calls": 0}
+    autocast_seen = set()
+    state = {"depth": 0, "lora": 0, "phase": ""}
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in MATMUL:
+                first = next((a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
+                if first is not None:
+                    part = "lora" if state["lora"] else "base"
+                    key = "|".join((state["phase"], part, name, str(first.dtype).replace("torch.", ""),
+                                    first.device.type))
+                    counts[key] = counts.get(key, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    mode = Watch()
+
+    def autocast_state():
+        tpu = sys.modules.get("torch_tpu")
+        on_tpu = None
+        if tpu is not None and hasattr(tpu, "tpu") and hasattr(tpu.tpu, "is_autocast_enabled"):
+            on_tpu = bool(tpu.tpu.is_autocast_enabled())
+        return f"cuda={torch.is_autocast_enabled()},cpu={torch.is_autocast_cpu_enabled()},tpu={on_tpu}"
+
+    def wrap_backward():
+        acc = sys.modules.get("accelerate.accelerator")
+        if acc is None or getattr(acc.Accelerator.backward, "_sd_env_watch", False):
+            return
+        original = acc.Accelerator.backward
+
+        def backward(self, loss, **kwargs):
+            scaler = getattr(self, "scaler", None)
+            info["backward_calls"] += 1
+            info["mixed_precision"] = str(getattr(self, "mixed_precision", ""))
+            info["scaler"] = None if scaler is None else f"{type(scaler).__module__}.{type(scaler).__qualname__}"
+            if scaler is not None:
+                info["scale"] = float(scaler.get_scale())
+            return original(self, loss, **kwargs)
+
+        backward._sd_env_watch = True
+        acc.Accelerator.backward = backward
+
+    def pre(module, args):
+        cls = type(module).__name__
+        if cls == UNET:
+            if state["depth"] == 0:
+                state["phase"] = "train" if torch.is_grad_enabled() else "infer"
+                if state["phase"] == "train":
+                    autocast_seen.add(autocast_state())
+                wrap_backward()
+                mode.__enter__()
+            state["depth"] += 1
+        elif cls in LORA and state["depth"]:
+            state["lora"] += 1
+
+    def post(module, args, output):
+        cls = type(module).__name__
+        if cls == UNET and state["depth"]:
+            state["depth"] -= 1
+            if state["depth"] == 0:
+                mode.__exit__(None, None, None)
+        elif cls in LORA and state["lora"]:
+            state["lora"] -= 1
+
+    torch.nn.modules.module.register_module_forward_pre_hook(pre)
+    torch.nn.modules.module.register_module_forward_hook(post)
+
+    def write():
+        if not counts:
+            return
+        record = {"pid": os.getpid(), "argv": sys.argv[:1], "counts": counts, "autocast": sorted(autocast_seen),
+                  **info}
+        with open(out, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    atexit.register(write)
+
+
+_run_shadowed()
+if os.environ.get("SD_ENV_PRECISION_OUT"):
+    _install(os.environ["SD_ENV_PRECISION_OUT"])

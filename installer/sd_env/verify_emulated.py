@@ -1,0 +1,184 @@
+"""`sd-env verify --emulate`: the real-work checks on sd-env's emulated torch_tpu.
+
+The same environment checks as `verify`, then the Linear smoke test, the LoRA
+step in fp16 and in fp32 (with the precision it really ran in) and the
+tutorial's inference, on "tpu (emulated)": the emulation (emulation.py) is
+put first on PYTHONPATH for those probe runs only, so the target environment
+is never changed. No row claims a card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from sd_env import emulation, envs, precision, probe, status, verify
+from sd_env.errors import SdEnvError
+from sd_env.report import progress
+from sd_env.runner import Completed, Runner
+from sd_env.verify import FAIL, OK, SKIPPED, Check, Context
+
+DEVICE = "tpu:0"
+PRECISIONS = (("fp16", "fp16"), ("no", "fp32"))  # --mixed_precision value, row label
+
+
+@dataclass
+class EnvRunner(Runner):
+    """The verify run's runner, with extra environment for every command it runs."""
+
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def around(cls, runner: Runner, extra: Mapping[str, str]) -> EnvRunner:
+        return cls(log_path=runner.log_path, echo=runner.echo, calls=runner.calls, extra=dict(extra))
+
+    def run(self, argv, *, env=None, **kwargs) -> Completed:  # type: ignore[no-untyped-def, override]
+        return super().run(argv, env={**self.extra, **(env or {})}, **kwargs)
+
+
+def run(ctx: Context, started: Callable[[str], None] = verify._nothing,
+        finished: Callable[[Check], None] = verify._nothing) -> list[Check]:
+    """verify's checks with the work rows on the emulated tpu; `started`/`finished` as in verify.run."""
+    ctx.emulated = True
+    checks: list[Check] = []
+
+    def done(check: Check) -> Check:
+        checks.append(check)
+        finished(check)
+        return check
+
+    started("interpreter")
+    inv = envs.inventory(ctx.runner, ctx.python)
+    rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python, inv)
+    done(verify.check_interpreter(ctx, inv))
+    started("pins")
+    done(verify.check_pins(ctx, inv))
+    started("sources+patches")
+    done(verify.check_sources(ctx, rows))
+    started("torch_tpu")
+    real = verify.check_torch_tpu(ctx, inv)  # what is installed, judged as always
+    started("emulator")
+    emu, built = build(ctx)
+    done(torch_tpu_row(ctx, real, emu))
+    done(built)
+    started("ulimit -n")
+    done(verify.check_ulimit())
+    names = ["linear smoke", *(f"lora step ({label})" for _, label in PRECISIONS), "inference"]
+    if emu is None:
+        for n in names:
+            done(Check(n, SKIPPED, "skipped: the emulated torch_tpu is not available (see the emulator row)"))
+        return checks
+    ctx.device = DEVICE
+    on_emu = dataclasses.replace(ctx, runner=EnvRunner.around(ctx.runner, emulation.environment(emu, DEVICE)))
+    started("linear smoke")
+    done(_label(verify.check_linear(on_emu)))
+    if ctx.quick:
+        for n in names[1:]:
+            done(Check(n, SKIPPED, "skipped: --quick"))
+        return checks
+    steps = []
+    for mixed, label in PRECISIONS:
+        started(f"lora step ({label})")
+        steps.append(done(lora_step(on_emu, rows, mixed, label)))
+    started("inference")
+    done(check_tutorial_inference(on_emu, steps[-1]))
+    return checks
+
+
+def build(ctx: Context) -> tuple[emulation.Emulator | None, Check]:
+    """The emulation for the target's torch, from the home's cache or compiled now (about 30 s)."""
+    progress("emulated torch_tpu: loading it from the cache, or compiling it (the first build takes about 30 s)")
+    started = time.monotonic()
+    try:
+        emu = emulation.build(ctx.runner, ctx.python, ctx.paths)
+    except SdEnvError as exc:  # EmulatorUnavailable (no compiler, headers or torch 2.1), or a failed build
+        hint = f" -> {exc.hint}" if exc.hint else ""
+        return None, Check("emulator", FAIL, f"cannot build the emulated torch_tpu: {exc.message}{hint}",
+                           time.monotonic() - started)
+    how = "cached" if emu.cached else f"built in {emu.seconds:.1f} s"
+    ctx.facts["emulator"] = f"{emu.pythonpath} ({how}, key {emu.key})"
+    return emu, Check("emulator", OK, f"sd-env's emulated torch_tpu (CPU-backed), {how}: {emu.pythonpath}; on "
+                      "PYTHONPATH for the probe runs below only, never installed", emu.seconds)
+
+
+def torch_tpu_row(ctx: Context, real: Check, emu: emulation.Emulator | None) -> Check:
+    """The real plugin's check, saying that the rows below ran on the emulation, not on a card."""
+    if emu is None:
+        return real
+    note = ("the rows below ran on sd-env's emulated torch_tpu (torch_tpu.EMULATED), not on a card: only an SC7 "
+            "card can show the real device")
+    if real.status == SKIPPED:
+        why = ctx.facts.get("torch_tpu", "torch_tpu not checked")
+        return Check(real.name, SKIPPED, f"skipped: no SC7 card here ({why}; {ctx.facts.get('driver', '')}); "
+                     f"{note}", real.seconds)
+    return dataclasses.replace(real, detail=f"{real.detail}; --emulate: {note}")
+
+
+def lora_step(ctx: Context, rows: list[status.ComponentStatus], mixed: str, label: str) -> Check:
+    """verify's LoRA step at one precision, with the precision watcher on the path."""
+    out = ctx.paths.home / "cache" / f"precision-{label}.jsonl"
+    out.unlink(missing_ok=True)
+    assert isinstance(ctx.runner, EnvRunner)
+    extra = dict(ctx.runner.extra)
+    extra["PYTHONPATH"] = os.pathsep.join(filter(None, [str(precision.watcher_dir()), extra.get("PYTHONPATH")]))
+    extra[precision.ENV_OUT] = str(out)
+    watched = dataclasses.replace(ctx, runner=EnvRunner.around(ctx.runner, extra), mixed_precision=mixed)
+    step = _label(dataclasses.replace(verify.check_lora_step(watched, rows), name=f"lora step ({label})"))
+    got = precision.read(out)
+    said = precision.summary(mixed, got)
+    ctx.facts[f"precision {label}"] = said
+    if step.status != OK:
+        return dataclasses.replace(step, detail=f"{step.detail}; {said}")
+    if got.measured and got.devices != {"tpu"}:
+        return dataclasses.replace(step, status=FAIL, detail=f"{step.detail}; but the UNet's matmuls ran on "
+                                   f"{', '.join(sorted(got.devices))}, not only on tpu: {said}")
+    moved = _up_max(ctx)
+    if moved == 0.0:
+        # What the unpatched script does on a PrivateUse1 device: the optimizer holds the CPU copies.
+        return dataclasses.replace(step, status=FAIL, detail=f"{step.detail}; but it trained nothing: every LoRA "
+                                   "up-weight is still 0 (the optimizer steps other parameters than the model's: "
+                                   "is the diffusers patch's .to(accelerator.device) there?); " + said)
+    shown = f"LoRA weights moved (max |up| {moved:.1e}); " if moved is not None else ""
+    return dataclasses.replace(step, detail=f"{step.detail}; {shown}{said}")
+
+
+def _up_max(ctx: Context) -> float | None:
+    """The largest LoRA up-weight the step wrote: they start at 0, so 0 means never trained."""
+    got = probe.run(ctx.runner, ctx.python, probe.script("lora_weights.py"), [str(ctx.paths.home / "cache" /
+                    "lora-out")], timeout=ctx.timeouts["infer"])
+    value = (got.data or {}).get("up_max")
+    return float(value) if value is not None else None
+
+
+def check_tutorial_inference(ctx: Context, step: Check) -> Check:
+    if step.status != OK:
+        return Check("inference", SKIPPED, f"skipped: the LoRA step did not pass ({step.status})")
+    cache = ctx.paths.home / "cache"
+    got = probe.run(ctx.runner, ctx.python, probe.script("tutorial_infer.py"),
+                    ["--model", str(cache / "tiny-sd" / "model"), "--lora", str(cache / "lora-out"),
+                     "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"],
+                    env={"HF_HUB_OFFLINE": "1"})
+    where = "ran on tpu (emulated), the tutorial's 2.1 and 2.2"
+    if got.data is None or not got.ok:
+        d = got.data or {}
+        facts = ", ".join(f"{k}={d[k]}" for k in ("same_image_twice", "same_lora_image_twice", "finite",
+                                                   "lora_processors") if k in d)
+        return Check("inference", FAIL, f"{where}: {verify._problem(got)}" + (f" ({facts})" if facts else ""),
+                     got.seconds, _emulated(ctx.device))
+    d = got.data
+    return Check("inference", OK, f"{where}: {d['dtype']} pipeline on {d['device']}, seeded by torch.manual_seed "
+                 f"-> image {d['shape']}, the same image twice with and without the LoRA ({d['lora_processors']} "
+                 f"LoRA processors, LoRA vs base max diff {d['lora_vs_base_max_diff']:.1e})", got.seconds,
+                 _emulated(d.get("device", ctx.device)))
+
+
+def _emulated(device: str | None) -> str | None:
+    return f"{device} (emulated)" if device and device.startswith("tpu") else device
+
+
+def _label(check: Check) -> Check:
+    return dataclasses.replace(check, device=_emulated(check.device))
+
