@@ -17,9 +17,22 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from sd_env import __version__, envs, install, lockfile, manifest, repatch, sources, status, verify
+from sd_env import (
+    __version__,
+    bundle,
+    bundle_create,
+    bundle_install,
+    envs,
+    install,
+    lockfile,
+    manifest,
+    repatch,
+    sources,
+    status,
+    verify,
+)
 from sd_env.errors import InputError, SdEnvError
-from sd_env.paths import Paths, default_home
+from sd_env.paths import ENV_HOME, Paths, default_home
 from sd_env.report import REPORT_VERSION, console, dump_json, exit_code, table
 from sd_env.runner import Runner
 
@@ -65,7 +78,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-tpu-wheel", metavar="PATH_OR_URL", default=os.environ.get("SD_ENV_TORCH_TPU_WHEEL"),
                    help="Sophgo's torch_tpu wheel (overrides the manifest; also $SD_ENV_TORCH_TPU_WHEEL)")
     p.add_argument("--no-uv", action="store_true", help="install the lock with pip even when uv is available")
+    p.add_argument("--bundle", metavar="OUT", type=Path, help="install from an offline bundle only (no index, "
+                   "no git remote); the manifest defaults to the bundle's own")
     p.set_defaults(func=_cmd_install)
+
+    p = sub.add_parser("bundle", help="an offline bundle: create one, or check one")
+    bsub = p.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
+    b = bsub.add_parser("create", parents=[common], help="pack what the manifest needs into the folder OUT")
+    b.add_argument("out", type=Path, metavar="OUT")
+    b.add_argument("--torch-tpu-wheel", metavar="PATH_OR_URL", default=os.environ.get("SD_ENV_TORCH_TPU_WHEEL"),
+                   help="Sophgo's torch_tpu wheel to include (default: the manifest's, when present)")
+    b.add_argument("--include", action="append", default=[], metavar="NAME=PATH",
+                   help="an extra file or folder (weights, a dataset) as extra/NAME, sha256 per file; repeatable")
+    b.add_argument("--git-mirror", metavar="PREFIX", default=os.environ.get(sources.ENV_MIRROR),
+                   help="as for install, for components not already checked out")
+    b.add_argument("--from-home", type=Path, metavar="HOME",
+                   help="take checkouts from this finished home (read only; default: --home)")
+    b.add_argument("--reuse", type=Path, action="append", default=[], metavar="DIR",
+                   help="take locked artifacts from this folder of wheels before downloading; repeatable")
+    b.set_defaults(func=_cmd_bundle_create)
+    b = bsub.add_parser("verify", help="check every member of a bundle and its completeness")
+    b.add_argument("out", type=Path, metavar="OUT")
+    b.add_argument("--json", action="store_true", help="print a JSON summary")
+    b.set_defaults(func=_cmd_bundle_verify)
 
     p = sub.add_parser("verify", parents=[common], help="check the environment and prove it trains")
     p.add_argument("--quick", action="store_true", help="skip the LoRA training step and inference")
@@ -130,16 +165,74 @@ def _setup(args: argparse.Namespace, command: str) -> tuple[manifest.Manifest, P
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
+    if args.bundle is not None:
+        _use_bundle(args)
     man, paths, runner = _setup(args, "install")
     python, how = envs.resolve(runner, args.python, paths.home, man.python)
     assert python is not None
     console(stderr=True).print(f"* target: {python} ({how})", markup=False)
     opts = install.Options(python, mirror=args.git_mirror, sdist_fallback=not args.no_sdist_fallback,
                            index_url=args.index_url, torch_tpu_wheel=args.torch_tpu_wheel,
-                           use_uv=not args.no_uv)
+                           use_uv=not args.no_uv, bundle=args.bundle)
     outcome = install.run(man, paths, runner, opts)
     return _report("install", outcome.results, outcome.error, args, paths,
                    title=f"sd-env install ({man.name} -> {python})", python=str(python))
+
+
+def _use_bundle(args: argparse.Namespace) -> None:
+    """Check the whole bundle before anything is written; its manifest unless one is named
+    (which must then be the very one the bundle was made for)."""
+    args.bundle = args.bundle.resolve()
+    checked = bundle_install.open_checked(args.bundle)
+    own = args.bundle / checked.index.manifest_path
+    named = args.manifest or (Path(os.environ["SD_ENV_MANIFEST"]) if os.environ.get("SD_ENV_MANIFEST") else None)
+    if named is not None:
+        bundle.same_manifest(checked.index, named)
+    args.manifest = own  # patches and lock are read from the checked copies
+    if args.home is None and not os.environ.get(ENV_HOME):
+        args.home = Path.cwd() / ".sd-env"  # never inside the bundle
+    if not args.torch_tpu_wheel and checked.index.torch_tpu:
+        args.torch_tpu_wheel = str(args.bundle / checked.index.torch_tpu)
+
+
+def _cmd_bundle_create(args: argparse.Namespace) -> int:
+    man, paths, runner = _setup(args, "bundle")
+    includes = {}
+    for item in args.include:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path or not all(c.isalnum() or c in "._-" for c in name):
+            raise InputError(f"--include {item!r}", "write --include NAME=PATH, NAME of letters, digits, . _ -")
+        if name in includes:
+            raise InputError(f"--include {name} given twice", "give each extra folder its own NAME")
+        includes[name] = Path(path)
+    opts = bundle_create.CreateOptions(args.out, torch_tpu_wheel=args.torch_tpu_wheel, includes=includes,
+                                       mirror=args.git_mirror, from_home=args.from_home, reuse=tuple(args.reuse))
+    index = bundle_create.create(man, paths, runner, opts)
+    if args.json:
+        print(json.dumps({"version": REPORT_VERSION, "command": "bundle create", "out": str(args.out.resolve()),
+                          "members": len(index.members), "bytes": index.size, "log": str(args._log)}, indent=2))
+    return 0
+
+
+def _cmd_bundle_verify(args: argparse.Namespace) -> int:
+    checked = bundle.verify(args.out)
+    index = checked.index
+    kinds: dict[str, int] = {}
+    for m in index.members:
+        kinds[m.kind] = kinds.get(m.kind, 0) + 1
+    if args.json:
+        print(json.dumps({"version": REPORT_VERSION, "command": "bundle verify", "ok": True,
+                          "manifest": index.manifest_name, "manifest_sha256": index.manifest_sha256,
+                          "members": len(index.members), "bytes": index.size, "kinds": kinds}, indent=2))
+        return 0
+    pins = len(checked.lock.pins) if checked.lock else 0
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+    console().print(f"bundle {args.out} ok: {len(index.members)} members, {bundle.human(index.size)}, all sha256 "
+                    f"match the index; complete for manifest {index.manifest_name} (sha256 "
+                    f"{index.manifest_sha256[:12]}): {pins} locked packages, {len(index.components)} git "
+                    f"histories" + (f", torch_tpu {index.torch_tpu}" if index.torch_tpu else ", no torch_tpu wheel")
+                    + "".join(f", extra {n}" for n in index.extras) + f" [{shown}]", markup=False)
+    return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
