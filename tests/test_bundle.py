@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from sd_env.cli import main
-from tests.conftest import CORE, SETUP, TPU_PATCH, Project, Upstream, git
+from tests.conftest import CORE, ROOT, SETUP, TPU_PATCH, Project, Upstream, git
 
 PINS = {  # name==version -> sha256 of its only artifact (pure-Python wheels)
     "six==1.16.0": "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254",
@@ -276,3 +276,23 @@ def test_a_bundle_for_another_manifest_is_refused_naming_both(made, tmp_path, fr
     assert code == 2
     assert "the bundle was made for manifest 'test'" in err and f"not {other.manifest} ('other'" in err
     assert tree_hash(site) == before and not (tmp_path / "home").exists()
+
+
+@needs_unshare
+def test_bootstrap_from_the_bundle_with_no_network(made, tmp_path, fresh_target):
+    """./bootstrap.sh --bundle: sd-env's own venv from the bundle's wheels, then the install and
+    verify, in a namespace with no network. verify fails only where it needs torch (not in the
+    tiny lock): the Linear smoke test and the LoRA step."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "SD_ENV_MANIFEST")}
+    env.update(SD_ENV_HOME=str(home), SD_ENV_PYTHON=str(fresh_target), COLUMNS="200")
+    got = offline([str(ROOT / "bootstrap.sh"), "--bundle", str(made.out)], tmp_path / "connects", env=env)
+    text = got.stdout + got.stderr
+    assert "installing sd-env into" in text and "from the bundle (no index" in text, text[-3000:]
+    assert outside_connects(tmp_path / "connects") == []
+    tool = home / "tool" / "bin" / "python"
+    shown = subprocess.run([str(tool), "-m", "pip", "show", "-f", "sd-env", "uv"], capture_output=True, text=True)
+    assert "Name: sd-env" in shown.stdout and "Name: uv" in shown.stdout
+    assert "Editable project location" not in shown.stdout  # the wheel, not this checkout
+    assert "installed 2 packages with uv" in got.stdout
+    assert got.returncode == 1 and "FAILED: linear smoke, lora step" in got.stdout, text[-3000:]
