@@ -109,8 +109,8 @@ def site_of(python: Path) -> Path:
 # -- connect() calls, recorded with strace inside a namespace with no network ------------------------------
 def offline(argv: list[str], trace: Path, **kw) -> subprocess.CompletedProcess:
     """`argv` in a new network namespace (only a down loopback), its connect() calls traced."""
-    return subprocess.run(["unshare", "-n", "strace", "-f", "-qq", "-e", "trace=connect", "-o", str(trace), *argv],
-                          capture_output=True, text=True, timeout=900, **kw)
+    strace = ["strace", "-f", "--seccomp-bpf", "-qq", "-e", "trace=connect", "-o", str(trace)]
+    return subprocess.run(["unshare", "-n", *strace, *argv], capture_output=True, text=True, timeout=900, **kw)
 
 
 _LOCAL = re.compile(r"sa_family=AF_UNIX|inet_addr\(\"127\.|inet_pton\(AF_INET6, \"::1\"")
