@@ -22,6 +22,7 @@ from sd_env import (
     bundle,
     bundle_create,
     bundle_install,
+    config,
     envs,
     install,
     lockfile,
@@ -31,6 +32,7 @@ from sd_env import (
     status,
     verify,
 )
+from sd_env import paths as paths_mod
 from sd_env.errors import InputError, SdEnvError
 from sd_env.paths import ENV_HOME, Paths, default_home
 from sd_env.report import REPORT_VERSION, console, dump_json, exit_code, table
@@ -68,14 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("install", parents=[common], help="fetch, patch and install every component")
-    p.add_argument("--git-mirror", metavar="PREFIX", default=os.environ.get(sources.ENV_MIRROR),
+    p.add_argument("--git-mirror", metavar="PREFIX", default=None,
                    help="fetch https://github.com/OWNER/NAME.git from PREFIX/OWNER/NAME.git "
-                   f"(also ${sources.ENV_MIRROR})")
+                   f"(also ${sources.ENV_MIRROR} or git-mirror in a config file: see `sd-env config`)")
     p.add_argument("--no-sdist-fallback", action="store_true",
                    help="fail instead of using the PyPI sdist when git is unreachable")
     p.add_argument("--index-url", default=None,
                    help="package index for the lock (default: $PIP_INDEX_URL, pip.conf, PyPI)")
-    p.add_argument("--torch-tpu-wheel", metavar="PATH_OR_URL", default=os.environ.get("SD_ENV_TORCH_TPU_WHEEL"),
+    p.add_argument("--torch-tpu-wheel", metavar="PATH_OR_URL", default=None,
                    help="Sophgo's torch_tpu wheel (overrides the manifest; also $SD_ENV_TORCH_TPU_WHEEL)")
     p.add_argument("--no-uv", action="store_true", help="install the lock with pip even when uv is available")
     p.add_argument("--bundle", metavar="OUT", type=Path, help="install from an offline bundle only (no index, "
@@ -86,11 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = p.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
     b = bsub.add_parser("create", parents=[common], help="pack what the manifest needs into the folder OUT")
     b.add_argument("out", type=Path, metavar="OUT")
-    b.add_argument("--torch-tpu-wheel", metavar="PATH_OR_URL", default=os.environ.get("SD_ENV_TORCH_TPU_WHEEL"),
+    b.add_argument("--torch-tpu-wheel", metavar="PATH_OR_URL", default=None,
                    help="Sophgo's torch_tpu wheel to include (default: the manifest's, when present)")
     b.add_argument("--include", action="append", default=[], metavar="NAME=PATH",
                    help="an extra file or folder (weights, a dataset) as extra/NAME, sha256 per file; repeatable")
-    b.add_argument("--git-mirror", metavar="PREFIX", default=os.environ.get(sources.ENV_MIRROR),
+    b.add_argument("--git-mirror", metavar="PREFIX", default=None,
                    help="as for install, for components not already checked out")
     b.add_argument("--from-home", type=Path, metavar="HOME",
                    help="take checkouts from this finished home (read only; default: --home)")
@@ -118,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow hunks whose context matches only partly (off by default; needs --accept)")
     p.add_argument("--accept", action="store_true", help="accept fuzzed ports or a resolution that changed "
                    "added lines")
-    p.add_argument("--git-mirror", metavar="PREFIX", default=os.environ.get(sources.ENV_MIRROR),
+    p.add_argument("--git-mirror", metavar="PREFIX", default=None,
                    help=f"as for install (also ${sources.ENV_MIRROR})")
     p.add_argument("--no-sdist-fallback", action="store_true", help="as for install")
     p.set_defaults(func=_cmd_repatch)
@@ -130,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common], help="show what is pinned, patched, installed, drifted")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("config", parents=[common], help="show the settings in force and where each came from")
+    p.set_defaults(func=_cmd_config)
     return parser
 
 
@@ -157,6 +162,7 @@ def _error(exc: SdEnvError, log: Path | None) -> None:
 
 def _setup(args: argparse.Namespace, command: str) -> tuple[manifest.Manifest, Paths, Runner]:
     man = manifest.load(args.manifest or default_manifest())
+    config.apply(args, man.path)  # flags not given: from the environment or a config file
     home = args.home.expanduser().resolve() if args.home else default_home(man.path)
     paths = Paths(home)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -323,6 +329,30 @@ def _cmd_lock(args: argparse.Namespace) -> int:
     out = lockfile.compile_lock(man, args.flavour, runner)
     lock = lockfile.read(out)
     console().print(f"wrote {out} ({len(lock.pins)} packages, all hashed)", markup=False)
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    try:
+        where: Path | None = args.manifest or default_manifest()
+    except InputError:
+        where = None  # no project: only the user's file
+    settings = config.resolve({}, where)
+    files = ([paths_mod.project_config(where)] if where else []) + [paths_mod.user_config()]
+    if args.json:
+        print(json.dumps({"version": REPORT_VERSION, "command": "config",
+                          "settings": {k: dataclasses.asdict(v) for k, v in settings.items()},
+                          "files": [{"path": str(f), "exists": f.is_file()} for f in files]}, indent=2))
+        return 0
+    grid = Table(title="sd-env config (flag > environment > project > user)", title_justify="left")
+    for col in ("key", "value", "from"):
+        grid.add_column(col)
+    for s in settings.values():
+        grid.add_row(s.key, escape(s.value or "(not set)"), escape(s.source))
+    out = console()
+    out.print(grid)
+    for f in files:
+        out.print(f"{'read' if f.is_file() else 'absent'}: {f}", markup=False)
     return 0
 
 

@@ -45,3 +45,20 @@ def default_home(manifest: Path) -> Path:
     folder = manifest.resolve().parent
     project = folder.parent if folder.name == "manifests" else folder
     return project / ".sd-env"
+
+
+USER_CONFIG = Path("sd-env") / "config.toml"
+PROJECT_CONFIG = "sd-env.toml"
+
+
+def user_config() -> Path:
+    """$XDG_CONFIG_HOME/sd-env/config.toml, else ~/.config/sd-env/config.toml."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base).expanduser() / USER_CONFIG
+
+
+def project_config(manifest: Path) -> Path:
+    """sd-env.toml in the project that holds the manifest (beside manifests/), as for default_home."""
+    folder = manifest.resolve().parent
+    project = folder.parent if folder.name == "manifests" else folder
+    return project / PROJECT_CONFIG
