@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="skip the LoRA training step and inference")
     p.add_argument("--mixed-precision", choices=("no", "fp16"), default="no",
                    help="precision of the LoRA step (fp16 needs the card: n/a on the CPU)")
+    p.add_argument("--model", type=Path, metavar="DIR", help="a local diffusers model folder for the LoRA step "
+                   "and inference (default: a tiny model built locally)")
+    p.add_argument("--data", type=Path, metavar="DIR", help="a local imagefolder (images + metadata.jsonl) for "
+                   "the LoRA step (default: a tiny dataset built locally)")
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("repatch", parents=[common], help="restore patched components, or port patches to a release")
@@ -243,10 +247,12 @@ def _cmd_bundle_verify(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "verify")
+    model, data = verify.local_inputs(args.model, args.data)
     python, how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
     if python is None:
         raise InputError(f"nothing to verify: {how}", "run ./bootstrap.sh or sd-env install first")
-    ctx = verify.Context(man, paths, runner, python, quick=args.quick, mixed_precision=args.mixed_precision)
+    ctx = verify.Context(man, paths, runner, python, quick=args.quick, mixed_precision=args.mixed_precision,
+                         model=model, data=data)
     checks = verify.run(ctx)
     code = verify.exit_code(checks)
     block = verify.environment_block(ctx)
