@@ -42,7 +42,8 @@ def open_checked(root: Path) -> Checked:
 
 def hermetic(argv: list[str], **env: str) -> list[str]:
     """`argv` run with no PIP_*/UV_* variable of the caller and pip's config files ignored."""
-    dropped = [f"--unset={k}" for k in sorted(os.environ) if k.startswith(("PIP_", "UV_"))]
+    # UV_CACHE_DIR only says where uv keeps what it already verified; it adds no source.
+    dropped = [f"--unset={k}" for k in sorted(os.environ) if k.startswith(("PIP_", "UV_")) and k != "UV_CACHE_DIR"]
     return ["env", *dropped, "PIP_CONFIG_FILE=/dev/null", "UV_NO_CONFIG=1", "PIP_DISABLE_PIP_VERSION_CHECK=1",
             *(f"{k}={v}" for k, v in env.items()), *argv]
 
