@@ -22,7 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from sd_env import bundle, bundle_create, bundle_install, sources, state
 from sd_env.cli import main
+from sd_env.manifest import Component
+from sd_env.paths import Paths
+from sd_env.runner import Runner
 from tests.conftest import CORE, ROOT, SETUP, TPU_PATCH, Project, Upstream, git
 
 PINS = {  # name==version -> sha256 of its only artifact (pure-Python wheels)
@@ -296,3 +300,48 @@ def test_bootstrap_from_the_bundle_with_no_network(made, tmp_path, fresh_target)
     assert "Editable project location" not in shown.stdout  # the wheel, not this checkout
     assert "installed 2 packages with uv" in got.stdout
     assert got.returncode == 1 and "FAILED: linear smoke, lora step" in got.stdout, text[-3000:]
+
+
+# -- git histories: a depth-1 checkout, and a component imported from its sdist ----------------------------
+def _history_round_trip(comp, source_home: Paths, tmp_path: Path):
+    out = tmp_path / "out"
+    members = bundle_create._Members(out)
+    hist = bundle_create._git_history(comp, source_home, source_home, members, Runner(), None)
+    index = bundle.Index("t", "manifests/t.toml", "0" * 64, None, None, "3.9", list(members.items.values()), [hist])
+    (out / bundle.INDEX).write_text(index.dump())
+    target = Paths(tmp_path / "new-home")
+    _detail, rec = bundle_install.fetch_component(comp, target, Runner(), out, None)
+    return hist, rec, target.checkout(comp.name)
+
+
+def test_a_depth_one_checkout_is_bundled_and_cloned_back(tmp_path, upstream):
+    first = git(upstream.repo, "rev-parse", "HEAD")
+    upstream.write("src/tinypkg/__init__.py", '__version__ = "1.1"\n')
+    second = upstream.release("v1.1")
+    comp = Component("tinypkg", upstream.url, "v1.1", "1.1", second, (), "editable", False)
+    home = Paths(tmp_path / "home")
+    sources.fetch_git(comp, home.checkout("tinypkg"), home.work, Runner(), mirror=None, expect=second)
+    hist, rec, checkout = _history_round_trip(comp, home, tmp_path)
+    assert hist.shallow == (second,) and hist.ref == "refs/tags/v1.1" and first != second
+    assert (rec.source, rec.commit) == ("git", second)
+    assert git(checkout, "rev-parse", "HEAD") == git(checkout, "rev-parse", "v1.1^{commit}") == second
+
+
+def test_an_sdist_import_is_bundled_as_it_is_and_says_so(tmp_path, capsys):
+    home = Paths(tmp_path / "home")
+    checkout = home.checkout("tinypkg")
+    checkout.mkdir(parents=True)
+    (checkout / "setup.py").write_text(SETUP)
+    git(checkout, "init", "-q")
+    git(checkout, "add", "-A")
+    git(checkout, "commit", "-q", "-m", "tinypkg 1.0 from its PyPI sdist")
+    commit = git(checkout, "rev-parse", "HEAD")
+    state.save(state.State({"tinypkg": state.ComponentState("sdist", "v1.0", commit, sdist_sha256="ab" * 32,
+                                                             version="1.0")}), home.state)
+    comp = Component("tinypkg", "https://github.com/acme/tinypkg.git", "v1.0", "1.0", None, (), "editable", True)
+    hist, rec, new = _history_round_trip(comp, home, tmp_path)
+    assert "came from its PyPI sdist (no git history): bundling the imported single-commit repo" in \
+        capsys.readouterr().err
+    assert (hist.source, hist.ref, hist.commit) == ("sdist", "HEAD", commit)
+    assert (rec.source, rec.commit, rec.sdist_sha256) == ("sdist", commit, "ab" * 32)
+    assert git(new, "rev-parse", "HEAD") == commit and git(new, "tag") == ""
