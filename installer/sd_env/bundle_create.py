@@ -101,8 +101,8 @@ def create(man: Manifest, paths: Paths, runner: Runner, opts: CreateOptions) -> 
              f"{len(man.components)} git histories, sd-env and its dependencies"
              + (f", torch_tpu {wheel.name}" if wheel else ", no torch_tpu wheel")
              + "".join(f", extra {n} ({len(f)} files)" for n, f in extras.items()))
-    _room(out, known, f"extras and wheels already on disk: {human(known)}; the locked packages add their "
-          "download size (about 2.8 GB for the torch closure)")
+    _room(out, known, f"known so far (extras, torch_tpu): {human(known)}, plus the locked packages, whose size "
+          "pip tells only by downloading them (2.8 GB for the default manifest's torch closure)")
 
     index = Index(man.name, "", sha256_file(man.path), None, man.lock.platform if man.lock else None, man.python)
     index.manifest_path = _project_file(members, man, man.path, "manifest")
@@ -123,7 +123,8 @@ def create(man: Manifest, paths: Paths, runner: Runner, opts: CreateOptions) -> 
     for comp in man.components:
         index.components.append(_git_history(comp, source_home, paths, members, runner, opts.mirror))
     _tool(members, runner, man)
-    _room(out, known, f"still to write: {human(known)}")
+    _room(out, known, f"written: {human(members.size)}; still to write: {human(known)} (bundle total "
+          f"{human(members.size + known)})")
     if wheel is not None:
         index.torch_tpu = members.add(f"{TORCH_TPU}/{wheel.name}", "torch_tpu", wheel).path
     for name, files in extras.items():
