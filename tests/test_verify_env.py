@@ -172,7 +172,6 @@ def test_local_model_and_dataset_folders(bootstrapped, capsys, tmp_path):
     """--model and --data: a model folder and an imagefolder of the user's (here: copies of the
     tiny ones, the data with other file names and captions), with the Hub unreachable."""
     home, _ = bootstrapped
-    verify_json(home, capsys, "--quick")
     cache = home / "cache" / "tiny-sd"
     if not (cache / "model").is_dir():
         assert verify_json(home, capsys)[0] == 0  # builds the tiny model
