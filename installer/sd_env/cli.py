@@ -203,6 +203,10 @@ def _use_bundle(args: argparse.Namespace) -> None:
         args.home = Path.cwd() / ".sd-env"  # never inside the bundle
     if not args.torch_tpu_wheel and checked.index.torch_tpu:
         args.torch_tpu_wheel = str(args.bundle / checked.index.torch_tpu)
+    elif not args.torch_tpu_wheel:
+        console(stderr=True).print("* the bundle has no torch_tpu wheel: a CPU-only environment unless you pass "
+                                   "--torch-tpu-wheel PATH (do not add files to the bundle: verify refuses them)",
+                                   markup=False)
 
 
 def _cmd_bundle_create(args: argparse.Namespace) -> int:
