@@ -42,9 +42,12 @@ def default_home(manifest: Path) -> Path:
     """
     if os.environ.get(ENV_HOME):
         return Path(os.environ[ENV_HOME]).expanduser().resolve()
+    return project_of(manifest) / ".sd-env"
+
+
+def project_of(manifest: Path) -> Path:
     folder = manifest.resolve().parent
-    project = folder.parent if folder.name == "manifests" else folder
-    return project / ".sd-env"
+    return folder.parent if folder.name == "manifests" else folder
 
 
 USER_CONFIG = Path("sd-env") / "config.toml"
@@ -59,6 +62,4 @@ def user_config() -> Path:
 
 def project_config(manifest: Path) -> Path:
     """sd-env.toml in the project that holds the manifest (beside manifests/), as for default_home."""
-    folder = manifest.resolve().parent
-    project = folder.parent if folder.name == "manifests" else folder
-    return project / PROJECT_CONFIG
+    return project_of(manifest) / PROJECT_CONFIG
