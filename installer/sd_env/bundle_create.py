@@ -167,22 +167,11 @@ def _files(path: Path) -> list[tuple[Path, str]]:
 def _project_file(members: _Members, man: Manifest, path: Path, kind: str) -> str:
     """Manifest, lock and patch files keep their places relative to the manifest, so the
     bundle's copy of the manifest reads them where it expects them."""
-    rel = Path(MANIFESTS) / Path(*_relative(path.resolve(), man.path.resolve().parent))
-    normal = Path(*[p for p in rel.parts if p != "."])
-    parts: list[str] = []
-    for part in normal.parts:
-        if part == "..":
-            if not parts:
-                raise BundleError(f"{path} lies above the manifest's project", "keep patches and locks beside "
-                                  "manifests/ (patches_dir = \"../patches\")")
-            parts.pop()
-        else:
-            parts.append(part)
-    return members.add("/".join(parts), kind, path).path
-
-
-def _relative(path: Path, base: Path) -> list[str]:
-    return os.path.relpath(path, base).split(os.sep)
+    rel = os.path.normpath(os.path.join(MANIFESTS, os.path.relpath(path.resolve(), man.path.resolve().parent)))
+    if rel.split(os.sep)[0] == "..":
+        raise BundleError(f"{path} lies above the manifest's project", "keep patches and locks beside "
+                          "manifests/ (patches_dir = \"../patches\")")
+    return members.add(Path(rel).as_posix(), kind, path).path
 
 
 def _packages(members: _Members, lock: lockfile.Lock, runner: Runner, reuse: tuple[Path, ...],
