@@ -155,8 +155,12 @@ def test_create_packs_exactly_the_lock_histories_patches_tool_and_extras(made, c
     assert index["manifest_name"] == "test"
     assert index["components"][0]["commit"] == made.commit and index["components"][0]["source"] == "git"
     assert not list(made.out.parent.glob("*.partial"))
+    capsys.readouterr()
     assert main(["bundle", "verify", str(made.out)]) == 0
     assert "ok: " in capsys.readouterr().out
+    assert main(["bundle", "verify", str(made.out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["ok"], doc["manifest"], doc["members"]) == (True, "test", len(paths))
 
 
 def test_create_refuses_an_existing_folder(made, capsys):
