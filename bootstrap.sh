@@ -6,11 +6,15 @@
 # creates the Python 3.9 target environment, .sd-env/venv by default) and
 # `sd-env verify`. Needs only bash, git and some Python >= 3.9. Re-running on
 # a finished machine changes nothing and takes seconds.
+#
+# ./bootstrap.sh --bundle OUT: no network at all; sd-env comes from the bundle's
+# wheels (scripts/bundle-tool.sh), then `sd-env install --bundle OUT`.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 home=${SD_ENV_HOME:-$here/.sd-env}
 tool=$home/tool
 . "$here/scripts/find-python.sh"
+. "$here/scripts/bundle-tool.sh"
 
 say() { printf '* %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$1" >&2; [ -n "${2:-}" ] && printf 'hint: %s\n' "$2" >&2; exit "${3:-2}"; }
@@ -19,10 +23,15 @@ command -v git >/dev/null || die "git is not installed" "install it: sudo apt in
 py=$(find_python 9) || die "no Python >= 3.9 to run sd-env" \
   "install one: sudo apt install python3 python3-venv; or conda create -n sd python=3.9; or pyenv install 3.9"
 
+bundle=$(bundle_arg "$@")
+verify_args=()
 # The tool venv is (re)built only when missing or when pyproject.toml changed
 # (sd-env is installed editable, so code changes need no reinstall).
 stamp=$(sha256sum "$here/pyproject.toml" | cut -c1-16)
-if [ ! -x "$tool/bin/sd-env" ] || [ "$(cat "$tool/.sd-env-stamp" 2>/dev/null)" != "$stamp" ]; then
+if [ -n "$bundle" ]; then
+  bundle_tool "$py" "$bundle" "$tool"
+  verify_args=(-m "$(bundle_manifest "$py" "$bundle")")  # verify reads the manifest the bundle installed
+elif [ ! -x "$tool/bin/sd-env" ] || [ "$(cat "$tool/.sd-env-stamp" 2>/dev/null)" != "$stamp" ]; then
   say "installing sd-env into $tool (with $py)"
   rm -rf "$tool"
   "$py" -m venv "$tool"
@@ -45,7 +54,7 @@ export SD_ENV_HOME="$home"
 installed=$(cat "$home/state.json" "$here"/manifests/* "$here"/patches/* 2>/dev/null | sha256sum | cut -c1-16)
 if [ "$(cat "$home/.verified" 2>/dev/null)" = "$installed" ]; then
   say "nothing changed since the last full verify: running verify --quick (sd-env verify runs all checks)"
-  exec "$tool/bin/sd-env" verify --quick
+  exec "$tool/bin/sd-env" verify --quick "${verify_args[@]}"
 fi
-"$tool/bin/sd-env" verify
+"$tool/bin/sd-env" verify "${verify_args[@]}"
 echo "$installed" > "$home/.verified"

@@ -168,3 +168,24 @@ def test_torch_tpu_that_crashes_or_hangs_is_a_failed_check(bootstrapped, tmp_pat
     checks = {c.name: c for c in verify.run(ctx)}
     assert checks["torch_tpu"].status == "fail" and problem in checks["torch_tpu"].detail
     assert checks["linear smoke"].device == "cpu"  # the rest still ran, on the CPU
+
+
+def test_local_model_and_dataset_folders(bootstrapped, capsys, tmp_path):
+    """--model and --data: a model folder and an imagefolder of the user's (here: copies of the
+    tiny ones, the data with other file names and captions), with the Hub unreachable."""
+    home, _ = bootstrapped
+    cache = home / "cache" / "tiny-sd"
+    if not (cache / "model").is_dir():
+        assert verify_json(home, capsys)[0] == 0  # builds the tiny model
+    data = tmp_path / "my-captions"
+    data.mkdir()
+    lines = []
+    for i, png in enumerate(sorted((cache / "data").glob("*.png"))):
+        (data / f"{i}.png").write_bytes(png.read_bytes())
+        lines.append(json.dumps({"file_name": f"{i}.png", "text": f"shape number {i}"}))
+    (data / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    code, doc = verify_json(home, capsys, "--model", str(cache / "model"), "--data", str(data))
+    step = by_name(doc)["lora step"]
+    assert code == 0 and step["status"] == "ok", step
+    assert f"model {cache / 'model'}, data {data}" in step["detail"]
+    assert by_name(doc)["inference"]["status"] == "ok"

@@ -16,10 +16,27 @@ import time
 import traceback
 from pathlib import Path
 
-from sd_env import __version__, emulation, envs, homelock, install, lockfile, manifest, repatch, sources, status, verify
+from sd_env import (
+    __version__,
+    bundle,
+    bundle_create,
+    bundle_install,
+    config,
+    emulation,
+    envs,
+    homelock,
+    install,
+    lockfile,
+    manifest,
+    repatch,
+    sources,
+    status,
+    verify,
+)
+from sd_env import paths as paths_mod
 from sd_env import runner as runner_module
 from sd_env.errors import InputError, SdEnvError
-from sd_env.paths import Paths, default_home
+from sd_env.paths import ENV_HOME, Paths, default_home
 from sd_env.report import OK, LiveTable, Result, dump_json, exit_code, progress, results_json, results_table, say, table
 from sd_env.runner import Runner
 
@@ -59,17 +76,39 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("install", parents=[common, writes], help="fetch, patch and install every component")
-    p.add_argument("--git-mirror", metavar="PREFIX", default=os.environ.get(sources.ENV_MIRROR),
+    p.add_argument("--git-mirror", metavar="PREFIX", default=None,
                    help="fetch https://github.com/OWNER/NAME.git from PREFIX/OWNER/NAME.git "
-                   f"(also ${sources.ENV_MIRROR})")
+                   f"(also ${sources.ENV_MIRROR} or git-mirror in a config file: see `sd-env config`)")
     p.add_argument("--no-sdist-fallback", action="store_true",
                    help="fail instead of using the PyPI sdist when git is unreachable")
     p.add_argument("--index-url", default=None,
                    help="package index for the lock (default: $PIP_INDEX_URL, pip.conf, PyPI)")
-    p.add_argument("--torch-tpu-wheel", metavar="PATH_OR_URL", default=os.environ.get("SD_ENV_TORCH_TPU_WHEEL"),
+    p.add_argument("--torch-tpu-wheel", metavar="PATH_OR_URL", default=None,
                    help="Sophgo's torch_tpu wheel (overrides the manifest; also $SD_ENV_TORCH_TPU_WHEEL)")
     p.add_argument("--no-uv", action="store_true", help="install the lock with pip even when uv is available")
+    p.add_argument("--bundle", metavar="OUT", type=Path, help="install from an offline bundle only (no index, "
+                   "no git remote); the manifest defaults to the bundle's own")
     p.set_defaults(func=_cmd_install)
+
+    p = sub.add_parser("bundle", help="an offline bundle: create one, or check one")
+    bsub = p.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
+    b = bsub.add_parser("create", parents=[common], help="pack what the manifest needs into the folder OUT")
+    b.add_argument("out", type=Path, metavar="OUT")
+    b.add_argument("--torch-tpu-wheel", metavar="PATH_OR_URL", default=None,
+                   help="Sophgo's torch_tpu wheel to include (default: the manifest's, when present)")
+    b.add_argument("--include", action="append", default=[], metavar="NAME=PATH",
+                   help="an extra file or folder (weights, a dataset) as extra/NAME, sha256 per file; repeatable")
+    b.add_argument("--git-mirror", metavar="PREFIX", default=None,
+                   help="as for install, for components not already checked out")
+    b.add_argument("--from-home", type=Path, metavar="HOME",
+                   help="take checkouts from this finished home (read only; default: --home)")
+    b.add_argument("--reuse", type=Path, action="append", default=[], metavar="DIR",
+                   help="take locked artifacts from this folder of wheels before downloading; repeatable")
+    b.set_defaults(func=_cmd_bundle_create)
+    b = bsub.add_parser("verify", help="check every member of a bundle and its completeness")
+    b.add_argument("out", type=Path, metavar="OUT")
+    b.add_argument("--json", action="store_true", help="print a JSON summary")
+    b.set_defaults(func=_cmd_bundle_verify)
 
     p = sub.add_parser("verify", parents=[common], help="check the environment and prove it trains")
     p.add_argument("--quick", action="store_true", help="skip the LoRA training step and inference")
@@ -78,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emulate", action="store_true",
                    help="run the smoke test, the LoRA step (fp16 and fp32) and inference on sd-env's emulated "
                    "torch_tpu (no card needed; built on first use, never installed)")
+    p.add_argument("--model", type=Path, metavar="DIR", help="a local diffusers model folder for the LoRA step "
+                   "and inference (default: a tiny model built locally)")
+    p.add_argument("--data", type=Path, metavar="DIR", help="a local imagefolder (images + metadata.jsonl) for "
+                   "the LoRA step (default: a tiny dataset built locally)")
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("repatch", parents=[common, writes],
@@ -91,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow hunks whose context matches only partly (off by default; needs --accept)")
     p.add_argument("--accept", action="store_true", help="accept fuzzed ports or a resolution that changed "
                    "added lines")
-    p.add_argument("--git-mirror", metavar="PREFIX", default=os.environ.get(sources.ENV_MIRROR),
+    p.add_argument("--git-mirror", metavar="PREFIX", default=None,
                    help=f"as for install (also ${sources.ENV_MIRROR})")
     p.add_argument("--no-sdist-fallback", action="store_true", help="as for install")
     p.set_defaults(func=_cmd_repatch)
@@ -108,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common], help="show what is pinned, patched, installed, drifted")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("config", parents=[common], help="show the settings in force and where each came from")
+    p.set_defaults(func=_cmd_config)
     return parser
 
 
@@ -175,6 +221,7 @@ def _error(exc: SdEnvError, log: Path | None) -> None:
 
 def _setup(args: argparse.Namespace, command: str) -> tuple[manifest.Manifest, Paths, Runner]:
     man = manifest.load(args.manifest or default_manifest())
+    config.apply(args, man.path)  # flags not given: from the environment or a config file
     home = args.home.expanduser().resolve() if args.home else default_home(man.path)
     paths = Paths(home)
     args._log = paths.log_file(command)
@@ -185,24 +232,89 @@ def _setup(args: argparse.Namespace, command: str) -> tuple[manifest.Manifest, P
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
+    if args.bundle is not None:
+        _use_bundle(args)
     man, paths, runner = _setup(args, "install")
     python, how = envs.resolve(runner, args.python, paths.home, man.python)
     assert python is not None
     progress(f"target: {python} ({how})")
     opts = install.Options(python, mirror=args.git_mirror, sdist_fallback=not args.no_sdist_fallback,
                            index_url=args.index_url, torch_tpu_wheel=args.torch_tpu_wheel,
-                           use_uv=not args.no_uv)
+                           use_uv=not args.no_uv, bundle=args.bundle)
     outcome = install.run(man, paths, runner, opts)
     return _report("install", outcome.results, outcome.error, args, paths,
                    title=f"sd-env install ({man.name} -> {python})", python=str(python))
 
 
+def _use_bundle(args: argparse.Namespace) -> None:
+    """Check the whole bundle before anything is written; its manifest unless one is named
+    (which must then be the very one the bundle was made for)."""
+    args.bundle = args.bundle.resolve()
+    checked = bundle_install.open_checked(args.bundle)
+    own = args.bundle / checked.index.manifest_path
+    named = args.manifest or (Path(os.environ["SD_ENV_MANIFEST"]) if os.environ.get("SD_ENV_MANIFEST") else None)
+    if named is not None:
+        bundle.same_manifest(checked.index, named)
+    args.manifest = own  # patches and lock are read from the checked copies
+    if args.home is None and not os.environ.get(ENV_HOME):
+        args.home = Path.cwd() / ".sd-env"  # never inside the bundle
+    if not args.torch_tpu_wheel and checked.index.torch_tpu:
+        args.torch_tpu_wheel = str(args.bundle / checked.index.torch_tpu)
+    elif not args.torch_tpu_wheel:
+        progress("the bundle has no torch_tpu wheel: a CPU-only environment unless you pass "
+                 "--torch-tpu-wheel PATH (do not add files to the bundle: verify refuses them)")
+
+
+def _cmd_bundle_create(args: argparse.Namespace) -> int:
+    man, paths, runner = _setup(args, "bundle")
+    includes = {}
+    for item in args.include:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path or not all(c.isalnum() or c in "._-" for c in name):
+            raise InputError(f"--include {item!r}", "write --include NAME=PATH, NAME of letters, digits, . _ -")
+        if name in includes:
+            raise InputError(f"--include {name} given twice", "give each extra folder its own NAME")
+        includes[name] = Path(path)
+    opts = bundle_create.CreateOptions(args.out, torch_tpu_wheel=args.torch_tpu_wheel, includes=includes,
+                                       mirror=args.git_mirror, from_home=args.from_home, reuse=tuple(args.reuse))
+    index = bundle_create.create(man, paths, runner, opts)
+    if args.json:
+        args._reported = True
+        dump_json("bundle create", 0, {"out": str(args.out.resolve()), "members": len(index.members),
+                                       "bytes": index.size, "log": str(args._log)})
+    return 0
+
+
+def _cmd_bundle_verify(args: argparse.Namespace) -> int:
+    checked = bundle.verify(args.out)
+    index = checked.index
+    kinds: dict[str, int] = {}
+    for m in index.members:
+        kinds[m.kind] = kinds.get(m.kind, 0) + 1
+    if args.json:
+        args._reported = True
+        dump_json("bundle verify", 0, {"ok": True, "manifest": index.manifest_name,
+                                       "manifest_sha256": index.manifest_sha256, "members": len(index.members),
+                                       "bytes": index.size, "kinds": kinds})
+        return 0
+    pins = len(checked.lock.pins) if checked.lock else 0
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+    wheel = f", torch_tpu {index.torch_tpu}" if index.torch_tpu else ", no torch_tpu wheel"
+    say(f"bundle {args.out} ok: {len(index.members)} members, {bundle.human(index.size)}, all sha256 match the "
+        f"index; complete for manifest {index.manifest_name} (sha256 {index.manifest_sha256[:12]}): {pins} locked "
+        f"packages, {len(index.components)} git histories{wheel}"
+        + "".join(f", extra {n}" for n in index.extras) + f" [{shown}]")
+    return 0
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "verify")
+    model, data = verify.local_inputs(args.model, args.data)
     python, how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
     if python is None:
         raise InputError(f"nothing to verify: {how}", "run ./bootstrap.sh or sd-env install first")
-    ctx = verify.Context(man, paths, runner, python, quick=args.quick, mixed_precision=args.mixed_precision)
+    ctx = verify.Context(man, paths, runner, python, quick=args.quick, mixed_precision=args.mixed_precision,
+                         model=model, data=data)
     title = f"sd-env verify ({man.name}, {python})" + (" on the emulated tpu" if args.emulate else "")
     if args.emulate:
         from sd_env import verify_emulated  # builds a C++ extension: only loaded when asked for
@@ -310,6 +422,25 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     built = "cached" if emu.cached else f"built in {emu.seconds:.0f} s"
     progress(f"{args.device} is emulated: torch_tpu on the CPU ({built}, {emu.key})")
     return runner.passthrough(cmd, env=env)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    try:
+        where: Path | None = args.manifest or default_manifest()
+    except InputError:
+        where = None  # no project: only the user's file
+    settings = config.resolve({}, where)
+    files = ([paths_mod.project_config(where)] if where else []) + [paths_mod.user_config()]
+    if args.json:
+        args._reported = True
+        dump_json("config", 0, {"settings": {k: dataclasses.asdict(v) for k, v in settings.items()},
+                                "files": [{"path": str(f), "exists": f.is_file()} for f in files]})
+        return 0
+    table("sd-env config (flag > environment > project > user)", ("key", "value", "from"),
+          [[s.key, s.value or "(not set)", s.source] for s in settings.values()])
+    for f in files:
+        say(f"{'read' if f.is_file() else 'absent'}: {f}")
+    return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -13,7 +13,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd_env import closure, envs, faults, gitcmd, lockfile, manifest, patches, sources, state, target, torchtpu
+from sd_env import (
+    bundle_install,
+    closure,
+    envs,
+    faults,
+    gitcmd,
+    lockfile,
+    manifest,
+    patches,
+    sources,
+    state,
+    target,
+    torchtpu,
+)
 from sd_env.checkouts import APPLIED_DIR, applicable, pinned_commit, record_applied
 from sd_env.errors import SdEnvError, StepError
 from sd_env.manifest import Component, Manifest
@@ -31,6 +44,7 @@ class Options:
     index_url: str | None = None  # for the lock install; pip also reads its own config
     torch_tpu_wheel: str | None = None  # overrides the manifest's wheel location
     use_uv: bool = True
+    bundle: Path | None = None  # hook (bundle_install): a checked offline bundle is the only source
 
 
 class LocalEdits(StepError):
@@ -107,7 +121,10 @@ def _closure(man: Manifest, runner: Runner, opts: Options, inv: envs.Inventory) 
                  "build (about 2.8 GB more with its nvidia-* packages); the CPU build needs a lock of the "
                  "\"cpu\" flavour (`sd-env lock --flavour cpu` where the PyTorch CPU index is reachable)")
     progress(f"installing {len(wrong)} of {len(lock.pins)} locked packages (hash-checked, no resolution)")
-    tool = closure.install(runner, opts.python, lock, index=opts.index_url, use_uv=opts.use_uv)
+    if opts.bundle is not None:  # hook: sd-env install --bundle
+        tool = bundle_install.install_lock(runner, opts.python, lock, opts.bundle, use_uv=opts.use_uv)
+    else:
+        tool = closure.install(runner, opts.python, lock, index=opts.index_url, use_uv=opts.use_uv)
     shown = ", ".join(f"{n}=={v[0]}" for n, v in sorted(wrong.items())[:4])
     more = f" and {len(wrong) - 4} more" if len(wrong) > 4 else ""
     return Result("env", "lock", OK, f"installed {len(wrong)} packages with {tool} ({flavour} flavour): "
@@ -135,7 +152,10 @@ def _torch_tpu(man: Manifest, paths: Paths, runner: Runner, opts: Options, recor
     if have == (version,) and record.wheels.get(path.name) == digest:
         return Result("torch_tpu", "wheel", OK, f"torch_tpu {version} already installed from {path.name}"), False
     progress(f"installing torch_tpu {version} from {path}")
-    closure.install_file(runner, opts.python, path, use_uv=opts.use_uv)
+    if opts.bundle is not None:  # hook: sd-env install --bundle
+        bundle_install.install_file(runner, opts.python, path, use_uv=opts.use_uv)
+    else:
+        closure.install_file(runner, opts.python, path, use_uv=opts.use_uv)
     first = path.name not in record.wheels and not spec.sha256
     record.wheels[path.name] = digest
     note = f"; recorded sha256 {digest} (add it to the manifest's [torch_tpu] to pin it)" if first else ""
@@ -249,6 +269,8 @@ def _adopt(runner: Runner, comp: Component, checkout: Path) -> state.ComponentSt
 
 def _fetch(comp: Component, paths: Paths, runner: Runner, opts: Options,
            pinned: str | None) -> tuple[str, state.ComponentState]:
+    if opts.bundle is not None:  # hook: sd-env install --bundle
+        return bundle_install.fetch_component(comp, paths, runner, opts.bundle, pinned)
     checkout = paths.checkout(comp.name)
     url = sources.mirror_url(comp.git, opts.mirror)
     progress(f"cloning {comp.name} {comp.tag}" + (f" from mirror {url}" if url != comp.git else ""))

@@ -99,6 +99,24 @@ def default_home(manifest: Path) -> Path:
     """
     if os.environ.get(ENV_HOME):
         return Path(os.environ[ENV_HOME]).expanduser().resolve()
+    return project_of(manifest) / ".sd-env"
+
+
+def project_of(manifest: Path) -> Path:
     folder = manifest.resolve().parent
-    project = folder.parent if folder.name == "manifests" else folder
-    return project / ".sd-env"
+    return folder.parent if folder.name == "manifests" else folder
+
+
+USER_CONFIG = Path("sd-env") / "config.toml"
+PROJECT_CONFIG = "sd-env.toml"
+
+
+def user_config() -> Path:
+    """$XDG_CONFIG_HOME/sd-env/config.toml, else ~/.config/sd-env/config.toml."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base).expanduser() / USER_CONFIG
+
+
+def project_config(manifest: Path) -> Path:
+    """sd-env.toml in the project that holds the manifest (beside manifests/), as for default_home."""
+    return project_of(manifest) / PROJECT_CONFIG

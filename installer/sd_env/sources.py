@@ -62,7 +62,7 @@ def fetch_git(comp: Component, dest: Path, work: Path, runner: Runner, *,
               mirror: str | None, expect: str | None) -> Fetched:
     """Clone `comp.tag` into `dest`; the tag must resolve to `expect` when it is known."""
     url = mirror_url(comp.git, mirror)
-    tmp = _scratch(work, comp.name)
+    tmp = scratch(work, comp.name)
     try:
         gitcmd.git(runner, tmp, "init", "-q")
         gitcmd.git(runner, tmp, "remote", "add", "origin", comp.git)
@@ -78,9 +78,9 @@ def fetch_git(comp: Component, dest: Path, work: Path, runner: Runner, *,
                 "if the new commit is intended",
             )
         gitcmd.git(runner, tmp, "checkout", "-q", "--detach", commit)
-        _exclude_build_leftovers(tmp)
+        exclude_build_leftovers(tmp)
         faults.point("fetched")
-        _move_into_place(tmp, dest)
+        move_into_place(tmp, dest)
         faults.point("moved")
         return Fetched("git", commit, url=url)
     finally:
@@ -96,7 +96,7 @@ def unreachable(error: CommandError) -> bool:
 
 def fetch_sdist(comp: Component, dest: Path, work: Path, runner: Runner, *, python: Path) -> Fetched:
     """Download `comp.name==comp.version` as an sdist with the target's pip, import it as a commit."""
-    tmp = _scratch(work, comp.name)
+    tmp = scratch(work, comp.name)
     try:
         download = tmp / "download"
         runner.run(
@@ -116,9 +116,9 @@ def fetch_sdist(comp: Component, dest: Path, work: Path, runner: Runner, *, pyth
         gitcmd.git(runner, tree, "add", "-A")
         message = f"{comp.name} {comp.version} from its PyPI sdist\n\nsha256 {digest}\n"
         gitcmd.git(runner, tree, "commit", "-q", "--no-verify", "-m", message, env=gitcmd.IDENTITY)
-        _exclude_build_leftovers(tree)
+        exclude_build_leftovers(tree)
         commit = gitcmd.head(runner, tree)
-        _move_into_place(tree, dest)
+        move_into_place(tree, dest)
         return Fetched("sdist", commit, sdist_sha256=digest, url=archives[0].name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -188,18 +188,18 @@ def _extract(archive: Path, dest: Path) -> None:
         shutil.rmtree(info)
 
 
-def _exclude_build_leftovers(repo: Path) -> None:
+def exclude_build_leftovers(repo: Path) -> None:
     exclude = repo / ".git" / "info" / "exclude"
     exclude.parent.mkdir(parents=True, exist_ok=True)
     exclude.write_text("# sd-env: build leftovers of editable installs\n" + "\n".join(EXCLUDES) + "\n")
 
 
-def _scratch(work: Path, name: str) -> Path:
+def scratch(work: Path, name: str) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
 
 
-def _move_into_place(tmp: Path, dest: Path) -> None:
+def move_into_place(tmp: Path, dest: Path) -> None:
     if dest.exists():
         raise InputError(f"{dest} appeared while sd-env was fetching into it",
                          "another sd-env may be running; wait for it and run again")

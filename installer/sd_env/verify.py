@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sd_env import __version__, closure, envs, lockfile, probe, status, target, torchtpu
+from sd_env.errors import InputError
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
 from sd_env.report import FAIL, NA, OK, SKIPPED, WARN
@@ -28,6 +29,9 @@ from sd_env.runner import Runner
 NOFILE_MIN = 65535
 _STEP_LOSS = re.compile(r"step_loss=([0-9.eE+-]+|nan|inf)")  # the script's progress bar postfix
 EXAMPLE = Path("examples") / "text_to_image" / "train_text_to_image_lora.py"
+# The Hub settings a user gives (a mirror endpoint, offline mode, a cache) reach the training and
+# inference probes as they are; offline mode is the default since every input is a local folder.
+HF_PASSTHROUGH = ("HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HOME")
 TIMEOUTS = {"device": 120.0, "linear": 300.0, "tiny": 600.0, "lora": 1800.0, "infer": 600.0}
 
 
@@ -49,6 +53,8 @@ class Context:
     quick: bool = False
     mixed_precision: str = "no"
     timeouts: dict[str, float] = field(default_factory=lambda: dict(TIMEOUTS))
+    model: Path | None = None  # a local diffusers model folder instead of the tiny one (--model)
+    data: Path | None = None  # a local imagefolder (images + metadata.jsonl) instead of the tiny one (--data)
     device: str = "cpu"  # set by the torch_tpu check
     emulated: bool = False  # --emulate: the device is sd-env's emulated torch_tpu (verify_emulated.py)
     facts: dict[str, str] = field(default_factory=dict)  # for the bug-report block
@@ -228,14 +234,37 @@ def check_linear(ctx: Context) -> Check:
 
 
 # 7 ---------------------------------------------------------------------------
-def tiny_model(ctx: Context) -> tuple[Path | None, str]:
-    """The tiny SD model and dataset, built once into the cache by the target interpreter."""
+def local_inputs(model: Path | None, data: Path | None) -> tuple[Path | None, Path | None]:
+    """--model and --data as absolute folders, refused early when they cannot be what the script reads."""
+    if model is not None and not (model / "model_index.json").is_file():
+        raise InputError(f"--model {model}: no model_index.json there",
+                         "pass a diffusers model folder (e.g. a saved CompVis/stable-diffusion-v1-4 snapshot)")
+    if data is not None and not (data / "metadata.jsonl").is_file():
+        raise InputError(f"--data {data}: no metadata.jsonl there",
+                         'pass an imagefolder: images plus metadata.jsonl lines {"file_name": "1.png", "text": "..."}')
+    return (model.resolve() if model else None), (data.resolve() if data else None)
+
+
+def hf_env(**extra: str) -> dict[str, str]:
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **extra}
+    env.update({k: os.environ[k] for k in HF_PASSTHROUGH if k in os.environ})
+    return env
+
+
+def model_and_data(ctx: Context) -> tuple[Path | None, Path | None, str]:
+    """The user's --model/--data folders, the tiny SD model and dataset (built once into the
+    cache by the target interpreter) for what was not given."""
+    if ctx.model and ctx.data:
+        return ctx.model, ctx.data, f"model {ctx.model}, data {ctx.data}"
     cache = ctx.paths.tiny_sd
     got = probe.run(ctx.runner, ctx.python, probe.script("tiny_sd.py"), ["--out", str(cache)],
-                    timeout=ctx.timeouts["tiny"], env={"HF_HUB_OFFLINE": "1"})
+                    timeout=ctx.timeouts["tiny"], env=hf_env())
     if not got.ok:
-        return None, f"building the tiny model failed: {_problem(got)}"
-    return cache, "cached" if got.data and got.data.get("cached") else f"built in {got.seconds:.1f} s"
+        return None, None, f"building the tiny model failed: {_problem(got)}"
+    how = "cached" if got.data and got.data.get("cached") else f"built in {got.seconds:.1f} s"
+    said = [f"model {ctx.model}" if ctx.model else f"tiny model {how}",
+            f"data {ctx.data}" if ctx.data else "tiny dataset"]
+    return ctx.model or cache / "model", ctx.data or cache / "data", ", ".join(said)
 
 
 def check_lora_step(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
@@ -244,8 +273,8 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
         ctx.facts["lora"] = "n/a"
         return Check("lora step", NA, "not applicable on the CPU: fp16 needs the card (torch 2.1 has no Half "
                      "conv2d on the CPU); neither passed nor failed", 0.0, "cpu")
-    cache, how = tiny_model(ctx)
-    if cache is None:
+    model, data, how = model_and_data(ctx)
+    if model is None or data is None:
         return Check("lora step", FAIL, how, time.monotonic() - started, ctx.device)
     out = ctx.paths.lora_out
     shutil.rmtree(out, ignore_errors=True)
@@ -253,13 +282,13 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
     diffusers_row = next((r for r in rows if r.name == "diffusers"), None)
     patched = diffusers_row is not None and all(s == status.APPLIED for s in diffusers_row.patches.values())
     real = script.exists() and patched
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = hf_env()
     if ctx.device != "cpu":
         env["ACCELERATE_TORCH_DEVICE"] = ctx.device
     common = ["--resolution", "32", "--mixed_precision" if real else "--mixed-precision", ctx.mixed_precision]
     if real:
         label = "the patched v0.20.0 example script"
-        args = ["--pretrained_model_name_or_path", str(cache / "model"), "--train_data_dir", str(cache / "data"),
+        args = ["--pretrained_model_name_or_path", str(model), "--train_data_dir", str(data),
                 "--center_crop", "--train_batch_size", "1", "--max_train_steps", "2", "--seed", "0",
                 "--validation_prompt", "a red square", "--num_validation_images", "1",
                 "--dataloader_num_workers", "0", "--output_dir", str(out), *common]
@@ -269,7 +298,7 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
         why = "the example script is not in diffusers' sdist" if not script.exists() else \
             "the example script's patch is not applied"
         label = f"sd-env's equivalent step ({why})"
-        args = ["--model", str(cache / "model"), "--data", str(cache / "data"), "--out", str(out),
+        args = ["--model", str(model), "--data", str(data), "--out", str(out),
                 "--device", ctx.device, "--steps", "2", *common]
         got = probe.run(ctx.runner, ctx.python, probe.script("lora_step.py"), args,
                         timeout=ctx.timeouts["lora"], env=env)
@@ -284,7 +313,7 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
                      f"{d.get('tensors')} LoRA tensors written", seconds, ctx.device)
     losses = ", ".join(f"{x:.4f}" for x in d.get("losses", []))
     return Check("lora step", OK, f"{where}, {label}: 2 steps, loss {losses or 'finite'}, "
-                 f"{d['tensors']} LoRA tensors in {Path(d['weights']).name}; tiny model {how}", seconds,
+                 f"{d['tensors']} LoRA tensors in {Path(d['weights']).name}; {how}", seconds,
                  d.get("device", ctx.device))
 
 
@@ -310,9 +339,9 @@ def check_inference(ctx: Context, step: Check) -> Check:
     if step.status != OK:
         return Check("inference", SKIPPED, f"skipped: the LoRA step did not pass ({step.status})")
     got = probe.run(ctx.runner, ctx.python, probe.script("lora_infer.py"),
-                    ["--model", str(ctx.paths.tiny_sd / "model"), "--lora", str(ctx.paths.lora_out),
+                    ["--model", str(ctx.model or ctx.paths.tiny_sd / "model"), "--lora", str(ctx.paths.lora_out),
                      "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"],
-                    env={"HF_HUB_OFFLINE": "1"})
+                    env=hf_env())
     where = _where(ctx)
     if not got.ok or got.data is None:
         return Check("inference", FAIL, f"{where}: {_problem(got)}", got.seconds, ctx.device)

@@ -119,7 +119,7 @@ def torch_tpu_row(ctx: Context, real: Check, emu: emulation.Emulator | None) -> 
 
 def lora_step(ctx: Context, rows: list[status.ComponentStatus], mixed: str, label: str) -> Check:
     """verify's LoRA step at one precision, with the precision watcher on the path."""
-    out = ctx.paths.home / "cache" / f"precision-{label}.jsonl"
+    out = ctx.paths.cache / f"precision-{label}.jsonl"
     out.unlink(missing_ok=True)
     assert isinstance(ctx.runner, EnvRunner)
     extra = dict(ctx.runner.extra)
@@ -147,7 +147,7 @@ def lora_step(ctx: Context, rows: list[status.ComponentStatus], mixed: str, labe
 
 def _up_max(ctx: Context) -> float | None:
     """The largest LoRA up-weight the step wrote: they start at 0, so 0 means never trained."""
-    got = probe.run(ctx.runner, ctx.python, probe.script("lora_weights.py"), [str(ctx.paths.home / "cache" /
+    got = probe.run(ctx.runner, ctx.python, probe.script("lora_weights.py"), [str(ctx.paths.cache /
                     "lora-out")], timeout=ctx.timeouts["infer"])
     value = (got.data or {}).get("up_max")
     return float(value) if value is not None else None
@@ -156,11 +156,9 @@ def _up_max(ctx: Context) -> float | None:
 def check_tutorial_inference(ctx: Context, step: Check) -> Check:
     if step.status != OK:
         return Check("inference", SKIPPED, f"skipped: the LoRA step did not pass ({step.status})")
-    cache = ctx.paths.home / "cache"
     got = probe.run(ctx.runner, ctx.python, probe.script("tutorial_infer.py"),
-                    ["--model", str(cache / "tiny-sd" / "model"), "--lora", str(cache / "lora-out"),
-                     "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"],
-                    env={"HF_HUB_OFFLINE": "1"})
+                    ["--model", str(ctx.model or ctx.paths.tiny_sd / "model"), "--lora", str(ctx.paths.lora_out),
+                     "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"], env=verify.hf_env())
     where = "ran on tpu (emulated), the tutorial's 2.1 and 2.2"
     if got.data is None or not got.ok:
         d = got.data or {}

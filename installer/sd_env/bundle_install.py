@@ -1,0 +1,120 @@
+"""`sd-env install --bundle OUT`: the same install, with every source taken from the bundle.
+
+install.py calls in here at three marked hooks (the lock, the torch_tpu
+wheel, each component's fetch). pip and uv are pointed only at the bundle:
+`--no-index --find-links`, their config files ignored and every PIP_*/UV_*
+variable of the caller's environment dropped (this machine's, for one, adds
+local wheel folders), so an artifact missing from the bundle is an error
+naming it, never a download.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from sd_env import bundle, gitcmd, sources, state
+from sd_env.bundle import GIT, PACKAGES, BundleError, Checked
+from sd_env.closure import _explain as explain_hash_mismatch
+from sd_env.closure import find_uv
+from sd_env.errors import CommandError, StepError
+from sd_env.lockfile import Lock
+from sd_env.manifest import Component
+from sd_env.paths import Paths
+from sd_env.report import progress
+from sd_env.runner import Runner
+
+_NOT_FOUND = (re.compile(r"No matching distribution found for (\S+)"),
+              re.compile(r"Because (\S+) was not found in the provided package locations and you require (\S+?),"),
+              re.compile(r"Because (\S+==\S+) was not found in the provided package locations"))
+
+
+def open_checked(root: Path) -> Checked:
+    """Check every member before anything is used (the whole bundle: a few seconds per GB)."""
+    progress(f"checking the bundle {root} against its index")
+    checked = bundle.verify(root)
+    progress(f"bundle ok: {len(checked.index.members)} members, {bundle.human(checked.bytes_checked)}, "
+             f"made for {checked.index.manifest_name} on {checked.index.created}")
+    return checked
+
+
+def hermetic(argv: list[str], **env: str) -> list[str]:
+    """`argv` run with no PIP_*/UV_* variable of the caller and pip's config files ignored."""
+    # UV_CACHE_DIR only says where uv keeps what it already verified; it adds no source.
+    dropped = [f"--unset={k}" for k in sorted(os.environ) if k.startswith(("PIP_", "UV_")) and k != "UV_CACHE_DIR"]
+    return ["env", *dropped, "PIP_CONFIG_FILE=/dev/null", "UV_NO_CONFIG=1", "PIP_DISABLE_PIP_VERSION_CHECK=1",
+            *(f"{k}={v}" for k, v in env.items()), *argv]
+
+
+def install_lock(runner: Runner, python: Path, lock: Lock, root: Path, *, use_uv: bool = True) -> str:
+    """The lock from root/packages only; returns which installer ran."""
+    links = str(root / PACKAGES)
+    uv = find_uv() if use_uv else None
+    if uv:
+        argv = [uv, "pip", "install", "--python", str(python), "--require-hashes", "--no-deps", "--offline",
+                "--no-config", "--no-index", "--find-links", links, "-r", str(lock.path)]
+    else:
+        argv = [str(python), "-m", "pip", "install", "--require-hashes", "--no-deps", "--no-index",
+                "--find-links", links, "-r", str(lock.path)]
+    try:
+        runner.run(hermetic(argv), timeout=3600,
+                   label=f"{'uv' if uv else 'pip'}: installing {len(lock.pins)} locked packages from the bundle")
+    except CommandError as exc:
+        flat = " ".join(exc.output.split())  # uv wraps its messages
+        for pattern in _NOT_FOUND:
+            match = pattern.search(flat)
+            if match:
+                want = match.groups()[-1]
+                raise StepError(f"the bundle has no artifact for {want} in {links} (nothing was fetched: "
+                                "installs from a bundle never use an index)",
+                                "run `sd-env bundle verify` on it; copy the bundle again or re-create it") from None
+        raise explain_hash_mismatch(exc, lock) from None
+    return "uv" if uv else "pip"
+
+
+def install_file(runner: Runner, python: Path, wheel: Path, *, use_uv: bool = True) -> None:
+    uv = find_uv() if use_uv else None
+    if uv:
+        argv = [uv, "pip", "install", "--python", str(python), "--no-deps", "--reinstall", "--offline",
+                "--no-config", "--no-index", str(wheel)]
+    else:
+        argv = [str(python), "-m", "pip", "install", "--no-deps", "--force-reinstall", "--no-index", str(wheel)]
+    runner.run(hermetic(argv))
+
+
+def fetch_component(comp: Component, paths: Paths, runner: Runner, root: Path,
+                    pinned: str | None) -> tuple[str, state.ComponentState]:
+    """The checkout from git/NAME.bundle: same commit, same tag, origin = the bundled history."""
+    index = bundle.read_index(root)
+    hist = next((h for h in index.components if h.name == comp.name), None)
+    if hist is None:
+        raise BundleError(f"the bundle has no git history for {comp.name}", "re-create the bundle")
+    if pinned and hist.commit != pinned:
+        raise BundleError(f"{hist.path} holds {comp.name} at {hist.commit}, this home pins {pinned}",
+                          "use a bundle made for this manifest, or a new --home")
+    source = root / hist.path
+    progress(f"cloning {comp.name} {comp.tag} from the bundle ({hist.path})")
+    tmp = sources.scratch(paths.work, comp.name)
+    try:
+        gitcmd.git(runner, tmp, "init", "-q")
+        if hist.shallow:  # a depth-1 history: its boundary commits have no parents here
+            (tmp / ".git" / "shallow").write_text("".join(f"{c}\n" for c in hist.shallow))
+        gitcmd.git(runner, tmp, "remote", "add", "origin", str(source))
+        local = hist.ref if hist.ref.startswith("refs/") else f"refs/tags/{comp.tag}"
+        gitcmd.git(runner, tmp, "fetch", "-q", "--no-tags", str(source), f"+{hist.ref}:{local}")
+        commit = gitcmd.out(runner, tmp, "rev-parse", f"{local}^{{commit}}")
+        if commit != hist.commit:
+            raise BundleError(f"{hist.path}: {hist.ref} is {commit}, the index says {hist.commit}",
+                              "re-create the bundle")
+        if hist.source == "sdist":  # sd-env's own import commit: no tag of upstream's to keep
+            gitcmd.git(runner, tmp, "update-ref", "-d", local)
+        gitcmd.git(runner, tmp, "checkout", "-q", "--detach", commit)
+        sources.exclude_build_leftovers(tmp)
+        sources.move_into_place(tmp, paths.checkout(comp.name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rec = state.ComponentState(hist.source, comp.tag, commit, sdist_sha256=hist.sdist_sha256, version=comp.version)
+    what = "the sdist import" if hist.source == "sdist" else f"git {comp.tag}"
+    return f"{what} at {commit[:12]} from the bundle ({GIT}/{comp.name}.bundle, no network)", rec

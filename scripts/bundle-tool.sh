@@ -1,0 +1,53 @@
+# Sourced by bootstrap.sh for `./bootstrap.sh --bundle OUT`: sd-env's own venv from
+# the bundle's wheels, with no network. Defines bundle_arg, bundle_manifest, bundle_tool.
+
+# bundle_arg ARGS...: prints the value of --bundle (or --bundle=) among ARGS, if any.
+bundle_arg() {
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --bundle) printf '%s\n' "${2:-}"; return ;;
+      --bundle=*) printf '%s\n' "${1#--bundle=}"; return ;;
+    esac
+    shift
+  done
+}
+
+# bundle_manifest PY BUNDLE: the path of the bundle's own manifest copy.
+bundle_manifest() {
+  "$1" -c 'import json, sys; print(sys.argv[2] + "/" + json.load(open(sys.argv[1]))["manifest_path"])' \
+    "$2/index.json" "$2"
+}
+
+# bundle_tool PY BUNDLE TOOL: (re)makes the venv TOOL with sd-env and uv from BUNDLE/tool and
+# BUNDLE/packages, after checking those wheels against the index; pip's config files and
+# every PIP_*/UV_* variable are ignored, so pip looks nowhere but the bundle.
+bundle_tool() {
+  local py=$1 bundle=$2 tool=$3 stamp
+  [ -f "$bundle/index.json" ] || die "$bundle is not an sd-env bundle (no index.json)" \
+    "pass the folder made by \`sd-env bundle create\`"
+  "$py" - "$bundle" <<'CHECK' || die "the bundle's wheels do not match its index" "copy the bundle again" 1
+import hashlib, json, sys
+from pathlib import Path
+root = Path(sys.argv[1])
+for m in json.loads((root / "index.json").read_text())["members"]:
+    if m["kind"] in ("tool", "package"):
+        path = root / m["path"]
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != m["sha256"]:
+            sys.exit(f"error: bundle member {m['path']} is missing or does not match the index")
+CHECK
+  stamp=bundle-$(cat "$bundle"/tool/sd_env-*.whl | sha256sum | cut -c1-16)
+  if [ -x "$tool/bin/sd-env" ] && [ "$(cat "$tool/.sd-env-stamp" 2>/dev/null)" = "$stamp" ]; then
+    say "sd-env is installed in $tool (from the bundle)"
+    return
+  fi
+  say "installing sd-env into $tool from the bundle (no index, with $py)"
+  rm -rf "$tool"
+  "$py" -m venv "$tool"
+  (
+    for var in $(compgen -e); do case $var in PIP_*|UV_*) unset "$var" ;; esac; done
+    export PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1
+    "$tool/bin/python" -m pip install -q --no-index --find-links "$bundle/tool" \
+      --find-links "$bundle/packages" sd-env uv
+  ) || die "pip could not install sd-env from $bundle/tool" "run \`sd-env bundle verify $bundle\`" 1
+  echo "$stamp" > "$tool/.sd-env-stamp"
+}

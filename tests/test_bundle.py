@@ -1,0 +1,351 @@
+"""Offline bundles on a small manifest: create, verify, install with no network at all.
+
+The manifest is the tiny upstream of conftest.py (a git repo, a patch) plus a
+hashed lock of two small pure-Python wheels. The bundle is made once per
+session (it downloads six, idna, sd-env's dependencies and uv through the
+configured index); everything after that runs offline. This machine's pip
+config (local indexes that hold six) stays in the environment on purpose:
+sd-env must ignore it by itself, or the "missing wheel" tests would pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sd_env import bundle, bundle_create, bundle_install, sources, state
+from sd_env.cli import main
+from sd_env.manifest import Component
+from sd_env.paths import Paths
+from sd_env.runner import Runner
+from tests.conftest import CORE, ROOT, SETUP, TPU_PATCH, Project, Upstream, git
+
+PINS = {  # name==version -> sha256 of its only artifact (pure-Python wheels)
+    "six==1.16.0": "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254",
+    "idna==3.4": "90b77e79eaa3eba6de819a0c442c0b4ceefc341a7a2ab77d7562bf49f425c5c2",
+}
+SIX = "packages/six-1.16.0-py2.py3-none-any.whl"
+IDNA = "packages/idna-3.4-py3-none-any.whl"
+SD_ENV = str(Path(sys.executable).with_name("sd-env"))
+LOCK_TABLE = """
+[lock]
+requirements = "requirements.in"
+exclude_newer = "2023-08-31T00:00:00Z"
+files = { pypi = "test.pypi.lock.txt" }
+"""
+
+
+@dataclass
+class Made:
+    project: Project
+    out: Path
+    commit: str
+
+
+def make_project(root: Path, name: str = "test") -> tuple[Project, str]:
+    repo = root / "upstream" / "tinypkg"
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    up = Upstream(repo)
+    up.write("setup.py", SETUP)
+    up.write("src/tinypkg/__init__.py", '__version__ = "1.0"\n')
+    up.write("src/tinypkg/core.py", CORE)
+    commit = up.release("v1.0")
+    project = Project(root / "project")
+    project.add_patch("tpu.diff", up.diff(TPU_PATCH))
+    project.write_manifest([{"name": "tinypkg", "git": up.url, "tag": "v1.0", "version": "1.0", "commit": commit,
+                             "patches": ["tpu.diff"], "sdist": False}], extra=LOCK_TABLE)
+    if name != "test":
+        project.manifest.write_text(project.manifest.read_text().replace('name = "test"', f'name = "{name}"'))
+    folder = project.manifest.parent
+    (folder / "requirements.in").write_text("six\nidna\n")
+    (folder / "test.pypi.lock.txt").write_text("".join(f"{pin} \\\n    --hash=sha256:{digest}\n"
+                                                       for pin, digest in PINS.items()))
+    return project, commit
+
+
+@pytest.fixture(scope="session")
+def made(tmp_path_factory) -> Made:
+    root = tmp_path_factory.mktemp("bundle")
+    project, commit = make_project(root)
+    weights = root / "weights"
+    (weights / "unet").mkdir(parents=True)
+    (weights / "unet" / "model.bin").write_bytes(os.urandom(4096))
+    (weights / "model_index.json").write_text("{}\n")
+    out = root / "out"
+    code = main(["bundle", "create", str(out), "-m", str(project.manifest), "--home", str(project.home),
+                 "--include", f"weights={weights}"])
+    assert code == 0
+    return Made(project, out, commit)
+
+
+def copy_of(made: Made, tmp_path: Path) -> Path:
+    dest = tmp_path / "copy"
+    shutil.copytree(made.out, dest)
+    return dest
+
+
+def tree_hash(where: Path) -> str:
+    """Every path, size and content under `where`: proves nothing was installed."""
+    digest = hashlib.sha256()
+    for path in sorted(where.rglob("*")):
+        digest.update(str(path.relative_to(where)).encode())
+        if path.is_file() and not path.is_symlink():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def site_of(python: Path) -> Path:
+    out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    return Path(out)
+
+
+# -- connect() calls, recorded with strace inside a namespace with no network ------------------------------
+def offline(argv: list[str], trace: Path, **kw) -> subprocess.CompletedProcess:
+    """`argv` in a new network namespace (only a down loopback), its connect() calls traced."""
+    strace = ["strace", "-f", "--seccomp-bpf", "-qq", "-e", "trace=connect", "-o", str(trace)]
+    return subprocess.run(["unshare", "-n", *strace, *argv], capture_output=True, text=True, timeout=900, **kw)
+
+
+_LOCAL = re.compile(r"sa_family=AF_UNIX|inet_addr\(\"127\.|inet_pton\(AF_INET6, \"::1\"")
+
+
+def outside_connects(trace: Path) -> list[str]:
+    return [line for line in trace.read_text().splitlines() if "connect(" in line and not _LOCAL.search(line)]
+
+
+needs_unshare = pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("strace") is None
+                                   or os.geteuid() != 0, reason="needs root, unshare and strace (.ci/run installs it)")
+
+
+@needs_unshare
+def test_the_connect_detector_sees_a_real_attempt(tmp_path):
+    """The check below could never fail if strace recorded nothing: show it records a refused connect."""
+    trace = tmp_path / "trace"
+    code = "import socket\ntry:\n    socket.create_connection(('10.1.2.3', 9), timeout=1)\nexcept OSError:\n    pass\n"
+    got = offline([sys.executable, "-c", code], trace)
+    assert got.returncode == 0, got.stderr
+    assert any("10.1.2.3" in line for line in outside_connects(trace))
+
+
+# -- create and verify ------------------------------------------------------------------------------------
+def test_create_packs_exactly_the_lock_histories_patches_tool_and_extras(made, capsys):
+    index = json.loads((made.out / "index.json").read_text())
+    paths = {m["path"]: m for m in index["members"]}
+    assert {p for p in paths if p.startswith("packages/")} == {SIX, IDNA}
+    assert paths[SIX]["sha256"] == PINS["six==1.16.0"]
+    assert {"git/tinypkg.bundle", "manifests/test.toml", "manifests/test.pypi.lock.txt", "patches/tpu.diff",
+            "extra/weights/unet/model.bin", "extra/weights/model_index.json"} <= set(paths)
+    tool = [p for p in paths if p.startswith("tool/")]
+    assert any(p.startswith("tool/sd_env-") for p in tool) and any(p.startswith("tool/uv-") for p in tool)
+    assert any(p.startswith("tool/rich-") for p in tool) and any(p.startswith("tool/GitPython-") or
+                                                                  p.startswith("tool/gitpython-") for p in tool)
+    assert len({m["sha256"] for m in index["members"] if m["path"].endswith(".whl")}) == \
+        len([p for p in paths if p.endswith(".whl")])  # no wheel twice
+    assert index["manifest_name"] == "test"
+    assert index["components"][0]["commit"] == made.commit and index["components"][0]["source"] == "git"
+    assert not list(made.out.parent.glob("*.partial"))
+    capsys.readouterr()
+    assert main(["bundle", "verify", str(made.out)]) == 0
+    assert "ok: " in capsys.readouterr().out
+    assert main(["bundle", "verify", str(made.out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["ok"], doc["manifest"], doc["members"]) == (True, "test", len(paths))
+
+
+def test_create_refuses_an_existing_folder(made, capsys):
+    assert main(["bundle", "create", str(made.out), "-m", str(made.project.manifest)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+# -- install with no network --------------------------------------------------------------------------------
+@needs_unshare
+def test_install_from_the_bundle_with_no_network_at_all(made, tmp_path, fresh_target):
+    home, trace = tmp_path / "home", tmp_path / "connects"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "SD_ENV_HOME", "SD_ENV_MANIFEST")}
+    got = offline([SD_ENV, "install", "--bundle", str(made.out), "--home", str(home), "--python", str(fresh_target),
+                   "--json"], trace, env=env)
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    assert outside_connects(trace) == []
+    report = json.loads(got.stdout)
+    steps = {(r["component"], r["step"]): r for r in report["results"]}
+    assert "installed 2 packages with uv" in steps[("env", "lock")]["detail"]
+    assert "from the bundle (git/tinypkg.bundle, no network)" in steps[("tinypkg", "fetch")]["detail"]
+    assert steps[("tinypkg", "patch")]["status"] == "ok"
+    checkout = home / "src" / "tinypkg"
+    assert git(checkout, "rev-parse", "HEAD") == made.commit
+    assert git(checkout, "remote", "get-url", "origin") == str(made.out / "git" / "tinypkg.bundle")
+    assert "torch_tpu" in subprocess.run([str(fresh_target), "-c", "import six, idna, tinypkg.core as c; "
+                                          "print(c.scaler_for('tpu'))"], capture_output=True, text=True).stdout
+
+    # verify --quick, still offline: it needs torch for the Linear smoke test, which this tiny lock
+    # does not have, so that one row fails; everything that reads the environment passes.
+    manifest = made.out / "manifests" / "test.toml"
+    got = offline([SD_ENV, "verify", "--quick", "--json", "-m", str(manifest), "--home", str(home), "--python",
+                   str(fresh_target)], tmp_path / "connects-verify", env=env)
+    checks = {c["name"]: c for c in json.loads(got.stdout)["checks"]}
+    assert [checks[n]["status"] for n in ("interpreter", "pins", "sources+patches")] == ["ok"] * 3
+    assert checks["pins"]["detail"].startswith("2 locked packages at their versions")
+    assert checks["linear smoke"]["status"] == "fail" and "torch" in checks["linear smoke"]["detail"]
+    assert outside_connects(tmp_path / "connects-verify") == []
+    # a second run plans nothing
+    again = offline([SD_ENV, "install", "--bundle", str(made.out), "--home", str(home), "--python",
+                     str(fresh_target), "--json"], tmp_path / "connects-again", env=env)
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+
+@needs_unshare
+def test_a_wheel_missing_from_the_bundle_stops_the_install_by_name(made, tmp_path, fresh_target):
+    copy = copy_of(made, tmp_path)
+    (copy / SIX).unlink()
+    before = tree_hash(site_of(fresh_target))
+    got = offline([SD_ENV, "install", "--bundle", str(copy), "--home", str(tmp_path / "home"), "--python",
+                   str(fresh_target)], tmp_path / "connects")
+    assert got.returncode == 1
+    assert f"error: bundle member {SIX} is missing" in got.stderr
+    assert outside_connects(tmp_path / "connects") == []
+    assert tree_hash(site_of(fresh_target)) == before and not (tmp_path / "home" / "src").exists()
+
+
+@needs_unshare
+@pytest.mark.parametrize("use_uv", [True, False], ids=["uv", "pip"])
+def test_the_installers_look_nowhere_but_the_bundle(made, tmp_path, fresh_target, use_uv):
+    """Below the index check: pip and uv themselves, handed a bundle without six, fail naming
+    it instead of finding it in this machine's pip config or on the network."""
+    copy = copy_of(made, tmp_path)
+    (copy / SIX).unlink()
+    code = ("import sys\nfrom pathlib import Path\nfrom sd_env import bundle_install, lockfile\n"
+            "from sd_env.errors import StepError\nfrom sd_env.runner import Runner\n"
+            "lock = lockfile.read(Path(sys.argv[1]) / 'manifests/test.pypi.lock.txt')\n"
+            "try:\n    bundle_install.install_lock(Runner(), Path(sys.argv[2]), lock, Path(sys.argv[1]), "
+            f"use_uv={use_uv})\nexcept StepError as exc:\n    print(exc.message)\n    sys.exit(3)\n")
+    got = offline([sys.executable, "-c", code, str(copy), str(fresh_target)], tmp_path / "connects")
+    assert got.returncode == 3, got.stdout + got.stderr
+    assert "the bundle has no artifact for six==1.16.0" in got.stdout
+    assert outside_connects(tmp_path / "connects") == []
+
+
+# -- corruption: each a clear error naming the member, nothing installed ------------------------------------
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+CORRUPTIONS = {
+    "flipped byte in a wheel": (lambda b: _flip(b / SIX), f"bundle member {SIX} has sha256"),
+    "truncated wheel archive": (lambda b: _truncate(b / IDNA), f"bundle member {IDNA} is "),
+    "missing git bundle": (lambda b: (b / "git" / "tinypkg.bundle").unlink(),
+                           "bundle member git/tinypkg.bundle is missing"),
+    "tampered patch": (lambda b: (b / "patches" / "tpu.diff").write_text(
+        (b / "patches" / "tpu.diff").read_text().replace('"tpu"', '"xla"')), "bundle member patches/tpu.diff has"),
+    "unlisted file": (lambda b: (b / "packages" / "evil-1.0-py3-none-any.whl").write_bytes(b"PK"),
+                      "files its index does not list: packages/evil-1.0-py3-none-any.whl"),
+    "truncated index": (lambda b: _truncate(b / "index.json"), "corrupt index"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_a_damaged_bundle_is_refused_by_name_and_installs_nothing(made, tmp_path, fresh_target, capsys, case):
+    copy = copy_of(made, tmp_path)
+    damage, message = CORRUPTIONS[case]
+    damage(copy)
+    assert main(["bundle", "verify", str(copy)]) == 1
+    assert message in capsys.readouterr().err
+    site, home = site_of(fresh_target), tmp_path / "home"
+    before = tree_hash(site)
+    code = main(["install", "--bundle", str(copy), "--home", str(home), "--python", str(fresh_target)])
+    assert code == 1
+    assert message in capsys.readouterr().err
+    assert tree_hash(site) == before and not home.exists()
+
+
+def test_a_bundle_for_another_manifest_is_refused_naming_both(made, tmp_path, fresh_target, capsys):
+    other, _ = make_project(tmp_path / "other", name="other")
+    site = site_of(fresh_target)
+    before = tree_hash(site)
+    code = main(["install", "--bundle", str(made.out), "-m", str(other.manifest), "--home", str(tmp_path / "home"),
+                 "--python", str(fresh_target)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "the bundle was made for manifest 'test'" in err and f"not {other.manifest} ('other'" in err
+    assert tree_hash(site) == before and not (tmp_path / "home").exists()
+
+
+@needs_unshare
+def test_bootstrap_from_the_bundle_with_no_network(made, tmp_path, fresh_target):
+    """./bootstrap.sh --bundle: sd-env's own venv from the bundle's wheels, then the install and
+    verify, in a namespace with no network. verify fails only where it needs torch (not in the
+    tiny lock): the Linear smoke test and the LoRA step."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "SD_ENV_MANIFEST")}
+    env.update(SD_ENV_HOME=str(home), SD_ENV_PYTHON=str(fresh_target), COLUMNS="200")
+    got = offline([str(ROOT / "bootstrap.sh"), "--bundle", str(made.out)], tmp_path / "connects", env=env)
+    text = got.stdout + got.stderr
+    assert "installing sd-env into" in text and "from the bundle (no index" in text, text[-3000:]
+    assert outside_connects(tmp_path / "connects") == []
+    tool = home / "tool" / "bin" / "python"
+    shown = subprocess.run([str(tool), "-m", "pip", "show", "-f", "sd-env", "uv"], capture_output=True, text=True)
+    assert "Name: sd-env" in shown.stdout and "Name: uv" in shown.stdout
+    assert "Editable project location" not in shown.stdout  # the wheel, not this checkout
+    assert "installed 2 packages with uv" in got.stdout
+    assert got.returncode == 1 and "FAILED: linear smoke, lora step" in got.stdout, text[-3000:]
+
+
+# -- git histories: a depth-1 checkout, and a component imported from its sdist ----------------------------
+def _history_round_trip(comp, source_home: Paths, tmp_path: Path):
+    out = tmp_path / "out"
+    members = bundle_create._Members(out)
+    hist = bundle_create._git_history(comp, source_home, source_home, members, Runner(), None)
+    index = bundle.Index("t", "manifests/t.toml", "0" * 64, None, None, "3.9", list(members.items.values()), [hist])
+    (out / bundle.INDEX).write_text(index.dump())
+    target = Paths(tmp_path / "new-home")
+    _detail, rec = bundle_install.fetch_component(comp, target, Runner(), out, None)
+    return hist, rec, target.checkout(comp.name)
+
+
+def test_a_depth_one_checkout_is_bundled_and_cloned_back(tmp_path, upstream):
+    first = git(upstream.repo, "rev-parse", "HEAD")
+    upstream.write("src/tinypkg/__init__.py", '__version__ = "1.1"\n')
+    second = upstream.release("v1.1")
+    comp = Component("tinypkg", upstream.url, "v1.1", "1.1", second, (), "editable", False)
+    home = Paths(tmp_path / "home")
+    sources.fetch_git(comp, home.checkout("tinypkg"), home.work, Runner(), mirror=None, expect=second)
+    hist, rec, checkout = _history_round_trip(comp, home, tmp_path)
+    assert hist.shallow == (second,) and hist.ref == "refs/tags/v1.1" and first != second
+    assert (rec.source, rec.commit) == ("git", second)
+    assert git(checkout, "rev-parse", "HEAD") == git(checkout, "rev-parse", "v1.1^{commit}") == second
+
+
+def test_an_sdist_import_is_bundled_as_it_is_and_says_so(tmp_path, capsys):
+    home = Paths(tmp_path / "home")
+    checkout = home.checkout("tinypkg")
+    checkout.mkdir(parents=True)
+    (checkout / "setup.py").write_text(SETUP)
+    git(checkout, "init", "-q")
+    git(checkout, "add", "-A")
+    git(checkout, "commit", "-q", "-m", "tinypkg 1.0 from its PyPI sdist")
+    commit = git(checkout, "rev-parse", "HEAD")
+    state.save(state.State({"tinypkg": state.ComponentState("sdist", "v1.0", commit, sdist_sha256="ab" * 32,
+                                                             version="1.0")}), home.state)
+    comp = Component("tinypkg", "https://github.com/acme/tinypkg.git", "v1.0", "1.0", None, (), "editable", True)
+    hist, rec, new = _history_round_trip(comp, home, tmp_path)
+    assert "came from its PyPI sdist (no git history): bundling the imported single-commit repo" in \
+        capsys.readouterr().err
+    assert (hist.source, hist.ref, hist.commit) == ("sdist", "HEAD", commit)
+    assert (rec.source, rec.commit, rec.sdist_sha256) == ("sdist", commit, "ab" * 32)
+    assert git(new, "rev-parse", "HEAD") == commit and git(new, "tag") == ""
