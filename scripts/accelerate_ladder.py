@@ -36,6 +36,16 @@ PATCHES = ROOT / "patches"
 FILE = "src/accelerate/accelerator.py"
 GIT = ["git", "-c", "user.name=sd-env", "-c", "user.email=sd-env@localhost", "-c", "core.autocrlf=false"]
 
+# The tags' commits (github.com/huggingface/accelerate), for the headers.
+COMMITS = {
+    "0.20.0": "9765b84f9c6e8cf6d81f9dc1d927bc99c69b5543",
+    "0.21.0": "8514c35192ac9762920f1ab052e5cea4c0e46eeb",
+    "0.23.0": "48d96319e0033fb8c8979072d97edf3995639029",
+    "0.25.0": "d08c23c20975f39393b431143237c193733e7bb8",
+    "0.28.0": "9e72c6129685b796841d9f426af9d98e60d9f1b0",
+    "0.29.0": "ec88c8f54a1f938ef17becc0148cf8f77a7c26bc",
+    "0.30.0": "989cc50c99fa72df57ded3e19a8efc18dc02869c",
+}
 IMPORT_ANCHOR = "import torch.utils.hooks as hooks\n"
 GUARDED_IMPORT = '''
 # sd-env: Sophgo's torch_tpu plugin (PyTorch PrivateUse1 backend renamed "tpu"),
@@ -67,7 +77,7 @@ HEADER = """Description: fp16 on Sophgo torch_tpu devices in accelerate {first}+
  change. The device must still be chosen with ACCELERATE_TORCH_DEVICE=tpu:0
  (read by state.py since 0.16.0).
 Origin: vendor, sd-env (ported from accelerate-0.16.0-tpu.diff by hand)
-Upstream-Version: accelerate v{first} (PyPI sdist; library code identical to the tag)
+Upstream-Version: accelerate v{first} ({commit}; made on the PyPI sdist, whose src/ is the tag's)
 Fits: accelerate {fits}
 Forwarded: not-needed
 Last-Update: 2026-11-29
@@ -142,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             name = f"accelerate-{version}-tpu.diff"
             covered = ranges[name]
             span = covered[0] if len(covered) == 1 else f"{covered[0]} to {covered[-1]}"
-            (PATCHES / name).write_text(HEADER.format(first=version, fits=span) + diff)
+            (PATCHES / name).write_text(HEADER.format(first=version, fits=span, commit=COMMITS[version]) + diff)
             print(f"wrote patches/{name}")
     return 0
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from sd_env import __version__, envs, install, lockfile, manifest, repatch, sources, status, verify
+from sd_env import __version__, envs, install, lockfile, manifest, repatch, sources, stacks, status, verify
 from sd_env.errors import InputError, SdEnvError
 from sd_env.paths import Paths, default_home
 from sd_env.report import REPORT_VERSION, console, dump_json, exit_code, table
@@ -29,7 +29,7 @@ _REPO = Path(__file__).resolve().parents[2]  # the sd-env checkout, for an edita
 
 def default_manifest() -> Path:
     if os.environ.get("SD_ENV_MANIFEST"):
-        return Path(os.environ["SD_ENV_MANIFEST"])
+        return stacks.resolve(Path(os.environ["SD_ENV_MANIFEST"]))
     for base in (Path.cwd(), _REPO):
         candidate = base / "manifests" / DEFAULT_MANIFEST
         if candidate.is_file():
@@ -40,8 +40,8 @@ def default_manifest() -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-m", "--manifest", type=Path, help="manifest TOML (default: manifests/"
-                        f"{DEFAULT_MANIFEST}, or $SD_ENV_MANIFEST)")
+    common.add_argument("-m", "--manifest", type=Path, help="manifest TOML, or a shipped stack's name "
+                        f"(`sd-env stacks`; default: manifests/{DEFAULT_MANIFEST}, or $SD_ENV_MANIFEST)")
     common.add_argument("--home", type=Path, help="where checkouts, state and logs live "
                         "(default: $SD_ENV_HOME, else .sd-env/ in the project)")
     common.add_argument("--python", help="target interpreter or environment folder "
@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common], help="show what is pinned, patched, installed, drifted")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("stacks", help="list the shipped stacks (manifests) and what each is for")
+    p.add_argument("--json", action="store_true", help="print a versioned JSON report")
+    p.set_defaults(func=_cmd_stacks)
     return parser
 
 
@@ -121,7 +125,7 @@ def _error(exc: SdEnvError, log: Path | None) -> None:
 
 
 def _setup(args: argparse.Namespace, command: str) -> tuple[manifest.Manifest, Paths, Runner]:
-    man = manifest.load(args.manifest or default_manifest())
+    man = manifest.load(stacks.resolve(args.manifest) if args.manifest else default_manifest())
     home = args.home.expanduser().resolve() if args.home else default_home(man.path)
     paths = Paths(home)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -238,6 +242,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     python, _how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
     rows = status.collect(man, paths, runner, python)
     status.render(rows, args.json, paths)
+    return 0
+
+
+def _cmd_stacks(args: argparse.Namespace) -> int:
+    stacks.render([stacks.describe(m) for m in stacks.shipped()], args.json)
     return 0
 
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd_env import closure, envs, gitcmd, lockfile, manifest, patches, sources, state, target, torchtpu
+from sd_env import closure, envs, gitcmd, lockfile, manifest, patches, sources, state, target, torchtpu, wheeltags
 from sd_env.errors import PatchConflict, SdEnvError, StepError
 from sd_env.manifest import Component, Manifest
 from sd_env.paths import Paths
@@ -86,6 +86,9 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
     try:
         inv = envs.inventory(runner, opts.python)
         torchtpu.refuse_installed_google(inv)
+        where = "torch_tpu"
+        _wheel_fits(manifest, paths, opts)  # a wheel for another Python or torch: refused before any install
+        where = "env"
         changed = False
         if manifest.lock is not None:
             result, changed = _closure(manifest, runner, opts, inv)
@@ -138,6 +141,13 @@ def _closure(man: Manifest, runner: Runner, opts: Options, inv: envs.Inventory) 
     more = f" and {len(wrong) - 4} more" if len(wrong) > 4 else ""
     return Result("env", "lock", OK, f"installed {len(wrong)} packages with {tool} ({flavour} flavour): "
                   f"{shown}{more}", time.monotonic() - started), True
+
+
+def _wheel_fits(man: Manifest, paths: Paths, opts: Options) -> None:
+    location = opts.torch_tpu_wheel or (man.torch_tpu.location if man.torch_tpu else None)
+    path = torchtpu.local_wheel(location, paths.home / "wheels") if location else None
+    if path is not None:
+        wheeltags.check_fit(man, path)
 
 
 def _torch_tpu(man: Manifest, paths: Paths, runner: Runner, opts: Options, record: state.State,

@@ -61,7 +61,8 @@ def wheel_metadata(path: Path) -> dict:
         msg = email.parser.Parser().parsestr(whl.read(names[0]).decode("utf-8", "replace"))
     return {"name": msg.get("Name", ""), "version": msg.get("Version", ""),
             "home_page": msg.get("Home-page", ""), "author": msg.get("Author", "") or msg.get("Author-email", ""),
-            "project_urls": msg.get_all("Project-URL") or [], "requires_python": msg.get("Requires-Python", "")}
+            "project_urls": msg.get_all("Project-URL") or [], "requires_python": msg.get("Requires-Python", ""),
+            "requires_dist": msg.get_all("Requires-Dist") or []}
 
 
 def check_wheel(spec: WheelSpec, path: Path) -> str:
