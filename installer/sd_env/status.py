@@ -10,9 +10,10 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
-from sd_env import envs, gitcmd, patches, state, target
+from sd_env import envs, gitcmd, inplace, patches, state, target
 from sd_env.errors import SdEnvError
 from sd_env.install import applicable, pinned_commit
 from sd_env.manifest import Manifest
@@ -38,6 +39,7 @@ class ComponentStatus:
     install: str = "unknown"
     install_ok: bool = False  # one editable install of the managed checkout, at the pinned version
     needs: list[str] = field(default_factory=list)
+    inplace: str = ""  # "patched in place by Sophgo's in-place patch script (sentinel ...)", when it was
 
     @property
     def patches_ok(self) -> bool:
@@ -71,9 +73,22 @@ def collect(manifest: Manifest, paths: Paths, runner: Runner, python: Path | Non
                 seen = _patch_states(runner, comp, checkout, rec, row)
         else:
             row.patches = {p.name: "not fetched" for p in comp.patches}
+        row.inplace = _inplace(comp.name, checkout, inv, row)
         row.needs = plan(Observed(row.head, pinned, seen, inst, checkout.resolve().as_uri()))
         rows.append(row)
     return rows
+
+
+def _inplace(name: str, checkout: Path, inv: envs.Inventory | None, row: ComponentStatus) -> str:
+    """Sophgo's sentinel in the checkout (its edits are then not unknown) or next to an installed copy."""
+    found = inplace.in_checkout(checkout, name) if checkout.exists() else None
+    if found is not None:
+        inside, row.edited = inplace.explained(found, row.edited)
+        return found.describe() + (f"; changed: {', '.join(inside)}" if inside else "")
+    entries = next((e for n, e in (inv.dists.items() if inv else []) if inplace.import_name(n) ==
+                    inplace.import_name(name)), [])
+    found = inplace.in_site(entries, name)
+    return found.describe() if found is not None else ""
 
 
 def _patch_states(runner: Runner, comp, checkout: Path, rec, row: ComponentStatus):
@@ -144,5 +159,7 @@ def render(rows: list[ComponentStatus], as_json: bool, paths: Paths) -> None:
         pats = "\n".join(f"{k}: {v}" for k, v in r.patches.items()) or "-"
         if r.edited:
             pats += "\n[red]local edits:[/] " + ", ".join(r.edited)
+        if r.inplace:
+            pats += "\n[yellow]" + escape(r.inplace) + "[/]"
         t.add_row(r.name, pin, head, pats, r.install, ", ".join(r.needs) or "nothing")
     console().print(t)

@@ -125,6 +125,9 @@ def check_sources(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
                 problems.append(f"{row.name}: {name} is {state}")
         if row.edited:
             problems.append(f"{row.name}: local edits in {', '.join(row.edited)}")
+        if row.inplace:  # a known patcher, not an unknown edit: say whose, and that sd-env's patches replace it
+            problems.append(f"{row.name}: {row.inplace} (sd-env's own patches do this; `sd-env install` "
+                            "or `sd-env repatch` puts the managed checkout back)")
         if not row.install_ok:
             problems.append(f"{row.name}: {row.install}")
         ctx.facts[row.name] = f"{row.tag} {row.source} {row.head[:12]} ({row.install})"
