@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
+from sd_env import ladder, patches, port
 from sd_env import manifest as sd_manifest
-from sd_env import patches
 from sd_env.cli import main
 from sd_env.runner import Runner
 from tests.conftest import ROOT, git
@@ -114,6 +114,37 @@ def test_every_shipped_port_changes_what_the_device_needs():
         assert "self.scaler = torch_tpu.tpu.amp.GradScaler(**kwargs)" in added, v
         if Version(v) >= Version("0.20.0"):
             assert any(line.startswith("if self.device.type not in (") and '"tpu")' in line for line in added), v
+
+
+def one_file_repo(where: Path, text: bytes) -> Path:
+    (where / FILE).parent.mkdir(parents=True)
+    (where / FILE).write_bytes(text)
+    git(where, "init", "-q")
+    git(where, "add", "-A")
+    subprocess.run(["git", "-C", str(where), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "up"],
+                   check=True)
+    return where
+
+
+def test_a_direct_jump_from_0160_ends_on_the_rungs_port(archives, tmp_path):
+    """What `repatch --to` does from the default manifest straight to each release (the slow test walks the
+    ladder step by step): the plain port of the 0.16.0 patch where it fits, else the shipped port, whole."""
+    old = one_file_repo(tmp_path / "0.16.0", accelerator_py(archives["0.16.0"]))
+    original = patches.load(ROOT / "patches" / "accelerate-0.16.0-tpu.diff")
+    runner = Runner()
+    for release in RELEASES[1:]:
+        work = one_file_repo(tmp_path / release, accelerator_py(archives[release]))
+        got = port.port(runner, work, original, blobs_from=old)
+        if got.method == port.CONFLICT:
+            got = ladder.take_shipped(runner, work, ladder.candidates(original.path, "0.16.0", release)) or got
+        if Version(release) < Version("0.20.0"):
+            assert got.method in (port.EXACT, port.OFFSET), (release, got.detail)
+        else:
+            assert got.method == port.SHIPPED and patch_for(release).name in got.detail, (release, got.detail)
+        # Whole: exactly the release plus its rung's patch, nothing half-merged.
+        expected = one_file_repo(tmp_path / f"expected-{release}", accelerator_py(archives[release]))
+        git(expected, "apply", str(patch_for(release)))
+        assert (work / FILE).read_bytes() == (expected / FILE).read_bytes(), release
 
 
 def ladder_manifest(tmp_path: Path) -> Path:
