@@ -231,7 +231,7 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
         env["ACCELERATE_TORCH_DEVICE"] = ctx.device
     common = ["--resolution", "32", "--mixed_precision" if real else "--mixed-precision", ctx.mixed_precision]
     if real:
-        label = "the patched v0.20.0 example script"
+        label = f"the patched {diffusers_row.tag if diffusers_row else 'diffusers'} example script"
         args = ["--pretrained_model_name_or_path", str(cache / "model"), "--train_data_dir", str(cache / "data"),
                 "--center_crop", "--train_batch_size", "1", "--max_train_steps", "2", "--seed", "0",
                 "--validation_prompt", "a red square", "--num_validation_images", "1",
