@@ -47,6 +47,13 @@ else
 fi
 
 export SD_ENV_HOME="$home"
+# -m/--manifest (a path or a shipped stack's name) also chooses what verify checks below.
+prev=""
+for arg in "$@"; do
+  case "$prev" in -m|--manifest) export SD_ENV_MANIFEST="$arg" ;; esac
+  case "$arg" in --manifest=*) export SD_ENV_MANIFEST="${arg#--manifest=}" ;; esac
+  prev="$arg"
+done
 "$tool/bin/sd-env" install "$@"
 
 # The full verify (a LoRA training step, about 30 s) runs whenever what is

@@ -232,7 +232,7 @@ WHEELS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "Google's torch-tpu": (lambda d: _sophgo(d, metadata="Home-page: https://github.com/google/torch-tpu\n"
                                                "Requires-Python: >=3.11\n"), "Google's torch-tpu"),
     "wrong Python tag": (lambda d: _sophgo(d, tag="cp311-cp311-linux_x86_64"),
-                         "is built for cp311, the target is Python 3."),
+                         "is built for cp311, the stack is Python 3."),
 }
 
 

@@ -21,6 +21,12 @@ PATCH_TARGETS = {
     "accelerate-0.16.0-tpu.diff": "src/accelerate/accelerator.py",
     "diffusers-0.20.0-train-lora.diff": "examples/text_to_image/train_text_to_image_lora.py",
 }
+# Patches of the other shipped stacks and the accelerate ladder's shipped ports (tests/test_accelerate_ladder.py).
+OTHER_TARGETS = {
+    "diffusers-0.29.2-train-lora.diff": "examples/text_to_image/train_text_to_image_lora.py",
+    **{f"accelerate-{v}-tpu.diff": "src/accelerate/accelerator.py"
+       for v in ("0.20.0", "0.21.0", "0.23.0", "0.25.0", "0.28.0", "0.29.0", "0.30.0")},
+}
 
 # The shape of manifests/sc7-sd14-lora.toml; {patches} is a folder holding dummy patch files.
 BASE = f'''schema = 1
@@ -226,14 +232,18 @@ def repository_patches() -> list[Path]:
 def test_repository_patch_has_header_one_file_and_full_index(path):
     used = {p.name: c for c in manifest.load(ROOT / "manifests" / "sc7-sd14-lora.toml").components
             for p in c.patches}
-    assert path.name in used, f"{path.name} is not used by the default manifest"
-    comp = used[path.name]
+    assert path.name in used or path.name in OTHER_TARGETS, f"{path.name} is not used by the default manifest"
     patch = patches.load(path)
     for field in ("Description", "Origin", "Upstream-Version", "Forwarded", "Last-Update"):
         assert patch.header.get(field), f"{path.name}: no {field} in the DEP-3 header"
-    assert comp.tag in patch.header["Upstream-Version"] and comp.commit in patch.header["Upstream-Version"]
+    if path.name in used:
+        comp = used[path.name]
+        assert comp.tag in patch.header["Upstream-Version"] and comp.commit in patch.header["Upstream-Version"]
+    else:  # named by the release it was made on, with that tag's commit
+        version = re.search(r"-(\d+\.\d+\.\d+)-", path.name).group(1)  # type: ignore[union-attr]
+        assert re.match(rf"\w+ v{re.escape(version)} \([0-9a-f]{{40}}", patch.header["Upstream-Version"])
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", patch.header["Last-Update"])
-    assert [f.path for f in patch.files] == [PATCH_TARGETS[path.name]]
+    assert [f.path for f in patch.files] == [{**PATCH_TARGETS, **OTHER_TARGETS}[path.name]]
     assert not patch.files[0].added and not patch.files[0].removed
     index_lines = [ln for ln in patch.text.splitlines() if ln.startswith("index ")]
     assert len(index_lines) == len(patch.files)

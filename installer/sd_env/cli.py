@@ -30,6 +30,7 @@ from sd_env import (
     manifest,
     repatch,
     sources,
+    stacks,
     status,
     verify,
 )
@@ -46,7 +47,7 @@ _REPO = Path(__file__).resolve().parents[2]  # the sd-env checkout, for an edita
 
 def default_manifest() -> Path:
     if os.environ.get("SD_ENV_MANIFEST"):
-        return Path(os.environ["SD_ENV_MANIFEST"])
+        return stacks.resolve(Path(os.environ["SD_ENV_MANIFEST"]))
     for base in (Path.cwd(), _REPO):
         candidate = base / "manifests" / DEFAULT_MANIFEST
         if candidate.is_file():
@@ -57,8 +58,8 @@ def default_manifest() -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-m", "--manifest", type=Path, help="manifest TOML (default: manifests/"
-                        f"{DEFAULT_MANIFEST}, or $SD_ENV_MANIFEST)")
+    common.add_argument("-m", "--manifest", type=Path, help="manifest TOML, or a shipped stack's name "
+                        f"(`sd-env stacks`; default: manifests/{DEFAULT_MANIFEST}, or $SD_ENV_MANIFEST)")
     common.add_argument("--home", type=Path, help="where checkouts, state and logs live "
                         "(default: $SD_ENV_HOME, else .sd-env/ in the project)")
     common.add_argument("--python", help="target interpreter or environment folder "
@@ -154,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", parents=[common], help="show the settings in force and where each came from")
     p.set_defaults(func=_cmd_config)
+    p = sub.add_parser("stacks", help="list the shipped stacks (manifests) and what each is for")
+    p.add_argument("--json", action="store_true", help="print a versioned JSON report")
+    p.set_defaults(func=_cmd_stacks)
     return parser
 
 
@@ -220,7 +224,7 @@ def _error(exc: SdEnvError, log: Path | None) -> None:
 
 
 def _setup(args: argparse.Namespace, command: str) -> tuple[manifest.Manifest, Paths, Runner]:
-    man = manifest.load(args.manifest or default_manifest())
+    man = manifest.load(stacks.resolve(args.manifest) if args.manifest else default_manifest())
     config.apply(args, man.path)  # flags not given: from the environment or a config file
     home = args.home.expanduser().resolve() if args.home else default_home(man.path)
     paths = Paths(home)
@@ -453,6 +457,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
                                 "log": str(args._log)})
     else:
         table(f"sd-env status ({paths.home})", status.COLUMNS, [status.cells(r) for r in rows])
+    return 0
+
+
+def _cmd_stacks(args: argparse.Namespace) -> int:
+    stacks.render([stacks.describe(m) for m in stacks.shipped()], args.json)
     return 0
 
 

@@ -26,6 +26,7 @@ from sd_env import (
     state,
     target,
     torchtpu,
+    wheeltags,
 )
 from sd_env.checkouts import APPLIED_DIR, applicable, pinned_commit, record_applied
 from sd_env.errors import SdEnvError, StepError
@@ -73,6 +74,9 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
     try:
         inv = envs.inventory(runner, opts.python)
         torchtpu.refuse_installed_google(inv)
+        where = "torch_tpu"
+        _wheel_fits(manifest, paths, runner, opts)  # a wheel for another Python or torch: refused before any install
+        where = "env"
         changed = False
         if manifest.lock is not None:
             result, changed = _closure(manifest, runner, opts, inv)
@@ -131,6 +135,13 @@ def _closure(man: Manifest, runner: Runner, opts: Options, inv: envs.Inventory) 
                   f"{shown}{more}", time.monotonic() - started), True
 
 
+def _wheel_fits(man: Manifest, paths: Paths, runner: Runner, opts: Options) -> None:
+    location = opts.torch_tpu_wheel or (man.torch_tpu.location if man.torch_tpu else None)
+    path = torchtpu.local_wheel(runner, location, paths.wheels) if location else None
+    if path is not None:
+        wheeltags.check_fit(man, path)
+
+
 def _torch_tpu(man: Manifest, paths: Paths, runner: Runner, opts: Options, record: state.State,
                inv: envs.Inventory) -> tuple[Result, bool]:
     """Sophgo's wheel when there is one; also says whether it was installed now."""
@@ -146,7 +157,6 @@ def _torch_tpu(man: Manifest, paths: Paths, runner: Runner, opts: Options, recor
                       f"{Path(location).name} from {torchtpu.SOPHGO_RELEASES}, put it there "
                       "(or pass --torch-tpu-wheel PATH) and run `sd-env install` again"), False
     digest = torchtpu.check_wheel(spec, path)
-    torchtpu.check_tags(path, inv.python)
     version = torchtpu.wheel_metadata(path)["version"]
     have = target.installed(inv, [torchtpu.NAME])[torchtpu.NAME].versions
     if have == (version,) and record.wheels.get(path.name) == digest:

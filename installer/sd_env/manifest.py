@@ -77,6 +77,7 @@ class Manifest:
     torch_tpu: WheelSpec | None
     lock: LockSpec | None
     components: tuple[Component, ...]
+    description: str = ""  # what the stack is for, shown by `sd-env stacks`
 
     def component(self, name: str) -> Component:
         for comp in self.components:
@@ -110,13 +111,14 @@ def load(path: Path) -> Manifest:
 def parse(data: dict[str, Any], path: Path, pending: frozenset[str] = frozenset()) -> Manifest:
     """`pending`: patch file names about to be written, taken as present (repatch checks its edit early)."""
     t = _Table(data, path, "")
-    t.allow("schema", "name", "python", "device", "torch", "torch_tpu", "lock", "patches_dir",
+    t.allow("schema", "name", "description", "python", "device", "torch", "torch_tpu", "lock", "patches_dir",
             "component")
     schema = t.get("schema", int)
     if schema != SCHEMA:
         raise ManifestError(path, "schema", f"schema {schema} is not supported",
                             f"write schema = {SCHEMA}")
     name = t.get("name", str)
+    description = t.get("description", str, default="")
     python = t.get("python", str)
     if not re.fullmatch(r"3\.\d+", python):
         raise ManifestError(path, "python", f"{python!r} is not a Python minor version",
@@ -142,7 +144,7 @@ def parse(data: dict[str, Any], path: Path, pending: frozenset[str] = frozenset(
             raise ManifestError(path, f"component[{i}].name", f"{comp.name!r} is declared twice{also}",
                                 "give each [[component]] its own name, or delete the copy")
         seen[canonicalize_name(comp.name)] = comp.name
-    return Manifest(path, name, python, device, torch, wheel, lock, tuple(comps))
+    return Manifest(path, name, python, device, torch, wheel, lock, tuple(comps), description)
 
 
 def _torch(t: _Table) -> TorchSpec:

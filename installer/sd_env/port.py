@@ -20,6 +20,7 @@ from sd_env.patches import FAILED_HUNK, Patch
 from sd_env.runner import Runner
 
 EXACT, OFFSET, THREE_WAY, FUZZED, OBSOLETE, CONFLICT = "exact", "offset", "3-way", "fuzzed", "obsolete", "conflict"
+SHIPPED = "shipped"  # a hand-made port for the release, shipped next to the patch (ladder.py)
 _INDEX = re.compile(r"^index ([0-9a-f]{7,40})\.\.([0-9a-f]{7,40})", re.M)
 _OFFSET = re.compile(r"Hunk #\d+ succeeded at \d+ \(offset")
 
@@ -33,7 +34,7 @@ class PortResult:
 
     @property
     def ported(self) -> bool:
-        return self.method in (EXACT, OFFSET, THREE_WAY, FUZZED)
+        return self.method in (EXACT, OFFSET, THREE_WAY, FUZZED, SHIPPED)
 
 
 def port(runner: Runner, repo: Path, patch: Patch, *, blobs_from: Path | None, fuzz: int = 0) -> PortResult:

@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd_env import faults, fsutil, gitcmd, manifest_edit, patches, port, proof, sources, state, status, target
+from sd_env import faults, fsutil, gitcmd, ladder, manifest_edit, patches, port, proof, sources, state, status, target
 from sd_env.checkouts import record_applied
 from sd_env.errors import InputError, SdEnvError, StepError
 from sd_env.install import Options
@@ -187,11 +187,16 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
     while session.phase == "porting" and len(session.done) < len(session.patch_files):
         patch = patches.load(Path(session.patch_files[len(session.done)]))
         progress(f"porting {patch.name} to {session.component} {session.to_tag}")
-        got = port.port(runner, work, patch, blobs_from=old_checkout if old_checkout.exists() else None, fuzz=fuzz)
-        if got.method == port.FUZZED and not accept:
-            session.fuzzed = got.detail
-            save_session(paths, session)
-            got = port.PortResult(patch, port.CONFLICT, got.detail + " (fuzzed ports need --continue --accept)")
+        exact = ladder.named_for(patch.path, session.from_version, session.to_version)
+        got = (exact and ladder.take_shipped(runner, work, [exact])) or \
+            _plain_port(paths, runner, session, work, patch, old_checkout, fuzz, accept)
+        shipped = ladder.candidates(patch.path, session.from_version, session.to_version)
+        if got.method == port.CONFLICT and shipped:
+            # The plain port conflicts: the newest shipped port that fits this release, else the conflict.
+            got = ladder.take_shipped(runner, work, shipped) or \
+                _plain_port(paths, runner, session, work, patch, old_checkout, fuzz, accept)
+            if got.method == port.SHIPPED:
+                session.fuzzed = ""
         if got.method == port.CONFLICT:
             where = "\n  ".join(got.conflicts) or "see the files in the work tree"
             results.append(Result(session.component, "port", FAIL, f"{patch.name}: {got.detail}"))
@@ -203,8 +208,8 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
         if got.ported:
             commit = _commit(runner, work, f"{patch.name} ({got.method})")
             faults.point("ported")
-        session.done.append({"name": patch.name, "path": str(patch.path), "method": got.method,
-                             "detail": got.detail, "commit": commit})
+        session.done.append({"name": got.patch.name, "path": str(got.patch.path), "method": got.method,
+                             "detail": got.detail, "commit": commit, "shipped": got.method == port.SHIPPED})
         save_session(paths, session)
         status_ = WARN if got.method in (port.OBSOLETE, port.FUZZED) else OK
         results.append(Result(session.component, "port", status_, f"{patch.name}: {got.method} ({got.detail})"))
@@ -218,6 +223,16 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
     return results + finished + proof.after_port(runner, opts.python, paths, session.component)
 
 
+def _plain_port(paths: Paths, runner: Runner, session: Session, work: Path, patch: patches.Patch,
+                old_checkout: Path, fuzz: int, accept: bool) -> port.PortResult:
+    got = port.port(runner, work, patch, blobs_from=old_checkout if old_checkout.exists() else None, fuzz=fuzz)
+    if got.method == port.FUZZED and not accept:
+        session.fuzzed = got.detail
+        save_session(paths, session)
+        got = port.PortResult(patch, port.CONFLICT, got.detail + " (fuzzed ports need --continue --accept)")
+    return got
+
+
 def _outputs(man: Manifest, runner: Runner, session: Session) -> tuple[list[tuple[Path, str]], list[Path], str]:
     """What finishing writes: the refreshed patch files (path, text; empty text: an existing file with
     the same change is reused), the new series in order, and the manifest's new text."""
@@ -229,6 +244,10 @@ def _outputs(man: Manifest, runner: Runner, session: Session) -> tuple[list[tupl
     for done in session.done:
         if not done["commit"]:
             continue  # obsolete upstream: dropped from the series
+        if done.get("shipped"):
+            series.append(Path(done["path"]))  # used as shipped, not rewritten: it is the maintained file
+            parent = done["commit"]
+            continue
         old = patches.load(Path(done["path"]))
         new_path = old.path.with_name(_new_name(old.name, session.from_version, session.to_version))
         if not work.exists():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.text import Text
 
-from sd_env import envs, gitcmd, patches, state, target
+from sd_env import envs, gitcmd, inplace, patches, state, target
 from sd_env.checkouts import applicable, pinned_commit
 from sd_env.errors import SdEnvError
 from sd_env.manifest import Manifest
@@ -36,6 +36,7 @@ class ComponentStatus:
     install: str = "unknown"
     install_ok: bool = False  # one editable install of the managed checkout, at the pinned version
     needs: list[str] = field(default_factory=list)
+    inplace: str = ""  # "patched in place by Sophgo's in-place patch script (sentinel ...)", when it was
 
     @property
     def patches_ok(self) -> bool:
@@ -69,9 +70,22 @@ def collect(manifest: Manifest, paths: Paths, runner: Runner, python: Path | Non
                 seen = _patch_states(runner, comp, checkout, rec, row)
         else:
             row.patches = {p.name: "not fetched" for p in comp.patches}
+        row.inplace = _inplace(comp.name, checkout, inv, row)
         row.needs = plan(Observed(row.head, pinned, seen, inst, checkout.resolve().as_uri()))
         rows.append(row)
     return rows
+
+
+def _inplace(name: str, checkout: Path, inv: envs.Inventory | None, row: ComponentStatus) -> str:
+    """Sophgo's sentinel in the checkout (its edits are then not unknown) or next to an installed copy."""
+    found = inplace.in_checkout(checkout, name) if checkout.exists() else None
+    if found is not None:
+        inside, row.edited = inplace.explained(found, row.edited)
+        return found.describe() + (f"; changed: {', '.join(inside)}" if inside else "")
+    entries = next((e for n, e in (inv.dists.items() if inv else []) if inplace.import_name(n) ==
+                    inplace.import_name(name)), [])
+    found = inplace.in_site(entries, name)
+    return found.describe() if found is not None else ""
 
 
 def _patch_states(runner: Runner, comp, checkout: Path, rec, row: ComponentStatus):
@@ -136,4 +150,6 @@ def cells(r: ComponentStatus) -> list[Cell]:
     pats: Cell = "\n".join(f"{k}: {v}" for k, v in r.patches.items()) or "-"
     if r.edited:
         pats = Text(str(pats) + "\n") + marked("", "local edits:") + Text(" " + ", ".join(r.edited))
+    if r.inplace:
+        pats = Text.assemble(pats if isinstance(pats, Text) else Text(pats), "\n", (r.inplace, "yellow"))
     return [r.name, pin, head, pats, r.install, ", ".join(r.needs) or "nothing"]

@@ -9,7 +9,7 @@ import zlib
 from pathlib import Path
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.utils import canonicalize_name
 
 from sd_env.envs import Inventory
 from sd_env.errors import InputError, StepError
@@ -66,7 +66,8 @@ def wheel_metadata(path: Path) -> dict:
                          f"download it again from {SOPHGO_RELEASES}") from None
     return {"name": msg.get("Name", ""), "version": msg.get("Version", ""),
             "home_page": msg.get("Home-page", ""), "author": msg.get("Author", "") or msg.get("Author-email", ""),
-            "project_urls": msg.get_all("Project-URL") or [], "requires_python": msg.get("Requires-Python", "")}
+            "project_urls": msg.get_all("Project-URL") or [], "requires_python": msg.get("Requires-Python", ""),
+            "requires_dist": msg.get_all("Requires-Dist") or []}
 
 
 def check_wheel(spec: WheelSpec, path: Path) -> str:
@@ -81,21 +82,6 @@ def check_wheel(spec: WheelSpec, path: Path) -> str:
     if is_google(meta):
         raise InputError(f"{path} is Google's torch-tpu {meta['version']}, not Sophgo's", COLLISION)
     return digest
-
-
-def check_tags(path: Path, python: tuple[int, ...]) -> None:
-    """Refuse a wheel built for another Python than the target's (pip would only say "not supported")."""
-    try:
-        tags = parse_wheel_filename(path.name)[3]
-    except InvalidWheelFilename as exc:
-        raise InputError(f"{path}: not a wheel file name ({exc})", f"keep the name {SOPHGO_RELEASES} gave it") from None
-    major, minor = python[0], python[1]
-    fits = {f"py{major}", f"py{major}{minor}", f"cp{major}{minor}"}
-    if not any(t.interpreter in fits or (t.abi == "abi3" and t.interpreter.startswith(f"cp{major}")
-                                         and int(t.interpreter[3:] or 0) <= minor) for t in tags):
-        built = ", ".join(sorted({t.interpreter for t in tags}))
-        raise InputError(f"{path} is built for {built}, the target is Python {major}.{minor}",
-                         f"get the cp{major}{minor} wheel from {SOPHGO_RELEASES}")
 
 
 def local_wheel(runner: Runner, location: str, cache: Path) -> Path | None:

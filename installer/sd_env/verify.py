@@ -161,6 +161,9 @@ def check_sources(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
                 problems.append(f"{row.name}: {name} is {state}")
         if row.edited:
             problems.append(f"{row.name}: local edits in {', '.join(row.edited)}")
+        if row.inplace:  # a known patcher, not an unknown edit: say whose, and that sd-env's patches replace it
+            problems.append(f"{row.name}: {row.inplace} (sd-env's own patches do this; `sd-env install` "
+                            "or `sd-env repatch` puts the managed checkout back)")
         if not row.install_ok:
             problems.append(f"{row.name}: {row.install}")
         ctx.facts[row.name] = f"{row.tag} {row.source} {row.head[:12]} ({row.install})"
@@ -287,7 +290,7 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
         env["ACCELERATE_TORCH_DEVICE"] = ctx.device
     common = ["--resolution", "32", "--mixed_precision" if real else "--mixed-precision", ctx.mixed_precision]
     if real:
-        label = "the patched v0.20.0 example script"
+        label = f"the patched {diffusers_row.tag if diffusers_row else 'diffusers'} example script"
         args = ["--pretrained_model_name_or_path", str(model), "--train_data_dir", str(data),
                 "--center_crop", "--train_batch_size", "1", "--max_train_steps", "2", "--seed", "0",
                 "--validation_prompt", "a red square", "--num_validation_images", "1",

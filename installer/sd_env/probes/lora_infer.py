@@ -60,7 +60,9 @@ def main():
     pipe.unet.load_attn_procs(args.lora)
     pipe.to(args.device)  # load_attn_procs follows the UNet's device; this makes sure of it
     # Without this, a load that silently kept the plain processors would pass scale 0.0.
-    loaded = sum(type(p).__name__.startswith("LoRA") for p in pipe.unet.attn_processors.values())
+    # diffusers up to 0.2x loads LoRA attention processors; with the peft backend (0.29) peft LoRA layers.
+    loaded = sum(type(p).__name__.startswith("LoRA") for p in pipe.unet.attn_processors.values()) + \
+        sum(hasattr(m, "lora_A") for m in pipe.unet.modules())
     off = generate(cross_attention_kwargs={"scale": 0.0})
     on = generate(cross_attention_kwargs={"scale": 1.0})
     scale0 = float(np.abs(off - base).max())
