@@ -148,8 +148,7 @@ def test_create_packs_exactly_the_lock_histories_patches_tool_and_extras(made, c
             "extra/weights/unet/model.bin", "extra/weights/model_index.json"} <= set(paths)
     tool = [p for p in paths if p.startswith("tool/")]
     assert any(p.startswith("tool/sd_env-") for p in tool) and any(p.startswith("tool/uv-") for p in tool)
-    assert any(p.startswith("tool/rich-") for p in tool) and any(p.startswith("tool/GitPython-") or
-                                                                  p.startswith("tool/gitpython-") for p in tool)
+    assert any(p.startswith("tool/rich-") for p in tool) and any(p.startswith("tool/tomlkit-") for p in tool)
     assert len({m["sha256"] for m in index["members"] if m["path"].endswith(".whl")}) == \
         len([p for p in paths if p.endswith(".whl")])  # no wheel twice
     assert index["manifest_name"] == "test"
