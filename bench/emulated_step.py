@@ -4,13 +4,13 @@
     python bench/emulated_step.py --home /work/devhome [--accelerate-autocast DIR]
 
 Runs the home's patched v0.20.0 example script on sd-env's tiny model, without
-validation images, twice per variant (--short and --long steps): the time of a
-training step is the difference of the two wall times over the extra steps, so
-model loading and start-up cancel out. Variants: CPU fp32, emulated tpu fp32,
+validation images, once per variant with --steps steps and sd-env's precision
+watcher, which records what dtype the UNet's matmuls ran in and when each
+training forward began: a step's time is the median from one to the next, so
+start-up and model loading do not count. Variants: CPU fp32, emulated tpu fp32,
 emulated tpu fp16; with --accelerate-autocast DIR (a folder holding a scratch
 copy of the `accelerate` package that autocasts fp16 on "tpu"), that too. The
-short run of each carries sd-env's precision watcher (what dtype the UNet's
-matmuls ran in); the losses are the TensorBoard `train_loss` of the long run.
+losses are the TensorBoard `train_loss`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,8 +57,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--home", type=Path, required=True, help="an sd-env home with diffusers from git")
     ap.add_argument("--python", type=Path, help="default: HOME/venv/bin/python")
-    ap.add_argument("--short", type=int, default=2)
-    ap.add_argument("--long", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--accelerate-autocast", type=Path, help="folder holding a scratch accelerate package")
     args = ap.parse_args()
     python = args.python or args.home / "venv" / "bin" / "python"
@@ -79,19 +79,18 @@ def main() -> int:
         watch = scratch / f"{len(rows)}.jsonl"
         watched = {**env, precision.ENV_OUT: str(watch),
                    "PYTHONPATH": os.pathsep.join(filter(None, [str(precision.watcher_dir()), env.get("PYTHONPATH")]))}
-        short = run_script(python, script, tiny, scratch / f"out-{len(rows)}-s", args.short, mixed, watched)
-        long_out = scratch / f"out-{len(rows)}-l"
-        long = run_script(python, script, tiny, long_out, args.long, mixed, env)
-        step = (long - short) / (args.long - args.short)
-        said = precision.summary(mixed, precision.read(watch))
-        rows.append((device, label, step, losses(python, long_out), said))
-        print(f"{device} {label}: {step:.2f} s/step ({short:.1f} s for {args.short}, {long:.1f} s for {args.long})",
+        out = scratch / f"out-{len(rows)}"
+        wall = run_script(python, script, tiny, out, args.steps, mixed, watched)
+        seen = precision.read(watch)
+        step = statistics.median(seen.step_seconds)
+        rows.append((device, label, step, losses(python, out), precision.summary(mixed, seen)))
+        print(f"{device} {label}: {step:.3f} s/step (median of {len(seen.step_seconds)}; {wall:.1f} s in all)",
               flush=True)
     cpu = rows[0][2]
     print("\n| device | precision | s/step | vs CPU | losses | what ran |\n| --- | --- | --- | --- | --- | --- |")
     for device, label, step, loss, said in rows:
         shown = ", ".join(f"{x:.4f}" for x in loss)
-        print(f"| {device} | {label} | {step:.2f} | {step / cpu:.2f}x | {shown} | {said} |")
+        print(f"| {device} | {label} | {step:.3f} | {step / cpu:.2f}x | {shown} | {said} |")
     return 0
 
 

@@ -77,7 +77,7 @@ def test_verify_emulate_without_torch_is_a_failed_row_not_a_traceback(target_pyt
     assert code == 1
     assert rows["emulator"]["status"] == "fail", rows["emulator"]
     assert "cannot build the emulated torch_tpu" in rows["emulator"]["detail"]
-    assert "-> install torch 2.1.0" in rows["emulator"]["detail"]  # the hint, on the row
+    assert "-> install torch==2.1.0" in rows["emulator"]["detail"]  # the hint, on the row
     for name in EMULATED_ROWS:
         assert rows[name]["status"] == "skipped" and "not available" in rows[name]["detail"], rows[name]
     assert "Traceback" not in json.dumps(doc)
