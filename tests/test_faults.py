@@ -26,8 +26,8 @@ INSTALL_POINTS = ["locked", "lock-installed", "fetched", "moved", "half-patched"
                   "atomic-write", "state-saved"]
 # Kills by time: (a stderr line, seconds after it) in the middle of the long subprocesses.
 INSTALL_TIMED = [("installing 1 of 1 locked packages", 0.5), ("cloning tinypkg", 0.05),
-                 ("patching tinypkg", 0.02), ("installing tinypkg (editable", 0.8),
-                 ("installing tinypkg (editable", 2.0)]
+                 ("patching tinypkg", 0.02), ("installing tinypkg (editable", 0.3),
+                 ("installing tinypkg (editable", 0.8)]  # pip's editable build takes over a second
 REPATCH_POINTS = ["locked", "repatch-fetched", "fetched", "ported", "atomic-write", "atomic-write#2",
                   "finishing", "patches-written", "manifest-written", "swapped", "state-saved", "repatch-built"]
 REPATCH_TIMED = [("fetching tinypkg v1.3", 0.05), ("porting tinypkg-1.0-tpu.diff", 0.1),
