@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from sd_env import __version__, envs, install, lockfile, manifest, repatch, sources, status, verify
+from sd_env import __version__, envs, install, lockfile, manifest, repatch, run, sources, status, trainenv, verify
 from sd_env.errors import InputError, SdEnvError
 from sd_env.paths import Paths, default_home
 from sd_env.report import REPORT_VERSION, console, dump_json, exit_code, table
@@ -95,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common], help="show what is pinned, patched, installed, drifted")
     p.set_defaults(func=_cmd_status)
+
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", help="ACCELERATE_TORCH_DEVICE for the command (default: the manifest's "
+                        "device when torch_tpu is installed in the target, else cpu)")
+    p = sub.add_parser("run", parents=[common, device], help="run one command in the target environment "
+                       "(sd-env run -- CMD ARGS...)")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not print what was set")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("shell", parents=[common, device], help="a shell in the target environment with "
+                       "the training variables set ($SHELL, else bash)")
+    p.set_defaults(func=_cmd_shell)
     return parser
 
 
@@ -230,6 +243,29 @@ def _cmd_lock(args: argparse.Namespace) -> int:
     out = lockfile.compile_lock(man, args.flavour, runner)
     lock = lockfile.read(out)
     console().print(f"wrote {out} ({len(lock.pins)} packages, all hashed)", markup=False)
+    return 0
+
+
+def _target_env(args: argparse.Namespace, command: str) -> tuple[trainenv.TrainEnv, Path]:
+    man, paths, runner = _setup(args, command)
+    python, how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
+    if python is None:
+        raise InputError(f"no target environment: {how}", "run ./bootstrap.sh or sd-env install first")
+    return trainenv.build(envs.inventory(runner, python), man.device, args.device), args._log
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    target, log = _target_env(args, "run")
+    run.exec_in(target, cmd, log, quiet=args.quiet)
+    return 0  # not reached: exec_in replaces this process
+
+
+def _cmd_shell(args: argparse.Namespace) -> int:
+    target, log = _target_env(args, "shell")
+    if sys.stdin.isatty():
+        target.notes.append("type `exit` to leave")
+    run.exec_in(target, run.shell_argv(target.env), log)
     return 0
 
 
