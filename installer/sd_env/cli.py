@@ -17,7 +17,20 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from sd_env import __version__, envs, install, lockfile, manifest, repatch, run, sources, status, trainenv, verify
+from sd_env import (
+    __version__,
+    envs,
+    install,
+    lockfile,
+    manifest,
+    repatch,
+    run,
+    sources,
+    status,
+    train,
+    trainenv,
+    verify,
+)
 from sd_env.errors import InputError, SdEnvError
 from sd_env.paths import Paths, default_home
 from sd_env.report import REPORT_VERSION, console, dump_json, exit_code, table
@@ -104,6 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="do not print what was set")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("train", parents=[common, device], help="the tutorial's LoRA fine-tuning on a local "
+                       "model and dataset, then pictures (sd-env train --model DIR --data DIR [-- SCRIPT ARGS])")
+    p.add_argument("--model", required=True, help="a diffusers Stable Diffusion folder (model_index.json)")
+    p.add_argument("--data", type=Path, required=True, help="images + metadata.jsonl (file_name, text), "
+                   "or a saved Hugging Face dataset")
+    p.add_argument("--output", type=Path, default=Path("sd-env-lora"), help="the LoRA output folder "
+                   "(default: ./sd-env-lora)")
+    p.add_argument("--mixed-precision", choices=("no", "fp16"), help="the tutorial's fp32 (no) or fp16 run")
+    p.add_argument("--resolution", help="training resolution (tutorial: 512)")
+    p.add_argument("--max-train-steps", help="stop after N steps (default: the tutorial's 10 epochs)")
+    p.add_argument("--validation-prompt", help="tutorial: \"cute dragon creature\"")
+    p.add_argument("--seed", help="tutorial: 42")
+    p.add_argument("--script", type=Path, help="train_text_to_image_lora.py to run (default: the managed "
+                   "diffusers checkout's)")
+    p.add_argument("--no-pictures", action="store_true", help="skip the with/without image and loss curve")
+    p.add_argument("--inference-steps", type=int, default=30, help="steps for the with/without image (30)")
+    p.add_argument("extra", nargs=argparse.REMAINDER, metavar="-- SCRIPT ARGS",
+                   help="more script arguments; they replace the tutorial's")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("shell", parents=[common, device], help="a shell in the target environment with "
                        "the training variables set ($SHELL, else bash)")
@@ -259,6 +292,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     target, log = _target_env(args, "run")
     run.exec_in(target, cmd, log, quiet=args.quiet)
     return 0  # not reached: exec_in replaces this process
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    man, paths, runner = _setup(args, "train")
+    python, how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
+    if python is None:
+        raise InputError(f"no target environment: {how}", "run ./bootstrap.sh or sd-env install first")
+    flags = {"--mixed_precision": args.mixed_precision, "--resolution": args.resolution,
+             "--max_train_steps": args.max_train_steps, "--validation_prompt": args.validation_prompt,
+             "--seed": args.seed}
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    opts = train.Options(args.model, args.data, args.output, device=args.device, script=args.script,
+                         pictures=not args.no_pictures, inference_steps=args.inference_steps,
+                         settings={k: v for k, v in flags.items() if v}, extra=extra)
+    outcome = train.run(man, paths, runner, python, opts)
+    console().print(train.summary(outcome), markup=False)
+    return 0
 
 
 def _cmd_shell(args: argparse.Namespace) -> int:

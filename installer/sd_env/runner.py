@@ -86,6 +86,20 @@ class Runner:
             raise CommandError(args, proc.returncode, out + err, hint)
         return Completed(args, proc.returncode, out, err, seconds)
 
+    def attached(self, argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str],
+                 cwd: Path | None = None, preexec: Any = None) -> int:
+        """Run with the terminal attached and `env` as the whole environment: for a training run,
+        whose own progress bar is the output. Logs the command and exit code; returns the code."""
+        args = [os.fspath(a) for a in argv]
+        self.calls.append(args)
+        started = time.monotonic()
+        try:
+            code = subprocess.run(args, cwd=cwd, env=dict(env), preexec_fn=preexec).returncode
+        except FileNotFoundError:
+            raise CommandError(args, 127, f"{args[0]}: command not found") from None
+        self._log(args, cwd, code, "(output went to the terminal)", time.monotonic() - started)
+        return code
+
     def _log(self, args: list[str], cwd: Path | None, code: int | None, output: str, seconds: float) -> None:
         if self.echo and output:
             sys.stderr.write(output if output.endswith("\n") else output + "\n")
