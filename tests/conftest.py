@@ -210,4 +210,28 @@ def bootstrapped(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return home, first
 
 
-__all__ = ["CORE", "ROOT", "TPU_PATCH", "Project", "Upstream", "bootstrap", "git", "run_in", "sys", "tiny_component"]
+def git_mirror() -> Path | None:
+    """The folder of real upstream mirrors (accelerate v0.16.0, diffusers v0.20.0), if this machine has one."""
+    for candidate in (os.environ.get("SD_ENV_TEST_GIT_MIRROR"), ROOT.parent / "shared" / "mirrors"):
+        if candidate and (Path(candidate) / "huggingface" / "diffusers.git").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def mirrored(tmp_path_factory) -> Path:
+    """A home installed with `--git-mirror`: diffusers from git, so its examples/ (the training script) are
+    there. uv links the lock's files from its cache, so this second environment costs little disk."""
+    mirror = git_mirror()
+    if mirror is None:
+        pytest.skip(f"no git mirror: set SD_ENV_TEST_GIT_MIRROR or provide {ROOT.parent / 'shared' / 'mirrors'}")
+    home = tmp_path_factory.mktemp("mirrored") / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "SD_ENV_PYTHON")}
+    got = subprocess.run([sys.executable, "-m", "sd_env", "install", "--home", str(home), "--git-mirror", str(mirror)],
+                         env={**env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=3600)
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    return home
+
+
+__all__ = ["CORE", "ROOT", "TPU_PATCH", "Project", "Upstream", "bootstrap", "git", "git_mirror", "run_in", "sys",
+           "tiny_component"]

@@ -15,10 +15,11 @@ import re
 import resource
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sd_env import __version__, closure, envs, lockfile, probe, status, target, torchtpu
+from sd_env import __version__, closure, envs, lockfile, probe, requirements_check, status, target, torchtpu
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
 from sd_env.runner import Runner
@@ -54,10 +55,16 @@ class Context:
 
 def run(ctx: Context) -> list[Check]:
     inv = envs.inventory(ctx.runner, ctx.python)
-    rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python, inv)
-    checks = [check_interpreter(ctx, inv), check_pins(ctx, inv), check_sources(ctx, rows),
-              check_torch_tpu(ctx, inv), check_ulimit()]
-    checks.append(check_linear(ctx))
+    # torch is imported once, for the device and the Linear rows, while the git and
+    # metadata checks run here: --quick costs about one `import torch`.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        torch_probe = None if torchtpu.installed_google(inv) else pool.submit(
+            probe.run, ctx.runner, ctx.python, probe.script("torch_checks.py"), ["--want", ctx.man.device],
+            timeout=ctx.timeouts["device"] + ctx.timeouts["linear"])
+        rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python, inv)
+        checks = [check_interpreter(ctx, inv), check_pins(ctx, inv), check_sources(ctx, rows)]
+        device_got, linear_got = _split(torch_probe.result()) if torch_probe else (None, None)
+    checks += [check_torch_tpu(ctx, inv, device_got), check_ulimit(), check_linear(ctx, linear_got)]
     if ctx.quick:
         checks += [Check("lora step", SKIPPED, "skipped: --quick"), Check("inference", SKIPPED, "skipped: --quick")]
         return checks
@@ -65,6 +72,18 @@ def run(ctx: Context) -> list[Check]:
     checks.append(step)
     checks.append(check_inference(ctx, step))
     return checks
+
+
+def _split(got: probe.ProbeResult) -> tuple[probe.ProbeResult, probe.ProbeResult | None]:
+    """torch_checks.py's result as the device probe's and the linear probe's; no linear
+    result when the process died (a torch_tpu crash): then linear runs on its own."""
+    if got.data is None:
+        return got, None
+    device = got.data["device"]
+    linear = got.data["linear"]
+    linear_seconds = float(linear.get("seconds", 0.0))
+    return (probe.ProbeResult(device, None, max(0.0, got.seconds - linear_seconds), got.stderr_tail, got.stderr),
+            probe.ProbeResult(linear, None, linear_seconds, got.stderr_tail, got.stderr))
 
 
 def exit_code(checks: list[Check]) -> int:
@@ -98,9 +117,9 @@ def check_pins(ctx: Context, inv: envs.Inventory) -> Check:
         if len(entries) > 1:
             where = ", ".join(e["path"] for e in entries)
             problems.append(f"{name}: {len(entries)} distributions shadow each other ({where})")
-    got = ctx.runner.run([str(ctx.python), "-m", "pip", "check"], check=False, timeout=300)
-    if got.returncode != 0:
-        problems.append("pip check: " + "; ".join((got.stdout + got.stderr).strip().splitlines()[:4]))
+    broken = requirements_check.broken(inv, inv.markers)  # pip check's judgement, without a pip process
+    if broken:
+        problems.append("pip check: " + "; ".join(broken[:4]))
     seconds = time.monotonic() - started
     if problems:
         return Check("pins", FAIL, "; ".join(problems) + " -> run `sd-env install` to restore the lock", seconds)
@@ -146,14 +165,15 @@ def driver_facts() -> tuple[bool, str]:
     return present, text
 
 
-def check_torch_tpu(ctx: Context, inv: envs.Inventory) -> Check:
+def check_torch_tpu(ctx: Context, inv: envs.Inventory, got: probe.ProbeResult | None = None) -> Check:
     google = torchtpu.installed_google(inv)
     driver, driver_text = driver_facts()
     ctx.facts["driver"] = driver_text
     if google is not None:
         return Check("torch_tpu", FAIL, f"Google's torch-tpu {google['version']} is installed, not Sophgo's: "
                      f"{torchtpu.COLLISION}. Remove it: pip uninstall torch-tpu")
-    got = probe.run(ctx.runner, ctx.python, probe.script("device.py"), [], timeout=ctx.timeouts["device"])
+    if got is None:
+        got = probe.run(ctx.runner, ctx.python, probe.script("device.py"), [], timeout=ctx.timeouts["device"])
     if got.data is None:
         return Check("torch_tpu", FAIL, f"the device probe {got.problem}\n{got.stderr_tail}", got.seconds)
     data = got.data
@@ -185,9 +205,10 @@ def check_ulimit() -> Check:
 
 
 # 6 ---------------------------------------------------------------------------
-def check_linear(ctx: Context) -> Check:
-    got = probe.run(ctx.runner, ctx.python, probe.script("linear.py"), ["--device", ctx.device],
-                    timeout=ctx.timeouts["linear"])
+def check_linear(ctx: Context, got: probe.ProbeResult | None = None) -> Check:
+    if got is None:
+        got = probe.run(ctx.runner, ctx.python, probe.script("linear.py"), ["--device", ctx.device],
+                        timeout=ctx.timeouts["linear"])
     where = _where(ctx)
     if not got.ok or got.data is None:
         return Check("linear smoke", FAIL, f"{where}: {_problem(got)}", got.seconds, ctx.device)

@@ -5,6 +5,7 @@ Standard library only, Python 3.9+. Prints one JSON object.
 
 import json
 import os
+import platform
 import sys
 from importlib import metadata
 
@@ -13,7 +14,8 @@ for dist in metadata.distributions():
     name = dist.metadata["Name"]
     if not name:
         continue
-    entry = {"version": dist.version, "path": str(getattr(dist, "_path", ""))}  # type: dict
+    entry = {"version": dist.version, "path": str(getattr(dist, "_path", "")),
+             "requires": dist.requires or []}  # type: dict
     direct = dist.read_text("direct_url.json")  # PEP 610: where an editable install points
     if direct:
         info = json.loads(direct)
@@ -27,8 +29,24 @@ for dist in metadata.distributions():
         entry["requires_python"] = dist.metadata.get("Requires-Python") or ""
     dists.setdefault(name, []).append(entry)
 
+# PEP 508 marker variables, as packaging.markers.default_environment() computes them,
+# so the requirements check can judge markers for this interpreter from outside it.
+impl = sys.implementation
+impl_version = ".".join(str(n) for n in impl.version[:3])
+if impl.version.releaselevel != "final":
+    impl_version += impl.version.releaselevel[0] + str(impl.version.serial)
+markers = {
+    "implementation_name": impl.name, "implementation_version": impl_version, "os_name": os.name,
+    "platform_machine": platform.machine(), "platform_release": platform.release(),
+    "platform_system": platform.system(), "platform_version": platform.version(),
+    "python_full_version": platform.python_version(), "platform_python_implementation":
+    platform.python_implementation(), "python_version": ".".join(platform.python_version_tuple()[:2]),
+    "sys_platform": sys.platform,
+}
+
 print(json.dumps({
     "python": list(sys.version_info[:3]),
+    "markers": markers,
     "executable": sys.executable,
     "prefix": sys.prefix,
     "is_env": sys.prefix != sys.base_prefix or os.path.isdir(os.path.join(sys.prefix, "conda-meta")),

@@ -1,0 +1,34 @@
+"""Probe: torch_tpu's device facts, then the Linear smoke test, in one process.
+
+Importing torch costs seconds; `verify --quick` pays it once instead of once per
+check. The smoke test runs on --want (the manifest's device) when torch_tpu sees
+a card, else on the CPU, as verify's torch_tpu row decides.
+
+    python torch_checks.py --want tpu:0   ->   {"device": {...}, "linear": {...}}
+"""
+
+import argparse
+import json
+import traceback
+
+from device import device_facts
+from linear import smoke
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--want", default="tpu:0")
+    parser.add_argument("--tolerance", type=float, default=1e-3)
+    args = parser.parse_args()
+    device = device_facts()
+    on_card = device["importable"] and device["available"] and device["count"] > 0
+    try:
+        linear = smoke(args.want if on_card else "cpu", args.tolerance)
+    except Exception as exc:  # a result, never a crash: the device row must still be reported
+        traceback.print_exc()
+        linear = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps({"ok": True, "device": device, "linear": linear}))
+
+
+if __name__ == "__main__":
+    main()
