@@ -20,6 +20,7 @@ from rich.table import Table
 from sd_env import (
     __version__,
     envs,
+    extras,
     install,
     lockfile,
     manifest,
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-tpu-wheel", metavar="PATH_OR_URL", default=os.environ.get("SD_ENV_TORCH_TPU_WHEEL"),
                    help="Sophgo's torch_tpu wheel (overrides the manifest; also $SD_ENV_TORCH_TPU_WHEEL)")
     p.add_argument("--no-uv", action="store_true", help="install the lock with pip even when uv is available")
+    p.add_argument("--sync", action="store_true", help="also remove packages the lock does not name "
+                   "(asks first on a terminal)")
+    p.add_argument("-y", "--yes", action="store_true", help="with --sync: remove without asking")
     p.set_defaults(func=_cmd_install)
 
     p = sub.add_parser("verify", parents=[common], help="check the environment and prove it trains")
@@ -184,6 +188,11 @@ def _cmd_install(args: argparse.Namespace) -> int:
                            index_url=args.index_url, torch_tpu_wheel=args.torch_tpu_wheel,
                            use_uv=not args.no_uv)
     outcome = install.run(man, paths, runner, opts)
+    if args.sync and outcome.error is None:
+        try:
+            outcome.results.append(extras.sync(man, runner, python, yes=args.yes, use_uv=not args.no_uv))
+        except SdEnvError as exc:
+            outcome.error = exc
     return _report("install", outcome.results, outcome.error, args, paths,
                    title=f"sd-env install ({man.name} -> {python})", python=str(python))
 

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sd_env import __version__, closure, envs, lockfile, probe, requirements_check, status, target, torchtpu
+from sd_env import __version__, closure, envs, extras, lockfile, probe, requirements_check, status, target, torchtpu
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
 from sd_env.runner import Runner
@@ -121,8 +121,15 @@ def check_pins(ctx: Context, inv: envs.Inventory) -> Check:
     if broken:
         problems.append("pip check: " + "; ".join(broken[:4]))
     seconds = time.monotonic() - started
+    unlocked = extras.find(ctx.man, inv)
+    extra_text = (f"{len(unlocked)} packages not in the lock: {', '.join(unlocked)} "
+                  "(`sd-env install --sync` removes them)") if unlocked else ""
     if problems:
-        return Check("pins", FAIL, "; ".join(problems) + " -> run `sd-env install` to restore the lock", seconds)
+        return Check("pins", FAIL, "; ".join(problems + ([extra_text] if extra_text else []))
+                     + " -> run `sd-env install` to restore the lock", seconds)
+    if unlocked:
+        return Check("pins", WARN, f"{count} locked packages at their versions, pip check clean; {extra_text}",
+                     seconds)
     return Check("pins", OK, f"{count} locked packages at their versions, no shadowing copies, pip check clean",
                  seconds)
 

@@ -10,7 +10,7 @@ import time
 
 def device_facts():
     started = time.monotonic()
-    result = {"importable": False, "available": False, "count": 0, "error": None}  # type: dict
+    result = dict(importable=False, available=False, count=0, error=None)
     try:
         import torch  # noqa: F401 - torch_tpu registers itself on torch's PrivateUse1 backend
         import torch_tpu
