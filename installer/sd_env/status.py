@@ -145,4 +145,14 @@ def render(rows: list[ComponentStatus], as_json: bool, paths: Paths) -> None:
         if r.edited:
             pats += "\n[red]local edits:[/] " + ", ".join(r.edited)
         t.add_row(r.name, pin, head, pats, r.install, ", ".join(r.needs) or "nothing")
-    console().print(t)
+    out = console()
+    out.print(t)
+    # The same fix verify and the README give for each case.
+    if any(r.needs and r.head is None for r in rows):
+        out.print("not fetched yet: `sd-env install`", markup=False)
+    if any(r.edited for r in rows):
+        out.print("local edits: keep them (git -C CHECKOUT diff > my.diff) or discard them, then "
+                  "`sd-env repatch`", markup=False)
+    elif any(r.needs and r.head is not None for r in rows):
+        out.print("clobbered (not at the pinned, patched, editable state): `sd-env repatch` restores it",
+                  markup=False)

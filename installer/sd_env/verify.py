@@ -137,27 +137,41 @@ def check_pins(ctx: Context, inv: envs.Inventory) -> Check:
 # 3 ---------------------------------------------------------------------------
 def check_sources(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
     problems, notes, good = [], [], []
+    unfetched = edited = False
     for row in rows:
         if row.head is None:
             problems.append(f"{row.name}: not fetched")
+            unfetched = True
             continue
         if row.pinned and row.head != row.pinned:
             problems.append(f"{row.name}: checkout at {row.head[:12]}, pinned {row.pinned[:12]}")
+        # The bug-report block says what Python imports; the checkout only when that is it.
+        where = "" if row.install_ok else " in the managed checkout, which is not what is installed"
         for name, state in row.patches.items():
-            ctx.facts[f"patch {name}"] = state
+            ctx.facts[f"patch {name}"] = state + where
             if state == status.NOT_APPLICABLE:
                 notes.append(f"{name} not applicable ({row.name} from its sdist)")
             elif state != status.APPLIED:
                 problems.append(f"{row.name}: {name} is {state}")
         if row.edited:
             problems.append(f"{row.name}: local edits in {', '.join(row.edited)}")
+            edited = True
         if not row.install_ok:
             problems.append(f"{row.name}: {row.install}")
-        ctx.facts[row.name] = f"{row.tag} {row.source} {row.head[:12]} ({row.install})"
+        checkout = f"{row.tag} {row.source} {row.head[:12]}"
+        ctx.facts[row.name] = (f"{checkout} ({row.install})" if row.install_ok else
+                               f"{row.install}; the managed checkout {checkout} is not what is installed")
         good.append(f"{row.name} {row.tag}")
     if problems:
-        return Check("sources+patches", FAIL, "; ".join(problems) + " -> run `sd-env install` "
-                     "(local edits: keep or discard them first, see `sd-env status`)")
+        # One story per failure, the same in status and the README: a clobbered component is
+        # repatch's job; local edits are the user's to keep or drop first; nothing fetched is install's.
+        if edited:
+            fix = "keep or discard the local edits first (`sd-env status` names them), then run `sd-env repatch`"
+        elif unfetched:
+            fix = "run `sd-env install`"
+        else:
+            fix = "run `sd-env repatch` to restore the pinned, patched, editable state"
+        return Check("sources+patches", FAIL, "; ".join(problems) + " -> " + fix)
     detail = f"{', '.join(good)}: at the pinned commits, patches applied, editable installs -> checkouts"
     return Check("sources+patches", WARN if notes else OK, detail + ("; " + "; ".join(notes) if notes else ""))
 
