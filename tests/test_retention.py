@@ -34,7 +34,7 @@ def run_suite(folder: Path, fail: bool) -> list[str]:
     env = {**os.environ, "PYTEST_DEBUG_TEMPROOT": str(root)}
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
                     "--rootdir", str(folder), str(folder / "test_sample.py")], env=env, capture_output=True)
-    return sorted(str(p.relative_to(root)).split("/", 1)[1] for p in root.glob("pytest-of-*/pytest-*/*")
+    return sorted(str(p.relative_to(root)).split("/", 1)[1] for p in root.glob("pytest-of-*/pytest-[0-9]*/*")
                   if not p.name.endswith("current"))
 
 
