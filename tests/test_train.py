@@ -142,3 +142,21 @@ def test_train_writes_the_lora_and_pictures_then_the_readme_line_uses_it(mirrore
         **env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}, capture_output=True, text=True, timeout=1800)
     assert shell.returncode == 0, shell.stderr[-3000:]
     assert png_size(tmp_path / "pokemon_w_lora.png")[0] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_bootstrap_says_where_sd_env_is_and_links_it_when_asked(mirrored, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "SD_ENV_PYTHON")}
+    env.update(SD_ENV_HOME=str(mirrored), HOME=str(tmp_path), HF_HUB_OFFLINE="1", COLUMNS="200")
+    got = subprocess.run([str(ROOT / "bootstrap.sh"), "--link"], env=env, capture_output=True, text=True,
+                         timeout=3600)
+    assert got.returncode == 0, got.stderr[-3000:]
+    tool = mirrored / "tool" / "bin" / "sd-env"
+    link = tmp_path / ".local" / "bin" / "sd-env"
+    assert link.is_symlink() and link.resolve() == tool.resolve()
+    assert f"linked {link} -> {tool}" in got.stderr and "is not on your PATH" in got.stderr
+    last = got.stderr.strip().splitlines()[-1]
+    assert last == (f"* sd-env is {tool}: `SD_ENV_HOME={mirrored} {tool} shell` enters the environment, "
+                    f"`SD_ENV_HOME={mirrored} {tool} train --model DIR --data DIR` trains a LoRA")
+    assert not list(tmp_path.glob(".bashrc")) and not list(tmp_path.glob(".profile"))  # no profile edited
