@@ -138,8 +138,7 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
                 ("--output_dir", str(output))]
     argv = [str(python), str(script), *merged_args(defaults, opts.extra)]
     progress("training: " + shlex.join(["python", *argv[1:]]))
-    code = runner.attached(argv, env=target.env, cwd=output.parent,
-                           preexec=lambda: trainenv.apply_nofile(target.nofile))
+    code = runner.attached(argv, env=target.env, preexec=lambda: trainenv.apply_nofile(target.nofile))
     if code != 0:
         raise StepError(f"the training script exited with {code} (its output is above)",
                         "the log has the full command line; the script's own error is the last lines above")

@@ -44,7 +44,8 @@ def logged_losses(folder):
         return []
     from tensorboard.compat.proto import event_pb2
 
-    data = events[0].read_bytes()
+    # The newest run's file: a reused output folder keeps the older runs' logs beside it.
+    data = max(events, key=lambda p: p.stat().st_mtime).read_bytes()
     found = []
     pos = 0
     while pos + 12 <= len(data):  # frame: u64 length, u32 crc, payload, u32 crc
