@@ -11,11 +11,13 @@ from importlib import metadata
 
 dists = {}  # type: dict
 for dist in metadata.distributions():
-    name = dist.metadata["Name"]
+    meta = dist.metadata  # parsed once: each dist.metadata access reads and parses the file again
+    name = meta["Name"]
     if not name:
         continue
-    entry = {"version": dist.version, "path": str(getattr(dist, "_path", "")),
-             "requires": dist.requires or []}  # type: dict
+    # Requires-Dist, else (an egg-info) requires.txt as importlib.metadata converts it.
+    requires = meta.get_all("Requires-Dist") or dist.requires or []
+    entry = {"version": meta["Version"], "path": str(getattr(dist, "_path", "")), "requires": requires}  # type: dict
     direct = dist.read_text("direct_url.json")  # PEP 610: where an editable install points
     if direct:
         info = json.loads(direct)
@@ -23,10 +25,10 @@ for dist in metadata.distributions():
         entry["editable"] = bool(info.get("dir_info", {}).get("editable"))
     if name.lower().replace("_", "-") == "torch-tpu":
         # Told apart by metadata: Google's TorchTPU and Sophgo's share the import name.
-        entry["home_page"] = dist.metadata.get("Home-page") or ""
-        entry["project_urls"] = dist.metadata.get_all("Project-URL") or []
-        entry["author"] = dist.metadata.get("Author") or dist.metadata.get("Author-email") or ""
-        entry["requires_python"] = dist.metadata.get("Requires-Python") or ""
+        entry["home_page"] = meta.get("Home-page") or ""
+        entry["project_urls"] = meta.get_all("Project-URL") or []
+        entry["author"] = meta.get("Author") or meta.get("Author-email") or ""
+        entry["requires_python"] = meta.get("Requires-Python") or ""
     dists.setdefault(name, []).append(entry)
 
 # PEP 508 marker variables, as packaging.markers.default_environment() computes them,
