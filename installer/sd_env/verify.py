@@ -59,7 +59,8 @@ def run(ctx: Context) -> list[Check]:
     # metadata checks run here: --quick costs about one `import torch`.
     with ThreadPoolExecutor(max_workers=1) as pool:
         torch_probe = None if torchtpu.installed_google(inv) else pool.submit(
-            probe.run, ctx.runner, ctx.python, probe.script("torch_checks.py"), ["--want", ctx.man.device],
+            probe.run, ctx.runner, ctx.python, probe.script("torch_checks.py"),
+            ["--want", ctx.man.device, "--device-timeout", str(ctx.timeouts["device"])],
             timeout=ctx.timeouts["device"] + ctx.timeouts["linear"])
         rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python, inv)
         checks = [check_interpreter(ctx, inv), check_pins(ctx, inv), check_sources(ctx, rows)]
@@ -79,6 +80,10 @@ def _split(got: probe.ProbeResult) -> tuple[probe.ProbeResult, probe.ProbeResult
     result when the process died (a torch_tpu crash): then linear runs on its own."""
     if got.data is None:
         return got, None
+    if "device_timeout" in got.data:
+        seconds = float(got.data["device_timeout"])
+        return probe.ProbeResult(None, f"timed out after {seconds:.0f} s (killed)", seconds, got.stderr_tail,
+                                 got.stderr), None
     device = got.data["device"]
     linear = got.data["linear"]
     linear_seconds = float(linear.get("seconds", 0.0))

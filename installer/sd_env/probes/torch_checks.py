@@ -9,6 +9,8 @@ a card, else on the CPU, as verify's torch_tpu row decides.
 
 import argparse
 import json
+import os
+import threading
 import traceback
 
 from device import device_facts
@@ -19,8 +21,19 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--want", default="tpu:0")
     parser.add_argument("--tolerance", type=float, default=1e-3)
+    parser.add_argument("--device-timeout", type=float, help="give up on a torch_tpu import that hangs")
     args = parser.parse_args()
+    found = threading.Event()
+    if args.device_timeout:
+        # The device facts keep their own, shorter timeout inside this longer-lived process.
+        def expire():
+            if not found.wait(args.device_timeout):
+                print(json.dumps({"ok": False, "device_timeout": args.device_timeout}), flush=True)
+                os._exit(124)
+
+        threading.Thread(target=expire, daemon=True).start()
     device = device_facts()
+    found.set()
     on_card = device["importable"] and device["available"] and device["count"] > 0
     try:
         linear = smoke(args.want if on_card else "cpu", args.tolerance)
