@@ -28,6 +28,11 @@ OK, WARN, FAIL, SKIPPED, NA = "ok", "warn", "fail", "skipped", "n/a"
 NOFILE_MIN = 65535
 _STEP_LOSS = re.compile(r"step_loss=([0-9.eE+-]+|nan|inf)")  # the script's progress bar postfix
 EXAMPLE = Path("examples") / "text_to_image" / "train_text_to_image_lora.py"
+# verify's work is tiny (a Linear layer, a 6.5 MB model): one thread is faster than two that
+# wait for each other, by 10-25x for the tiny UNet on a busy 2-core machine (9-24 s vs 0.4-1.5 s
+# for 30 steps). A real training run (`sd-env train`) keeps torch's default.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+OFFLINE = {"HF_HUB_OFFLINE": "1", **ONE_THREAD}
 TIMEOUTS = {"device": 120.0, "linear": 300.0, "tiny": 600.0, "lora": 1800.0, "infer": 600.0}
 
 
@@ -61,7 +66,7 @@ def run(ctx: Context) -> list[Check]:
         torch_probe = None if torchtpu.installed_google(inv) else pool.submit(
             probe.run, ctx.runner, ctx.python, probe.script("torch_checks.py"),
             ["--want", ctx.man.device, "--device-timeout", str(ctx.timeouts["device"])],
-            timeout=ctx.timeouts["device"] + ctx.timeouts["linear"])
+            timeout=ctx.timeouts["device"] + ctx.timeouts["linear"], env=ONE_THREAD)
         rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python, inv)
         checks = [check_interpreter(ctx, inv), check_pins(ctx, inv), check_sources(ctx, rows)]
         device_got, linear_got = _split(torch_probe.result()) if torch_probe else (None, None)
@@ -234,7 +239,7 @@ def check_ulimit() -> Check:
 def check_linear(ctx: Context, got: probe.ProbeResult | None = None) -> Check:
     if got is None:
         got = probe.run(ctx.runner, ctx.python, probe.script("linear.py"), ["--device", ctx.device],
-                        timeout=ctx.timeouts["linear"])
+                        timeout=ctx.timeouts["linear"], env=ONE_THREAD)
     where = _where(ctx)
     if not got.ok or got.data is None:
         return Check("linear smoke", FAIL, f"{where}: {_problem(got)}", got.seconds, ctx.device)
@@ -249,7 +254,7 @@ def tiny_model(ctx: Context) -> tuple[Path | None, str]:
     """The tiny SD model and dataset, built once into the cache by the target interpreter."""
     cache = ctx.paths.home / "cache" / "tiny-sd"
     got = probe.run(ctx.runner, ctx.python, probe.script("tiny_sd.py"), ["--out", str(cache)],
-                    timeout=ctx.timeouts["tiny"], env={"HF_HUB_OFFLINE": "1"})
+                    timeout=ctx.timeouts["tiny"], env=OFFLINE)
     if not got.ok:
         return None, f"building the tiny model failed: {_problem(got)}"
     return cache, "cached" if got.data and got.data.get("cached") else f"built in {got.seconds:.1f} s"
@@ -270,7 +275,7 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
     diffusers_row = next((r for r in rows if r.name == "diffusers"), None)
     patched = diffusers_row is not None and all(s == status.APPLIED for s in diffusers_row.patches.values())
     real = script.exists() and patched
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {**OFFLINE, "HF_DATASETS_OFFLINE": "1"}
     if ctx.device != "cpu":
         env["ACCELERATE_TORCH_DEVICE"] = ctx.device
     common = ["--resolution", "32", "--mixed_precision" if real else "--mixed-precision", ctx.mixed_precision]
@@ -330,7 +335,7 @@ def check_inference(ctx: Context, step: Check) -> Check:
     got = probe.run(ctx.runner, ctx.python, probe.script("lora_infer.py"),
                     ["--model", str(cache / "tiny-sd" / "model"), "--lora", str(cache / "lora-out"),
                      "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"],
-                    env={"HF_HUB_OFFLINE": "1"})
+                    env=OFFLINE)
     where = _where(ctx)
     if not got.ok or got.data is None:
         return Check("inference", FAIL, f"{where}: {_problem(got)}", got.seconds, ctx.device)
