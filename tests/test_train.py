@@ -118,7 +118,9 @@ def test_train_writes_the_lora_and_pictures_then_the_readme_line_uses_it(mirrore
     built = subprocess.run([str(python), str(probe.script("tiny_sd.py")), "--out", str(tiny)], capture_output=True,
                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert built.returncode == 0, built.stderr[-2000:]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "SD_ENV_HOME": str(mirrored)}
+    # One thread: the tiny model runs 10x faster than on two contending ones (see verify.ONE_THREAD).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "SD_ENV_HOME": str(mirrored),
+           "OMP_NUM_THREADS": "1"}
     env.pop("VIRTUAL_ENV", None)
     out = tmp_path / "lora"
     # The tiny model's VAE downsamples 2x, not 8x: at the tutorial's 512 its attention is killed for memory.
