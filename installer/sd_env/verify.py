@@ -19,7 +19,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sd_env import __version__, closure, envs, extras, lockfile, probe, requirements_check, status, target, torchtpu
+from sd_env import (
+    __version__,
+    closure,
+    envs,
+    extras,
+    lockfile,
+    probe,
+    requirements_check,
+    status,
+    target,
+    torchtpu,
+    trainenv,
+)
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
 from sd_env.runner import Runner
@@ -61,23 +73,47 @@ class Context:
 def run(ctx: Context) -> list[Check]:
     inv = envs.inventory(ctx.runner, ctx.python)
     # torch is imported once, for the device and the Linear rows, while the git and
-    # metadata checks run here: --quick costs about one `import torch`.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # metadata checks run here: --quick costs about one `import torch`. Without Sophgo's
+    # torch_tpu in the target the device can only be the CPU, so the LoRA step and the
+    # inference need not wait for the device row either.
+    certain_cpu = not trainenv.sophgo_installed(inv)
+    with ThreadPoolExecutor(max_workers=2) as pool:
         torch_probe = None if torchtpu.installed_google(inv) else pool.submit(
             probe.run, ctx.runner, ctx.python, probe.script("torch_checks.py"),
             ["--want", ctx.man.device, "--device-timeout", str(ctx.timeouts["device"])],
             timeout=ctx.timeouts["device"] + ctx.timeouts["linear"], env=ONE_THREAD)
         rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python, inv)
         checks = [check_interpreter(ctx, inv), check_pins(ctx, inv), check_sources(ctx, rows)]
+        early = pool.submit(_lora_and_inference, ctx, rows) if certain_cpu and not ctx.quick else None
         device_got, linear_got = _split(torch_probe.result()) if torch_probe else (None, None)
-    checks += [check_torch_tpu(ctx, inv, device_got), check_ulimit(), check_linear(ctx, linear_got)]
-    if ctx.quick:
-        checks += [Check("lora step", SKIPPED, "skipped: --quick"), Check("inference", SKIPPED, "skipped: --quick")]
-        return checks
-    step = check_lora_step(ctx, rows)
-    checks.append(step)
-    checks.append(check_inference(ctx, step))
+        checks += [check_torch_tpu(ctx, inv, device_got), check_ulimit(), check_linear(ctx, linear_got)]
+        if ctx.quick:
+            return [*checks, Check("lora step", SKIPPED, "skipped: --quick"),
+                    Check("inference", SKIPPED, "skipped: --quick")]
+        checks += list(early.result() if early is not None else _lora_and_inference(ctx, rows))
     return checks
+
+
+def _lora_and_inference(ctx: Context, rows: list[status.ComponentStatus]) -> tuple[Check, Check]:
+    """The LoRA step, with the inference probe importing and rendering its base image meanwhile;
+    it loads the LoRA once the step has passed (the go file says so)."""
+    go = ctx.paths.home / "cache" / "lora-out.go"
+    go.unlink(missing_ok=True)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        infer = None
+        if not (ctx.mixed_precision == "fp16" and ctx.device == "cpu") and tiny_model(ctx)[0] is not None:
+            infer = pool.submit(_run_inference, ctx, go)
+        verdict = "stop"
+        try:
+            step = check_lora_step(ctx, rows)
+            verdict = "go" if step.status == OK else "stop"
+        finally:
+            tmp = go.with_name(go.name + ".tmp")
+            tmp.write_text(verdict, encoding="utf-8")
+            os.replace(tmp, go)  # whole, never half-written, when the probe reads it
+        got = infer.result() if infer is not None else None
+    go.unlink(missing_ok=True)
+    return step, check_inference(ctx, step, got)
 
 
 def _split(got: probe.ProbeResult) -> tuple[probe.ProbeResult, probe.ProbeResult | None]:
@@ -328,21 +364,28 @@ def _judge_script(ctx: Context, got: probe.ProbeResult, out: Path) -> probe.Prob
 
 
 # 8 ---------------------------------------------------------------------------
-def check_inference(ctx: Context, step: Check) -> Check:
+def _run_inference(ctx: Context, go: Path | None = None) -> probe.ProbeResult:
+    cache = ctx.paths.home / "cache"
+    wait = ["--go", str(go)] if go is not None else []
+    return probe.run(ctx.runner, ctx.python, probe.script("lora_infer.py"),
+                     ["--model", str(cache / "tiny-sd" / "model"), "--lora", str(cache / "lora-out"),
+                      "--device", ctx.device, "--steps", "2", *wait],
+                     timeout=ctx.timeouts["infer"] + (ctx.timeouts["lora"] if go is not None else 0), env=OFFLINE)
+
+
+def check_inference(ctx: Context, step: Check, got: probe.ProbeResult | None = None) -> Check:
     if step.status != OK:
         return Check("inference", SKIPPED, f"skipped: the LoRA step did not pass ({step.status})")
-    cache = ctx.paths.home / "cache"
-    got = probe.run(ctx.runner, ctx.python, probe.script("lora_infer.py"),
-                    ["--model", str(cache / "tiny-sd" / "model"), "--lora", str(cache / "lora-out"),
-                     "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"],
-                    env=OFFLINE)
+    if got is None:
+        got = _run_inference(ctx)
     where = _where(ctx)
+    seconds = got.seconds - float((got.data or {}).get("waited", 0.0))  # not the time spent waiting for the step
     if not got.ok or got.data is None:
-        return Check("inference", FAIL, f"{where}: {_problem(got)}", got.seconds, ctx.device)
+        return Check("inference", FAIL, f"{where}: {_problem(got)}", seconds, ctx.device)
     d = got.data
     return Check("inference", OK, f"{where}: 2 steps with the LoRA -> image {d['shape']}; LoRA scale 0 equals the "
                  f"base pipeline (max diff {d['scale0_max_diff']:.1e}); scale 1 differs by {d['scale1_max_diff']:.1e}",
-                 got.seconds, d.get("device", ctx.device))
+                 seconds, d.get("device", ctx.device))
 
 
 def _where(ctx: Context) -> str:

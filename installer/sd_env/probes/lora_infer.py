@@ -12,6 +12,7 @@ Prints one JSON object on its last stdout line; logs go to stderr.
 """
 
 import argparse
+import os
 import time
 
 from _result import report
@@ -26,6 +27,9 @@ def parse_args():
     parser.add_argument("--device", default="cpu", help="cpu, or tpu:0 for a Sophgo card")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--go", help="a file to wait for before loading the LoRA: verify writes `go` into it "
+                        "once the training step passed (anything else: stop), so the imports and the base image "
+                        "overlap the training")
     parser.add_argument("--tolerance", type=float, default=1e-5,
                         help="largest allowed difference between the base and the scale 0.0 images")
     return parser.parse_args()
@@ -57,6 +61,15 @@ def main():
                     **kwargs).images[0]
 
     base = generate()
+    waited = 0.0
+    if args.go:
+        waiting = time.monotonic()
+        while not os.path.exists(args.go):
+            time.sleep(0.1)
+        waited = time.monotonic() - waiting
+        with open(args.go, encoding="utf-8") as marker:
+            if marker.read().strip() != "go":
+                return {"ok": False, "error": "the LoRA step did not pass", "waited": waited}
     pipe.unet.load_attn_procs(args.lora)
     pipe.to(args.device)  # load_attn_procs follows the UNet's device; this makes sure of it
     # Without this, a load that silently kept the plain processors would pass scale 0.0.
@@ -76,7 +89,8 @@ def main():
         "scale0_max_diff": scale0,
         "scale1_max_diff": scale1,
         "tolerance": args.tolerance,
-        "seconds": round(time.monotonic() - started, 3),
+        "waited": round(waited, 3),
+        "seconds": round(time.monotonic() - started - waited, 3),
     }
 
 
