@@ -72,37 +72,53 @@ class Context:
 
 def run(ctx: Context) -> list[Check]:
     inv = envs.inventory(ctx.runner, ctx.python)
-    # torch is imported once, for the device and the Linear rows, while the git and
-    # metadata checks run here: --quick costs about one `import torch`. Without Sophgo's
-    # torch_tpu in the target the device can only be the CPU, so the LoRA step and the
-    # inference need not wait for the device row either.
-    certain_cpu = not trainenv.sophgo_installed(inv)
+    google = torchtpu.installed_google(inv) is not None
+    # torch is imported once for the device and Linear rows, while the git and metadata
+    # checks run here: --quick costs about one `import torch`. A full verify without
+    # Sophgo's torch_tpu can only run on the CPU, so the LoRA step starts at once and the
+    # inference probe, which imports torch anyway, also gives the device and Linear rows.
+    shared = not ctx.quick and not google and not trainenv.sophgo_installed(inv)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        torch_probe = None if torchtpu.installed_google(inv) else pool.submit(
-            probe.run, ctx.runner, ctx.python, probe.script("torch_checks.py"),
-            ["--want", ctx.man.device, "--device-timeout", str(ctx.timeouts["device"])],
-            timeout=ctx.timeouts["device"] + ctx.timeouts["linear"], env=ONE_THREAD)
+        torch_probe = pool.submit(_torch_checks, ctx) if not google and not shared else None
         rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python, inv)
         checks = [check_interpreter(ctx, inv), check_pins(ctx, inv), check_sources(ctx, rows)]
-        early = pool.submit(_lora_and_inference, ctx, rows) if certain_cpu and not ctx.quick else None
-        device_got, linear_got = _split(torch_probe.result()) if torch_probe else (None, None)
-        checks += [check_torch_tpu(ctx, inv, device_got), check_ulimit(), check_linear(ctx, linear_got)]
-        if ctx.quick:
-            return [*checks, Check("lora step", SKIPPED, "skipped: --quick"),
-                    Check("inference", SKIPPED, "skipped: --quick")]
-        checks += list(early.result() if early is not None else _lora_and_inference(ctx, rows))
-    return checks
+        early = pool.submit(_lora_and_inference, ctx, rows, shared) if shared else None
+        tail: tuple[Check, Check] | None = None
+        if early is not None:
+            step, inference, torch_got = early.result()
+            tail = (step, inference)
+            if torch_got is None:  # the inference probe did not run or died: ask on its own
+                torch_got = _torch_checks(ctx)
+        else:
+            torch_got = torch_probe.result() if torch_probe is not None else None
+    device_got, linear_got = _split(torch_got) if torch_got is not None else (None, None)
+    checks += [check_torch_tpu(ctx, inv, device_got), check_ulimit(), check_linear(ctx, linear_got)]
+    if ctx.quick:
+        return [*checks, Check("lora step", SKIPPED, "skipped: --quick"),
+                Check("inference", SKIPPED, "skipped: --quick")]
+    if tail is None:
+        step, inference, _ = _lora_and_inference(ctx, rows, False)
+        tail = (step, inference)
+    return [*checks, *tail]
 
 
-def _lora_and_inference(ctx: Context, rows: list[status.ComponentStatus]) -> tuple[Check, Check]:
+def _torch_checks(ctx: Context) -> probe.ProbeResult:
+    return probe.run(ctx.runner, ctx.python, probe.script("torch_checks.py"),
+                     ["--want", ctx.man.device, "--device-timeout", str(ctx.timeouts["device"])],
+                     timeout=ctx.timeouts["device"] + ctx.timeouts["linear"], env=ONE_THREAD)
+
+
+def _lora_and_inference(ctx: Context, rows: list[status.ComponentStatus],
+                        torch_checks: bool) -> tuple[Check, Check, probe.ProbeResult | None]:
     """The LoRA step, with the inference probe importing and rendering its base image meanwhile;
-    it loads the LoRA once the step has passed (the go file says so)."""
+    it loads the LoRA once the step has passed (the go file says so). With `torch_checks`, the
+    inference probe's device facts and Linear result too (None when it gave none)."""
     go = ctx.paths.home / "cache" / "lora-out.go"
     go.unlink(missing_ok=True)
     with ThreadPoolExecutor(max_workers=1) as pool:
         infer = None
         if not (ctx.mixed_precision == "fp16" and ctx.device == "cpu") and tiny_model(ctx)[0] is not None:
-            infer = pool.submit(_run_inference, ctx, go)
+            infer = pool.submit(_run_inference, ctx, go, torch_checks)
         verdict = "stop"
         try:
             step = check_lora_step(ctx, rows)
@@ -113,7 +129,12 @@ def _lora_and_inference(ctx: Context, rows: list[status.ComponentStatus]) -> tup
             os.replace(tmp, go)  # whole, never half-written, when the probe reads it
         got = infer.result() if infer is not None else None
     go.unlink(missing_ok=True)
-    return step, check_inference(ctx, step, got)
+    shared = (got.data or {}).get("torch_checks") if got is not None else None
+    torch_got = None
+    if shared:
+        seconds = float(shared["device"].get("seconds", 0.0)) + float(shared["linear"].get("seconds", 0.0))
+        torch_got = probe.ProbeResult({"ok": True, **shared}, None, seconds)
+    return step, check_inference(ctx, step, got), torch_got
 
 
 def _split(got: probe.ProbeResult) -> tuple[probe.ProbeResult, probe.ProbeResult | None]:
@@ -364,9 +385,10 @@ def _judge_script(ctx: Context, got: probe.ProbeResult, out: Path) -> probe.Prob
 
 
 # 8 ---------------------------------------------------------------------------
-def _run_inference(ctx: Context, go: Path | None = None) -> probe.ProbeResult:
+def _run_inference(ctx: Context, go: Path | None = None, torch_checks: bool = False) -> probe.ProbeResult:
     cache = ctx.paths.home / "cache"
     wait = ["--go", str(go)] if go is not None else []
+    wait += ["--torch-checks", ctx.man.device] if torch_checks else []
     return probe.run(ctx.runner, ctx.python, probe.script("lora_infer.py"),
                      ["--model", str(cache / "tiny-sd" / "model"), "--lora", str(cache / "lora-out"),
                       "--device", ctx.device, "--steps", "2", *wait],

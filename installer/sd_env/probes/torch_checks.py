@@ -32,15 +32,22 @@ def main():
                 os._exit(124)
 
         threading.Thread(target=expire, daemon=True).start()
+    result = run_checks(args.want, args.tolerance, found)
+    print(json.dumps({"ok": True, **result}))
+
+
+def run_checks(want, tolerance=1e-3, found=None):
+    """{"device": ..., "linear": ...}; also used by lora_infer.py, which imports torch anyway."""
     device = device_facts()
-    found.set()
+    if found is not None:
+        found.set()
     on_card = device["importable"] and device["available"] and device["count"] > 0
     try:
-        linear = smoke(args.want if on_card else "cpu", args.tolerance)
+        linear = smoke(want if on_card else "cpu", tolerance)
     except Exception as exc:  # a result, never a crash: the device row must still be reported
         traceback.print_exc()
         linear = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    print(json.dumps({"ok": True, "device": device, "linear": linear}))
+    return {"device": device, "linear": linear}
 
 
 if __name__ == "__main__":
