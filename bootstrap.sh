@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# ./bootstrap.sh [sd-env install flags...]
+# ./bootstrap.sh [--link] [sd-env install flags...]
+#
+# --link: also make ~/.local/bin/sd-env a link to sd-env (shell profiles are
+# never edited; you are told when ~/.local/bin is not on your PATH).
 #
 # On a fresh machine: finds a Python >= 3.9 for sd-env itself, installs sd-env
 # into its own venv (.sd-env/tool), then runs `sd-env install` (which finds or
@@ -15,6 +18,12 @@ home=${SD_ENV_HOME:-$here/.sd-env}
 tool=$home/tool
 . "$here/scripts/find-python.sh"
 . "$here/scripts/bundle-tool.sh"
+
+link=0
+args=()
+for arg in "$@"; do
+  if [ "$arg" = "--link" ]; then link=1; else args+=("$arg"); fi
+done
 
 say() { printf '* %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$1" >&2; [ -n "${2:-}" ] && printf 'hint: %s\n' "$2" >&2; exit "${3:-2}"; }
@@ -49,19 +58,43 @@ fi
 export SD_ENV_HOME="$home"
 # -m/--manifest (a path or a shipped stack's name) also chooses what verify checks below.
 prev=""
-for arg in "$@"; do
+for arg in ${args[@]+"${args[@]}"}; do
   case "$prev" in -m|--manifest) export SD_ENV_MANIFEST="$arg" ;; esac
   case "$arg" in --manifest=*) export SD_ENV_MANIFEST="${arg#--manifest=}" ;; esac
   prev="$arg"
 done
-"$tool/bin/sd-env" install "$@"
+"$tool/bin/sd-env" install ${args[@]+"${args[@]}"}
 
 # The full verify (a LoRA training step, about 30 s) runs whenever what is
 # installed changed since the last full pass; otherwise the quick one does.
 installed=$(cat "$home/state.json" "$here"/manifests/* "$here"/patches/* 2>/dev/null | sha256sum | cut -c1-16)
+rc=0
 if [ "$(cat "$home/.verified" 2>/dev/null)" = "$installed" ]; then
   say "nothing changed since the last full verify: running verify --quick (sd-env verify runs all checks)"
-  exec "$tool/bin/sd-env" verify --quick "${verify_args[@]}"
+  "$tool/bin/sd-env" verify --quick ${verify_args[@]+"${verify_args[@]}"} || rc=$?
+else
+  "$tool/bin/sd-env" verify ${verify_args[@]+"${verify_args[@]}"} || rc=$?
+  [ "$rc" -ne 0 ] || echo "$installed" > "$home/.verified"
 fi
-"$tool/bin/sd-env" verify "${verify_args[@]}"
-echo "$installed" > "$home/.verified"
+
+# Where sd-env is, in one line; a link on the PATH only when asked for.
+cmd=$tool/bin/sd-env
+if [ "$link" = 1 ]; then
+  bin=$HOME/.local/bin
+  mkdir -p "$bin"
+  if [ -e "$bin/sd-env" ] && [ ! -L "$bin/sd-env" ]; then
+    die "$bin/sd-env exists and is not a link; not replacing it" "remove it, or run $cmd directly" 1
+  fi
+  ln -sfn "$cmd" "$bin/sd-env"
+  say "linked $bin/sd-env -> $cmd"
+  case ":$PATH:" in
+    *":$bin:"*) cmd=sd-env ;;
+    *) say "$bin is not on your PATH: add it in your shell profile (sd-env does not edit profiles)" ;;
+  esac
+fi
+prefix=""
+[ "$home" = "$here/.sd-env" ] || prefix="SD_ENV_HOME=$home "
+hint=""
+[ "$link" = 1 ] || hint=" (./bootstrap.sh --link puts it on your PATH)"
+say "sd-env is $tool/bin/sd-env$hint: \`$prefix$cmd shell\` enters the environment, \`$prefix$cmd train --model DIR --data DIR\` trains a LoRA"
+exit "$rc"

@@ -205,8 +205,8 @@ def fresh_target(tmp_path: Path, target_python: Path) -> Path:
 def shared_mirrors() -> Path | None:
     """The read-only bare git mirrors of accelerate and diffusers: `shared/mirrors` beside the
     repository in CI (../shared/mirrors), or beside one of its parents (a worktree under wt/)."""
-    for base in ROOT.parents:
-        candidate = base / "shared" / "mirrors"
+    given = os.environ.get("SD_ENV_TEST_GIT_MIRROR")
+    for candidate in [Path(given)] if given else [base / "shared" / "mirrors" for base in ROOT.parents]:
         if (candidate / "huggingface" / "diffusers.git").is_dir():
             return candidate
     return None
@@ -259,4 +259,15 @@ def emulator(emulator_target: tuple[Path, Paths]) -> emulation.Emulator:
     return emulation.build(Runner(), python, paths)
 
 
-__all__ = ["CORE", "ROOT", "TPU_PATCH", "Project", "Upstream", "bootstrap", "git", "run_in", "sys", "tiny_component"]
+@pytest.fixture(scope="session")
+def mirrored(bootstrapped) -> Path:
+    """The bootstrapped home: installed from the git mirrors, so diffusers' examples/ (the training
+    script) are there."""
+    if shared_mirrors() is None:
+        pytest.skip(f"no git mirror: provide {ROOT.parent / 'shared' / 'mirrors'} (SD_ENV_TEST_GIT_MIRROR)")
+    home, _ = bootstrapped
+    return home
+
+
+__all__ = ["CORE", "ROOT", "TPU_PATCH", "Project", "Upstream", "bootstrap", "git", "run_in", "sys",
+           "tiny_component"]

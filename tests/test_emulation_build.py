@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from sd_env import emulation
-from sd_env.cli import main
 from sd_env.errors import CommandError, EmulatorUnavailable
 from sd_env.paths import Paths
 from sd_env.runner import Runner
@@ -73,9 +72,11 @@ def test_emulate_runs_the_command_with_the_emulator(emulator_target: tuple[Path,
     python, paths = emulator_target
     code = ("import os, sys, torch, torch_tpu; print(torch_tpu.EMULATED, os.environ['ACCELERATE_TORCH_DEVICE'], "
             "os.environ['SD_ENV_EMULATED'], torch.ones(1, device='tpu').device, sys.executable); sys.exit(3)")
-    rc = main(["emulate", "--home", str(paths.home), "--python", str(python), "--", "python", "-c", code])
-    out, err = capfd.readouterr()
-    assert rc == 3, err
+    # emulate execs the command (as `sd-env run` does): run sd-env in a process of its own.
+    got = subprocess.run([sys.executable, "-m", "sd_env", "emulate", "--home", str(paths.home), "--python",
+                          str(python), "--", "python", "-c", code], capture_output=True, text=True, timeout=900)
+    out, err = got.stdout, got.stderr
+    assert got.returncode == 3, err
     assert out.split()[:4] == ["True", "tpu:0", "1", "tpu:0"] and out.split()[4].startswith(str(python.parent))
     assert "tpu:0 is emulated" in err
     # the target itself never gets the emulator

@@ -90,7 +90,16 @@ def test_clobbered_accelerate_is_restored_by_repatch(bootstrapped, capsys):
     assert code == 1
     detail = by_name(doc)["sources+patches"]["detail"]
     assert "accelerate: 0.16.0 installed normally (not the managed checkout)" in detail
+    # One story: repatch, in verify and status alike; no word of local edits, as there are none.
+    assert detail.endswith("-> run `sd-env repatch` to restore the pinned, patched, editable state")
+    assert "local edits" not in detail
+    # The bug-report block says what is installed, not what was recorded.
+    assert any(line.startswith("- accelerate: 0.16.0 installed normally") for line in doc["environment"])
+    assert "- patch accelerate-0.16.0-tpu.diff: applied in the managed checkout, which is not what is installed" \
+        in doc["environment"]
     capsys.readouterr()
+    assert sd_env(home, "status") == 0
+    assert "`sd-env repatch` restores it" in capsys.readouterr().out
     assert sd_env(home, "repatch") == 0
     out = capsys.readouterr().out
     assert "found" in out and "installed normally" in out

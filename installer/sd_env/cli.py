@@ -24,14 +24,18 @@ from sd_env import (
     config,
     emulation,
     envs,
+    extras,
     homelock,
     install,
     lockfile,
     manifest,
     repatch,
+    run,
     sources,
     stacks,
     status,
+    train,
+    trainenv,
     verify,
 )
 from sd_env import paths as paths_mod
@@ -89,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-uv", action="store_true", help="install the lock with pip even when uv is available")
     p.add_argument("--bundle", metavar="OUT", type=Path, help="install from an offline bundle only (no index, "
                    "no git remote); the manifest defaults to the bundle's own")
+    p.add_argument("--sync", action="store_true", help="also remove packages the lock does not name "
+                   "(asks first on a terminal)")
+    p.add_argument("-y", "--yes", action="store_true", help="with --sync: remove without asking")
     p.set_defaults(func=_cmd_install)
 
     p = sub.add_parser("bundle", help="an offline bundle: create one, or check one")
@@ -158,6 +165,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stacks", help="list the shipped stacks (manifests) and what each is for")
     p.add_argument("--json", action="store_true", help="print a versioned JSON report")
     p.set_defaults(func=_cmd_stacks)
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", help="ACCELERATE_TORCH_DEVICE for the command (default: the manifest's "
+                        "device when torch_tpu is installed in the target, else cpu)")
+    p = sub.add_parser("run", parents=[common, device], help="run one command in the target environment "
+                       "(sd-env run -- CMD ARGS...)")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not print what was set")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("train", parents=[common, device], help="the tutorial's LoRA fine-tuning on a local "
+                       "model and dataset, then pictures (sd-env train --model DIR --data DIR [-- SCRIPT ARGS])")
+    p.add_argument("--model", required=True, help="a diffusers Stable Diffusion folder (model_index.json)")
+    p.add_argument("--data", type=Path, required=True, help="images + metadata.jsonl (file_name, text), "
+                   "or a saved Hugging Face dataset")
+    p.add_argument("--output", type=Path, default=Path("sd-env-lora"), help="the LoRA output folder "
+                   "(default: ./sd-env-lora)")
+    p.add_argument("--mixed-precision", choices=("no", "fp16"), help="the tutorial's fp32 (no) or fp16 run")
+    p.add_argument("--resolution", help="training resolution (tutorial: 512)")
+    p.add_argument("--max-train-steps", help="stop after N steps (default: the tutorial's 10 epochs)")
+    p.add_argument("--validation-prompt", help="tutorial: \"cute dragon creature\"")
+    p.add_argument("--seed", help="tutorial: 42")
+    p.add_argument("--script", type=Path, help="train_text_to_image_lora.py to run (default: the managed "
+                   "diffusers checkout's)")
+    p.add_argument("--no-pictures", action="store_true", help="skip the with/without image and loss curve")
+    p.add_argument("--inference-steps", type=int, default=30, help="steps for the with/without image (30)")
+    p.add_argument("extra", nargs=argparse.REMAINDER, metavar="-- SCRIPT ARGS",
+                   help="more script arguments; they replace the tutorial's")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("shell", parents=[common, device], help="a shell in the target environment with "
+                       "the training variables set ($SHELL, else bash)")
+    p.set_defaults(func=_cmd_shell)
     return parser
 
 
@@ -246,6 +285,11 @@ def _cmd_install(args: argparse.Namespace) -> int:
                            index_url=args.index_url, torch_tpu_wheel=args.torch_tpu_wheel,
                            use_uv=not args.no_uv, bundle=args.bundle)
     outcome = install.run(man, paths, runner, opts)
+    if args.sync and outcome.error is None:
+        try:
+            outcome.results.append(extras.sync(man, runner, python, yes=args.yes, use_uv=not args.no_uv))
+        except SdEnvError as exc:
+            outcome.error = exc
     return _report("install", outcome.results, outcome.error, args, paths,
                    title=f"sd-env install ({man.name} -> {python})", python=str(python))
 
@@ -323,11 +367,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.emulate:
         from sd_env import verify_emulated  # builds a C++ extension: only loaded when asked for
 
-        run = verify_emulated.run
+        run_checks = verify_emulated.run
     else:
-        run = verify.run
+        run_checks = verify.run
     with LiveTable(title, verify.COLUMNS, every=runner_module.HEARTBEAT, rows=not args.json) as live:
-        checks = run(ctx, started=live.start, finished=lambda check: live.add(verify.cells(check)))
+        checks = run_checks(ctx, started=live.start, finished=lambda check: live.add(verify.cells(check)))
     code = exit_code(checks)
     block = verify.environment_block(ctx)
     if args.json:
@@ -410,6 +454,7 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
 
 def _cmd_emulate(args: argparse.Namespace) -> int:
+    """`sd-env run` with the emulated tpu on PYTHONPATH: the same environment, notes and exec."""
     man, paths, runner = _setup(args, "emulate")
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
@@ -418,14 +463,13 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     if python is None:
         raise InputError(f"no target environment: {how}", "run ./bootstrap.sh or sd-env install first")
     emu = emulation.build(runner, python, paths)
-    env = emulation.environment(emu, args.device)
-    bin_dir = python.parent
-    env["PATH"] = str(bin_dir) + os.pathsep + os.environ.get("PATH", "")
-    if (bin_dir.parent / "pyvenv.cfg").exists():
-        env["VIRTUAL_ENV"] = str(bin_dir.parent)
+    target = trainenv.build(envs.inventory(runner, python), man.device, args.device)
+    target.env.update(emulation.environment(emu, args.device))
     built = "cached" if emu.cached else f"built in {emu.seconds:.0f} s"
-    progress(f"{args.device} is emulated: torch_tpu on the CPU ({built}, {emu.key})")
-    return runner.passthrough(cmd, env=env)
+    target.notes.append(f"{args.device} is emulated: torch_tpu on the CPU ({built}, {emu.key}); only a card "
+                        "shows the real device")
+    run.exec_in(target, cmd, args._log)
+    return 0  # not reached: exec_in replaces this process
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -447,6 +491,46 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target_env(args: argparse.Namespace, command: str) -> tuple[trainenv.TrainEnv, Path]:
+    man, paths, runner = _setup(args, command)
+    python, how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
+    if python is None:
+        raise InputError(f"no target environment: {how}", "run ./bootstrap.sh or sd-env install first")
+    return trainenv.build(envs.inventory(runner, python), man.device, args.device), args._log
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    target, log = _target_env(args, "run")
+    run.exec_in(target, cmd, log, quiet=args.quiet)
+    return 0  # not reached: exec_in replaces this process
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    man, paths, runner = _setup(args, "train")
+    python, how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
+    if python is None:
+        raise InputError(f"no target environment: {how}", "run ./bootstrap.sh or sd-env install first")
+    flags = {"--mixed_precision": args.mixed_precision, "--resolution": args.resolution,
+             "--max_train_steps": args.max_train_steps, "--validation_prompt": args.validation_prompt,
+             "--seed": args.seed}
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    opts = train.Options(args.model, args.data, args.output, device=args.device, script=args.script,
+                         pictures=not args.no_pictures, inference_steps=args.inference_steps,
+                         settings={k: v for k, v in flags.items() if v}, extra=extra)
+    outcome = train.run(man, paths, runner, python, opts)
+    say(train.summary(outcome))
+    return 0
+
+
+def _cmd_shell(args: argparse.Namespace) -> int:
+    target, log = _target_env(args, "shell")
+    if sys.stdin.isatty():
+        target.notes.append("type `exit` to leave")
+    run.exec_in(target, run.shell_argv(target.env), log)
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "status")
     python, _how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
@@ -457,6 +541,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
                                 "log": str(args._log)})
     else:
         table(f"sd-env status ({paths.home})", status.COLUMNS, [status.cells(r) for r in rows])
+        for line in status.fixes(rows):
+            say(line)
     return 0
 
 

@@ -12,7 +12,7 @@ import glob
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -29,6 +29,7 @@ class Inventory:
     prefix: str
     is_env: bool
     dists: dict[str, list[dict]]  # name as written -> one entry per installed copy
+    markers: dict[str, str] = field(default_factory=dict)  # PEP 508 marker variables of the interpreter
 
 
 def inventory(runner: Runner, python: Path) -> Inventory:
@@ -39,7 +40,7 @@ def inventory(runner: Runner, python: Path) -> Inventory:
                          hint=f"{python} does not run; recreate the environment").stdout
     data = json.loads(out)
     return Inventory(tuple(data["python"]), data["executable"], data["prefix"], data["is_env"],
-                     data["dists"])
+                     data["dists"], data.get("markers", {}))
 
 
 def resolve(runner: Runner, explicit: str | None, home: Path, want: str,

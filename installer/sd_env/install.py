@@ -22,6 +22,7 @@ from sd_env import (
     lockfile,
     manifest,
     patches,
+    sdist_to_git,
     sources,
     state,
     target,
@@ -188,14 +189,19 @@ def _component(comp: Component, paths: Paths, runner: Runner, opts: Options,
     if checkout.exists() and rec is None:
         rec = _adopt(runner, comp, checkout)
         record.components[comp.name] = rec
+    notes: list[Result] = []
+    if rec is not None and rec.source == "sdist" and opts.mirror and checkout.exists():
+        rec, swapped = sdist_to_git.swap(comp, paths, runner, opts.mirror, rec,
+                                         applicable(runner, comp, checkout, "sdist")[0])
+        record.components[comp.name] = rec
+        notes.append(swapped)
     head = gitcmd.head(runner, checkout) if checkout.exists() else None
     pinned = pinned_commit(comp, rec)
     series: list[patches.Patch] | None = None
-    notes: list[Result] = []
     seen = None
     if head is not None and (pinned is None or head == pinned):
         series, skipped = applicable(runner, comp, checkout, rec.source if rec else "git")
-        notes = _skipped_notes(comp, skipped)
+        notes += _skipped_notes(comp, skipped)
         seen = _observe(runner, comp, checkout, series, rec)
     obs = Observed(head, pinned, seen, inst, checkout.resolve().as_uri())
     steps = plan(obs)

@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sd_env import fsutil
 from sd_env.errors import CommandError, StepError
@@ -134,17 +135,18 @@ class Runner:
                   time.monotonic() - started)
         return dest
 
-    def passthrough(self, argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None) -> int:
-        """Run a user's command with the terminal (no capture, no timeout); its exit code."""
+    def attached(self, argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str],
+                 cwd: Path | None = None, preexec: Any = None) -> int:
+        """Run with the terminal attached and `env` as the whole environment: for a training run,
+        whose own progress bar is the output. Logs the command and exit code; returns the code."""
         args = [os.fspath(a) for a in argv]
         self.calls.append(args)
         started = time.monotonic()
         try:
-            code = subprocess.call(args, env={**os.environ, **(env or {})})
+            code = subprocess.run(args, cwd=cwd, env=dict(env), preexec_fn=preexec).returncode
         except FileNotFoundError:
-            code = 127
-            sys.stderr.write(f"{args[0]}: command not found\n")
-        self._log(args, None, code, "(output went to the terminal)", time.monotonic() - started)
+            raise CommandError(args, 127, f"{args[0]}: command not found") from None
+        self._log(args, cwd, code, "(output went to the terminal)", time.monotonic() - started)
         return code
 
     def _log(self, args: list[str], cwd: Path | None, code: int | None, output: str, seconds: float) -> None:

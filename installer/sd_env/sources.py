@@ -140,9 +140,9 @@ def fetch(comp: Component, dest: Path, work: Path, runner: Runner, *, mirror: st
         if not (comp.sdist and sdist_fallback):
             raise StepError(f"{comp.name}: git cannot reach {url}",
                             "use a mirror: --git-mirror PREFIX or SD_ENV_GIT_MIRROR") from None
+    # Which files the sdist lacks is said per component, by the patch rows that need them.
     progress(f"WARNING: git cannot reach {url}; falling back to the PyPI sdist "
-             f"{comp.name}=={comp.version} (library code identical to {comp.tag}; "
-             "files outside the sdist, such as diffusers' examples/, are missing)")
+             f"{comp.name}=={comp.version} (library code identical to {comp.tag})")
     return fetch_sdist(comp, dest, work, runner, python=python)
 
 

@@ -153,3 +153,15 @@ def cells(r: ComponentStatus) -> list[Cell]:
     if r.inplace:
         pats = Text.assemble(pats if isinstance(pats, Text) else Text(pats), "\n", (r.inplace, "yellow"))
     return [r.name, pin, head, pats, r.install, ", ".join(r.needs) or "nothing"]
+
+
+def fixes(rows: list[ComponentStatus]) -> list[str]:
+    """The fix for what the table shows, the same one verify and the README give."""
+    lines = []
+    if any(r.needs and r.head is None for r in rows):
+        lines.append("not fetched yet: `sd-env install`")
+    if any(r.edited for r in rows):
+        lines.append("local edits: keep them (git -C CHECKOUT diff > my.diff) or discard them, then `sd-env repatch`")
+    elif any(r.needs and r.head is not None for r in rows):
+        lines.append("clobbered (not at the pinned, patched, editable state): `sd-env repatch` restores it")
+    return lines

@@ -16,10 +16,23 @@ import resource
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sd_env import __version__, closure, envs, lockfile, probe, status, target, torchtpu
+from sd_env import (
+    __version__,
+    closure,
+    envs,
+    extras,
+    lockfile,
+    probe,
+    requirements_check,
+    status,
+    target,
+    torchtpu,
+    trainenv,
+)
 from sd_env.errors import InputError
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
@@ -32,6 +45,10 @@ EXAMPLE = Path("examples") / "text_to_image" / "train_text_to_image_lora.py"
 # The Hub settings a user gives (a mirror endpoint, offline mode, a cache) reach the training and
 # inference probes as they are; offline mode is the default since every input is a local folder.
 HF_PASSTHROUGH = ("HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HOME")
+# verify's work is tiny (a Linear layer, a 6.5 MB model): one thread is faster than two that
+# wait for each other, by 10-25x for the tiny UNet on a busy 2-core machine (9-24 s vs 0.4-1.5 s
+# for 30 steps). A real training run (`sd-env train`) keeps torch's default.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TIMEOUTS = {"device": 120.0, "linear": 300.0, "tiny": 600.0, "lora": 1800.0, "infer": 600.0}
 
 
@@ -76,27 +93,97 @@ def run(ctx: Context, started: Callable[[str], None] = _nothing,
 
     started("interpreter")
     inv = envs.inventory(ctx.runner, ctx.python)
-    rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python, inv)
-    done(check_interpreter(ctx, inv))
-    started("pins")
-    done(check_pins(ctx, inv))
-    started("sources+patches")
-    done(check_sources(ctx, rows))
-    started("torch_tpu")
-    done(check_torch_tpu(ctx, inv))
-    started("ulimit -n")
+    google = torchtpu.installed_google(inv) is not None
+    # torch is imported once for the device and Linear rows, while the git and metadata
+    # checks run here: --quick costs about one `import torch`. A full verify without
+    # Sophgo's torch_tpu can only run on the CPU, so the LoRA step starts at once and the
+    # inference probe, which imports torch anyway, also gives the device and Linear rows.
+    shared = not ctx.quick and not google and not trainenv.sophgo_installed(inv)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        torch_probe = pool.submit(_torch_checks, ctx) if not google and not shared else None
+        rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python, inv)
+        done(check_interpreter(ctx, inv))
+        started("pins")
+        done(check_pins(ctx, inv))
+        started("sources+patches")
+        done(check_sources(ctx, rows))
+        early = pool.submit(_lora_and_inference, ctx, rows, shared) if shared else None
+        tail: tuple[Check, Check] | None = None
+        if early is not None:
+            started("lora step (the torch_tpu, Linear and inference rows come with it)")
+            step, inference, torch_got = early.result()
+            tail = (step, inference)
+            if torch_got is None:  # the inference probe did not run or died: ask on its own
+                torch_got = _torch_checks(ctx)
+        else:
+            started("torch_tpu, linear smoke")
+            torch_got = torch_probe.result() if torch_probe is not None else None
+    device_got, linear_got = _split(torch_got) if torch_got is not None else (None, None)
+    done(check_torch_tpu(ctx, inv, device_got))
     done(check_ulimit())
-    started("linear smoke")
-    done(check_linear(ctx))
+    done(check_linear(ctx, linear_got))
     if ctx.quick:
         done(Check("lora step", SKIPPED, "skipped: --quick"))
         done(Check("inference", SKIPPED, "skipped: --quick"))
         return checks
-    started("lora step")
-    step = done(check_lora_step(ctx, rows))
-    started("inference")
-    done(check_inference(ctx, step))
+    if tail is None:
+        started("lora step")
+        step, inference, _ = _lora_and_inference(ctx, rows, False)
+        tail = (step, inference)
+    done(tail[0])
+    done(tail[1])
     return checks
+
+
+def _torch_checks(ctx: Context) -> probe.ProbeResult:
+    return probe.run(ctx.runner, ctx.python, probe.script("torch_checks.py"),
+                     ["--want", ctx.man.device, "--device-timeout", str(ctx.timeouts["device"])],
+                     timeout=ctx.timeouts["device"] + ctx.timeouts["linear"], env=ONE_THREAD)
+
+
+def _lora_and_inference(ctx: Context, rows: list[status.ComponentStatus],
+                        torch_checks: bool) -> tuple[Check, Check, probe.ProbeResult | None]:
+    """The LoRA step, with the inference probe importing and rendering its base image meanwhile;
+    it loads the LoRA once the step has passed (the go file says so). With `torch_checks`, the
+    inference probe's device facts and Linear result too (None when it gave none)."""
+    go = ctx.paths.cache / "lora-out.go"
+    go.unlink(missing_ok=True)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        infer = None
+        if not (ctx.mixed_precision == "fp16" and ctx.device == "cpu") and model_and_data(ctx)[0] is not None:
+            infer = pool.submit(_run_inference, ctx, go, torch_checks)
+        verdict = "stop"
+        try:
+            step = check_lora_step(ctx, rows)
+            verdict = "go" if step.status == OK else "stop"
+        finally:
+            tmp = go.with_name(go.name + ".tmp")
+            tmp.write_text(verdict, encoding="utf-8")
+            os.replace(tmp, go)  # whole, never half-written, when the probe reads it
+        got = infer.result() if infer is not None else None
+    go.unlink(missing_ok=True)
+    shared = (got.data or {}).get("torch_checks") if got is not None else None
+    torch_got = None
+    if shared:
+        seconds = float(shared["device"].get("seconds", 0.0)) + float(shared["linear"].get("seconds", 0.0))
+        torch_got = probe.ProbeResult({"ok": True, **shared}, None, seconds)
+    return step, check_inference(ctx, step, got), torch_got
+
+
+def _split(got: probe.ProbeResult) -> tuple[probe.ProbeResult, probe.ProbeResult | None]:
+    """torch_checks.py's result as the device probe's and the linear probe's; no linear
+    result when the process died (a torch_tpu crash): then linear runs on its own."""
+    if got.data is None:
+        return got, None
+    if "device_timeout" in got.data:
+        seconds = float(got.data["device_timeout"])
+        return probe.ProbeResult(None, f"timed out after {seconds:.0f} s (killed)", seconds, got.stderr_tail,
+                                 got.stderr), None
+    device = got.data["device"]
+    linear = got.data["linear"]
+    linear_seconds = float(linear.get("seconds", 0.0))
+    return (probe.ProbeResult(device, None, max(0.0, got.seconds - linear_seconds), got.stderr_tail, got.stderr),
+            probe.ProbeResult(linear, None, linear_seconds, got.stderr_tail, got.stderr))
 
 
 COLUMNS = ("check", "status", "detail", "s")
@@ -134,12 +221,19 @@ def check_pins(ctx: Context, inv: envs.Inventory) -> Check:
         if len(entries) > 1:
             where = ", ".join(e["path"] for e in entries)
             problems.append(f"{name}: {len(entries)} distributions shadow each other ({where})")
-    got = ctx.runner.run([str(ctx.python), "-m", "pip", "check"], check=False, timeout=300)
-    if got.returncode != 0:
-        problems.append("pip check: " + "; ".join((got.stdout + got.stderr).strip().splitlines()[:4]))
+    broken = requirements_check.broken(inv, inv.markers)  # pip check's judgement, without a pip process
+    if broken:
+        problems.append("pip check: " + "; ".join(broken[:4]))
     seconds = time.monotonic() - started
+    unlocked = extras.find(ctx.man, inv)
+    extra_text = (f"{len(unlocked)} packages not in the lock: {', '.join(unlocked)} "
+                  "(`sd-env install --sync` removes them)") if unlocked else ""
     if problems:
-        return Check("pins", FAIL, "; ".join(problems) + " -> run `sd-env install` to restore the lock", seconds)
+        return Check("pins", FAIL, "; ".join(problems + ([extra_text] if extra_text else []))
+                     + " -> run `sd-env install` to restore the lock", seconds)
+    if unlocked:
+        return Check("pins", WARN, f"{count} locked packages at their versions, pip check clean; {extra_text}",
+                     seconds)
     return Check("pins", OK, f"{count} locked packages at their versions, no shadowing copies, pip check clean",
                  seconds)
 
@@ -147,30 +241,44 @@ def check_pins(ctx: Context, inv: envs.Inventory) -> Check:
 # 3 ---------------------------------------------------------------------------
 def check_sources(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
     problems, notes, good = [], [], []
+    unfetched = edited = False
     for row in rows:
         if row.head is None:
             problems.append(f"{row.name}: not fetched")
+            unfetched = True
             continue
         if row.pinned and row.head != row.pinned:
             problems.append(f"{row.name}: checkout at {row.head[:12]}, pinned {row.pinned[:12]}")
+        # The bug-report block says what Python imports; the checkout only when that is it.
+        where = "" if row.install_ok else " in the managed checkout, which is not what is installed"
         for name, state in row.patches.items():
-            ctx.facts[f"patch {name}"] = state
+            ctx.facts[f"patch {name}"] = state + where
             if state == status.NOT_APPLICABLE:
                 notes.append(f"{name} not applicable ({row.name} from its sdist)")
             elif state != status.APPLIED:
                 problems.append(f"{row.name}: {name} is {state}")
         if row.edited:
             problems.append(f"{row.name}: local edits in {', '.join(row.edited)}")
+            edited = True
         if row.inplace:  # a known patcher, not an unknown edit: say whose, and that sd-env's patches replace it
             problems.append(f"{row.name}: {row.inplace} (sd-env's own patches do this; `sd-env install` "
                             "or `sd-env repatch` puts the managed checkout back)")
         if not row.install_ok:
             problems.append(f"{row.name}: {row.install}")
-        ctx.facts[row.name] = f"{row.tag} {row.source} {row.head[:12]} ({row.install})"
+        checkout = f"{row.tag} {row.source} {row.head[:12]}"
+        ctx.facts[row.name] = (f"{checkout} ({row.install})" if row.install_ok else
+                               f"{row.install}; the managed checkout {checkout} is not what is installed")
         good.append(f"{row.name} {row.tag}")
     if problems:
-        return Check("sources+patches", FAIL, "; ".join(problems) + " -> run `sd-env install` "
-                     "(local edits: keep or discard them first, see `sd-env status`)")
+        # One story per failure, the same in status and the README: a clobbered component is
+        # repatch's job; local edits are the user's to keep or drop first; nothing fetched is install's.
+        if edited:
+            fix = "keep or discard the local edits first (`sd-env status` names them), then run `sd-env repatch`"
+        elif unfetched:
+            fix = "run `sd-env install`"
+        else:
+            fix = "run `sd-env repatch` to restore the pinned, patched, editable state"
+        return Check("sources+patches", FAIL, "; ".join(problems) + " -> " + fix)
     detail = f"{', '.join(good)}: at the pinned commits, patches applied, editable installs -> checkouts"
     return Check("sources+patches", WARN if notes else OK, detail + ("; " + "; ".join(notes) if notes else ""))
 
@@ -185,14 +293,15 @@ def driver_facts() -> tuple[bool, str]:
     return present, text
 
 
-def check_torch_tpu(ctx: Context, inv: envs.Inventory) -> Check:
+def check_torch_tpu(ctx: Context, inv: envs.Inventory, got: probe.ProbeResult | None = None) -> Check:
     google = torchtpu.installed_google(inv)
     driver, driver_text = driver_facts()
     ctx.facts["driver"] = driver_text
     if google is not None:
         return Check("torch_tpu", FAIL, f"Google's torch-tpu {google['version']} is installed, not Sophgo's: "
                      f"{torchtpu.COLLISION}. Remove it: pip uninstall torch-tpu")
-    got = probe.run(ctx.runner, ctx.python, probe.script("device.py"), [], timeout=ctx.timeouts["device"])
+    if got is None:
+        got = probe.run(ctx.runner, ctx.python, probe.script("device.py"), [], timeout=ctx.timeouts["device"])
     if got.data is None:
         return Check("torch_tpu", FAIL, f"the device probe {got.problem}\n{got.stderr_tail}", got.seconds)
     data = got.data
@@ -224,9 +333,10 @@ def check_ulimit() -> Check:
 
 
 # 6 ---------------------------------------------------------------------------
-def check_linear(ctx: Context) -> Check:
-    got = probe.run(ctx.runner, ctx.python, probe.script("linear.py"), ["--device", ctx.device],
-                    timeout=ctx.timeouts["linear"])
+def check_linear(ctx: Context, got: probe.ProbeResult | None = None) -> Check:
+    if got is None:
+        got = probe.run(ctx.runner, ctx.python, probe.script("linear.py"), ["--device", ctx.device],
+                        timeout=ctx.timeouts["linear"], env=ONE_THREAD)
     where = _where(ctx)
     if not got.ok or got.data is None:
         return Check("linear smoke", FAIL, f"{where}: {_problem(got)}", got.seconds, ctx.device)
@@ -249,7 +359,7 @@ def local_inputs(model: Path | None, data: Path | None) -> tuple[Path | None, Pa
 
 
 def hf_env(**extra: str) -> dict[str, str]:
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **extra}
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **ONE_THREAD, **extra}
     env.update({k: os.environ[k] for k in HF_PASSTHROUGH if k in os.environ})
     return env
 
@@ -338,20 +448,28 @@ def _judge_script(ctx: Context, got: probe.ProbeResult, out: Path) -> probe.Prob
 
 
 # 8 ---------------------------------------------------------------------------
-def check_inference(ctx: Context, step: Check) -> Check:
+def _run_inference(ctx: Context, go: Path | None = None, torch_checks: bool = False) -> probe.ProbeResult:
+    wait = ["--go", str(go)] if go is not None else []
+    wait += ["--torch-checks", ctx.man.device] if torch_checks else []
+    return probe.run(ctx.runner, ctx.python, probe.script("lora_infer.py"),
+                     ["--model", str(ctx.model or ctx.paths.tiny_sd / "model"), "--lora", str(ctx.paths.lora_out),
+                      "--device", ctx.device, "--steps", "2", *wait],
+                     timeout=ctx.timeouts["infer"] + (ctx.timeouts["lora"] if go is not None else 0), env=hf_env())
+
+
+def check_inference(ctx: Context, step: Check, got: probe.ProbeResult | None = None) -> Check:
     if step.status != OK:
         return Check("inference", SKIPPED, f"skipped: the LoRA step did not pass ({step.status})")
-    got = probe.run(ctx.runner, ctx.python, probe.script("lora_infer.py"),
-                    ["--model", str(ctx.model or ctx.paths.tiny_sd / "model"), "--lora", str(ctx.paths.lora_out),
-                     "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"],
-                    env=hf_env())
+    if got is None:
+        got = _run_inference(ctx)
     where = _where(ctx)
+    seconds = got.seconds - float((got.data or {}).get("waited", 0.0))  # not the time spent waiting for the step
     if not got.ok or got.data is None:
-        return Check("inference", FAIL, f"{where}: {_problem(got)}", got.seconds, ctx.device)
+        return Check("inference", FAIL, f"{where}: {_problem(got)}", seconds, ctx.device)
     d = got.data
     return Check("inference", OK, f"{where}: 2 steps with the LoRA -> image {d['shape']}; LoRA scale 0 equals the "
                  f"base pipeline (max diff {d['scale0_max_diff']:.1e}); scale 1 differs by {d['scale1_max_diff']:.1e}",
-                 got.seconds, d.get("device", ctx.device))
+                 seconds, d.get("device", ctx.device))
 
 
 def _where(ctx: Context) -> str:

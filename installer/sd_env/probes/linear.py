@@ -15,9 +15,13 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tolerance", type=float, default=1e-3)
     args = parser.parse_args()
+    return smoke(args.device, args.tolerance)
+
+
+def smoke(device_name, tolerance=1e-3):
     import torch
 
-    if args.device != "cpu":
+    if device_name != "cpu":
         import torch_tpu  # noqa: F401 - makes the "tpu" device type valid
 
     torch.manual_seed(0)
@@ -25,13 +29,13 @@ def main():
     x = torch.rand(8, 1024, 768)
     expected = layer(x)
     started = time.monotonic()
-    device = torch.device(args.device)
+    device = torch.device(device_name)
     out = layer.to(device)(x.to(device)).cpu()
     seconds = time.monotonic() - started
     error = float((out - expected).abs().max())
-    ok = list(out.shape) == [8, 1024, 3] and error <= args.tolerance
+    ok = list(out.shape) == [8, 1024, 3] and error <= tolerance
     return {"ok": ok, "device": str(device), "shape": list(out.shape), "max_error": error,
-            "tolerance": args.tolerance, "seconds": round(seconds, 4)}
+            "tolerance": tolerance, "seconds": round(seconds, 4)}
 
 
 if __name__ == "__main__":

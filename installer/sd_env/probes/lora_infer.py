@@ -12,6 +12,7 @@ Prints one JSON object on its last stdout line; logs go to stderr.
 """
 
 import argparse
+import os
 import time
 
 from _result import report
@@ -26,6 +27,11 @@ def parse_args():
     parser.add_argument("--device", default="cpu", help="cpu, or tpu:0 for a Sophgo card")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--go", help="a file to wait for before loading the LoRA: verify writes `go` into it "
+                        "once the training step passed (anything else: stop), so the imports and the base image "
+                        "overlap the training")
+    parser.add_argument("--torch-checks", metavar="WANT", help="also report torch_checks.py's device facts "
+                        "and Linear smoke test (saves verify a process that imports torch)")
     parser.add_argument("--tolerance", type=float, default=1e-5,
                         help="largest allowed difference between the base and the scale 0.0 images")
     return parser.parse_args()
@@ -43,6 +49,11 @@ def main():
         torch_tpu = None
     if args.device.startswith("tpu") and torch_tpu is None:
         raise RuntimeError(f"--device {args.device} needs Sophgo's torch_tpu, which is not importable here")
+    checks = None
+    if args.torch_checks:
+        from torch_checks import run_checks
+
+        checks = run_checks(args.torch_checks)
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(args.model).to(args.device)
@@ -57,6 +68,15 @@ def main():
                     **kwargs).images[0]
 
     base = generate()
+    waited = 0.0
+    if args.go:
+        waiting = time.monotonic()
+        while not os.path.exists(args.go):
+            time.sleep(0.1)
+        waited = time.monotonic() - waiting
+        with open(args.go, encoding="utf-8") as marker:
+            if marker.read().strip() != "go":
+                return {"ok": False, "error": "the LoRA step did not pass", "waited": waited, "torch_checks": checks}
     pipe.unet.load_attn_procs(args.lora)
     pipe.to(args.device)  # load_attn_procs follows the UNet's device; this makes sure of it
     # Without this, a load that silently kept the plain processors would pass scale 0.0.
@@ -78,7 +98,9 @@ def main():
         "scale0_max_diff": scale0,
         "scale1_max_diff": scale1,
         "tolerance": args.tolerance,
-        "seconds": round(time.monotonic() - started, 3),
+        "waited": round(waited, 3),
+        "torch_checks": checks,
+        "seconds": round(time.monotonic() - started - waited, 3),
     }
 
 

@@ -7,6 +7,7 @@ loss; its progress bar rounds it). Prints one JSON object:
 """
 
 import math
+import struct
 import sys
 from pathlib import Path
 
@@ -19,31 +20,46 @@ def main(folder):
         return {"ok": False, "error": f"no pytorch_lora_weights.* in {folder}"}
     path = files[0]
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        import numpy as np
+        from safetensors.numpy import load_file  # numpy, not torch: this probe stays light
 
-        tensors = load_file(str(path))
+        arrays = load_file(str(path))
+        finite = all(bool(np.isfinite(t.astype(np.float32)).all()) for t in arrays.values())
+        count = len(arrays)
+        ups = [float(np.abs(t.astype(np.float32)).max()) for k, t in arrays.items() if k.endswith("up.weight")]
     else:
         import torch
 
         tensors = torch.load(str(path), map_location="cpu")
-    finite = all(math.isfinite(float(t.float().abs().max())) for t in tensors.values())
+        finite = all(math.isfinite(float(t.float().abs().max())) for t in tensors.values())
+        count = len(tensors)
+        ups = [float(t.float().abs().max()) for k, t in tensors.items() if k.endswith("up.weight")]
     # LoRA up-weights start at zero: all still zero means the optimizer never moved them.
-    ups = [float(t.float().abs().max()) for k, t in tensors.items() if k.endswith("up.weight")]
-    return {"ok": bool(tensors) and finite, "file": str(path), "tensors": len(tensors), "finite": finite,
+    return {"ok": count > 0 and finite, "file": str(path), "tensors": count, "finite": finite,
             "up_max": max(ups) if ups else None, "losses": logged_losses(Path(folder))}
 
 
 def logged_losses(folder):
+    """train_loss scalars in step order, read from the event file's TFRecord frames with only the
+    Event protobuf (tensorboard's EventAccumulator costs seconds of imports)."""
     events = sorted(folder.glob("logs/*/events.out.tfevents.*"))
     if not events:
         return []
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.compat.proto import event_pb2
 
-    acc = EventAccumulator(str(events[0]))
-    acc.Reload()
-    if "train_loss" not in acc.Tags().get("scalars", []):
-        return []
-    return [event.value for event in acc.Scalars("train_loss")]
+    # The newest run's file: a reused output folder keeps the older runs' logs beside it.
+    data = max(events, key=lambda p: p.stat().st_mtime).read_bytes()
+    found = []
+    pos = 0
+    while pos + 12 <= len(data):  # frame: u64 length, u32 crc, payload, u32 crc
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+        pos += 12 + length + 4
+        for value in event.summary.value:
+            if value.tag == "train_loss":
+                number = value.simple_value if value.HasField("simple_value") else value.tensor.float_val[0]
+                found.append((event.step, number))
+    return [number for _step, number in sorted(found, key=lambda item: item[0])]
 
 
 if __name__ == "__main__":

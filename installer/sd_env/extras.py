@@ -1,0 +1,81 @@
+"""Packages in the target that the lock does not name, and `sd-env install --sync` removing them.
+
+A `pip install` of something else leaves its closure behind; the environment
+is then no longer exactly the lock. Never counted as extra: the managed
+components, Sophgo's torch_tpu, pip/setuptools/wheel (the target needs them to
+build the editable installs), and sd-env with its own dependencies when sd-env
+is installed in the target itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from sd_env import closure, envs, lockfile, torchtpu
+from sd_env.errors import InputError, StepError
+from sd_env.manifest import Manifest
+from sd_env.report import OK, Result, progress
+from sd_env.runner import Runner
+
+KEEP = ("pip", "setuptools", "wheel")
+SELF = "sd-env"
+
+
+def _closure_of(root: str, inv: envs.Inventory) -> set[str]:
+    """`root` and everything it requires, as installed (markers ignored: keeping too much is safe)."""
+    requires = {canonicalize_name(n): e[0].get("requires") or [] for n, e in inv.dists.items()}
+    seen: set[str] = set()
+    todo = [canonicalize_name(root)]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in requires:
+            continue
+        seen.add(name)
+        for text in requires[name]:
+            try:
+                todo.append(canonicalize_name(Requirement(text).name))
+            except InvalidRequirement:
+                continue
+    return seen
+
+
+def find(man: Manifest, inv: envs.Inventory) -> list[str]:
+    """Installed distributions the lock does not name (canonical names, sorted); [] without a lock."""
+    if man.lock is None:
+        return []
+    lock = lockfile.read(man.lock.files[lockfile.flavour_order(man)[0]])
+    keep: set[str] = set(lock.pins) | {canonicalize_name(c.name) for c in man.components} | set(KEEP)
+    keep |= _closure_of(SELF, inv)
+    if torchtpu.installed_google(inv) is None:
+        keep.add(torchtpu.NAME)  # Google's is refused elsewhere, with its own fix
+    return sorted({str(canonicalize_name(n)) for n in inv.dists} - keep)
+
+
+def sync(man: Manifest, runner: Runner, python: Path, *, yes: bool, use_uv: bool = True) -> Result:
+    """Remove the extras, after a yes on a terminal (or --yes); say exactly what went."""
+    extras = find(man, envs.inventory(runner, python))
+    if not extras:
+        return Result("env", "sync", OK, "no packages outside the lock")
+    names = ", ".join(extras)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InputError(f"--sync would remove {len(extras)} packages not in the lock: {names}",
+                             "add --yes to remove them without asking")
+        answer = input(f"remove {len(extras)} packages not in the lock ({names})? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise InputError("--sync: nothing removed (not confirmed)", "answer y, or pass --yes")
+    progress(f"removing {len(extras)} packages not in the lock: {names}")
+    uv = closure.find_uv() if use_uv else None
+    if uv:
+        runner.run([uv, "pip", "uninstall", "--python", str(python), *extras])
+    else:
+        runner.run([str(python), "-m", "pip", "uninstall", "-y", "--disable-pip-version-check", *extras])
+    left = [n for n in find(man, envs.inventory(runner, python)) if n in extras]
+    if left:
+        raise StepError(f"--sync: still installed after uninstalling: {', '.join(left)}",
+                        "see the log for the uninstaller's output")
+    return Result("env", "sync", OK, f"removed {len(extras)} packages not in the lock: {names}")

@@ -1,0 +1,200 @@
+"""`sd-env train`: the tutorial's LoRA fine-tuning, on a local model and a local dataset.
+
+Runs diffusers' `examples/text_to_image/train_text_to_image_lora.py` from the
+managed (patched) checkout with the tutorial's arguments (section 3.3), in the
+environment `sd-env run` gives (ACCELERATE_TORCH_DEVICE, ulimit -n), then draws
+two pictures: the validation prompt without and with the new LoRA, and the
+loss curve. Any script argument given after `--` replaces the tutorial's.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sd_env import envs, probe, state, trainenv
+from sd_env.errors import InputError, StepError
+from sd_env.manifest import Manifest
+from sd_env.paths import Paths
+from sd_env.report import progress
+from sd_env.runner import Runner
+from sd_env.verify import EXAMPLE
+
+# The tutorial's command line (section 3.3.1), in its order; values are strings, None for a switch.
+TUTORIAL: list[tuple[str, str | None]] = [
+    ("--mixed_precision", "no"), ("--caption_column", "text"), ("--resolution", "512"), ("--random_flip", None),
+    ("--train_batch_size", "1"), ("--num_train_epochs", "10"), ("--checkpointing_steps", "500"),
+    ("--learning_rate", "1e-04"), ("--lr_scheduler", "constant"), ("--lr_warmup_steps", "0"), ("--seed", "42"),
+    ("--validation_prompt", "cute dragon creature"),
+]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+METADATA = "metadata.jsonl"
+
+
+@dataclass(frozen=True)
+class Options:
+    model: str  # a local diffusers model folder (or a Hub id, when the Hub is reachable)
+    data: Path
+    output: Path
+    device: str | None = None
+    script: Path | None = None
+    pictures: bool = True
+    inference_steps: int = 30  # for the pictures (the tutorial's section 2.2 uses 30)
+    settings: dict[str, str] = field(default_factory=dict)  # sd-env flags: script flag -> value
+    extra: list[str] = field(default_factory=list)  # after `--`: replace the tutorial's flags
+
+
+@dataclass(frozen=True)
+class Outcome:
+    weights: Path
+    compare: Path | None
+    loss_curve: Path | None
+    steps: int
+
+
+def dataset_kind(folder: Path) -> str:
+    """"imagefolder" (images + metadata.jsonl), "saved" (Dataset.save_to_disk) or "repo" (data files
+    of a dataset repository, e.g. a downloaded Hub snapshot of lambdalabs/pokemon-blip-captions)."""
+    if not folder.is_dir():
+        raise InputError(f"--data {folder}: not a folder", "give a folder of images with metadata.jsonl")
+    if (folder / "dataset_dict.json").exists() or (folder / "state.json").exists():
+        return "saved"
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if any(p.name == METADATA for p in files):
+        return "imagefolder"
+    if any(p.suffix in (".parquet", ".arrow") for p in files):
+        return "repo"
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if images:
+        raise InputError(f"--data {folder}: {len(images)} images but no {METADATA} with their captions",
+                         f'write {folder / METADATA}: one line per image, e.g. '
+                         f'{{"file_name": "{images[0].relative_to(folder)}", "text": "a caption"}}')
+    raise InputError(f"--data {folder}: neither an image folder with {METADATA} nor a saved dataset",
+                     "see README: Training on your own images")
+
+
+def merged_args(defaults: list[tuple[str, str | None]], extra: list[str]) -> list[str]:
+    """The defaults as argv, minus every flag that `extra` names, then `extra` (flags spelled with
+    underscores, as the script's argparse wants: --max-train-steps -> --max_train_steps)."""
+    extra = ["--" + a[2:].split("=", 1)[0].replace("-", "_") + a[2:][len(a[2:].split("=", 1)[0]):]
+             if a.startswith("--") else a for a in extra]
+    named = {a.split("=", 1)[0] for a in extra if a.startswith("--")}
+    argv: list[str] = []
+    for flag, value in defaults:
+        if flag in named:
+            continue
+        argv += [flag] if value is None else [flag, value]
+    return argv + extra
+
+
+def find_script(paths: Paths, explicit: Path | None) -> Path:
+    if explicit is not None:
+        if not explicit.is_file():
+            raise InputError(f"--script {explicit}: no such file", "give the path of train_text_to_image_lora.py")
+        return explicit.resolve()
+    script = paths.checkout("diffusers") / EXAMPLE
+    if script.is_file():
+        return script
+    rec = state.load(paths.state).components.get("diffusers")
+    if rec is not None and rec.source == "sdist":
+        raise InputError(
+            f"no training script: diffusers in {paths.home} came from its PyPI sdist (git was unreachable), "
+            f"which has no examples/ folder",
+            "get the script from a git mirror of github.com/huggingface/diffusers: `sd-env install "
+            "--git-mirror PREFIX` (PREFIX/huggingface/diffusers.git with tag v0.20.0); or pass "
+            "--script PATH to train_text_to_image_lora.py of diffusers v0.20.0 (e.g. from a bundle)")
+    raise InputError(f"no training script at {script}", "run `sd-env install` (or ./bootstrap.sh) first")
+
+
+def _model(value: str) -> str:
+    path = Path(value).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise InputError(f"--model {value}: no model_index.json", "give a diffusers model folder "
+                             "(model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
+        return str(path.resolve())
+    if value.count("/") == 1 and not value.startswith((".", "/", "~")):
+        progress(f"--model {value}: not a folder here; the script will ask the Hugging Face Hub for it")
+        return value
+    raise InputError(f"--model {value}: no such folder", "give a local diffusers model folder")
+
+
+def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options) -> Outcome:
+    script = find_script(paths, opts.script)
+    model = _model(opts.model)
+    target = trainenv.build(envs.inventory(runner, python), man.device, opts.device)
+    for note in target.notes:
+        progress(note)
+    mixed = opts.settings.get("--mixed_precision", "no")
+    if mixed == "fp16" and target.device == "cpu":
+        raise InputError("--mixed-precision fp16 needs the SC7 card: on the CPU the VAE fails "
+                         "(torch 2.1 has no Half conv2d there)", "train with --mixed-precision no on the CPU")
+    output = opts.output.resolve()
+    data_flag, data = _dataset(runner, python, opts.data.resolve(), output)
+    settings = dict(TUTORIAL)
+    settings.update(opts.settings)
+    defaults = [("--pretrained_model_name_or_path", model), (data_flag, data), *settings.items(),
+                ("--output_dir", str(output))]
+    argv = [str(python), str(script), *merged_args(defaults, opts.extra)]
+    progress("training: " + shlex.join(["python", *argv[1:]]))
+    code = runner.attached(argv, env=target.env, preexec=lambda: trainenv.apply_nofile(target.nofile))
+    if code != 0:
+        raise StepError(f"the training script exited with {code} (its output is above)",
+                        "the log has the full command line; the script's own error is the last lines above")
+    weights = sorted(output.glob("pytorch_lora_weights.*"))
+    if not weights:
+        raise StepError(f"the training script wrote no pytorch_lora_weights.* into {output}")
+    if not opts.pictures:
+        return Outcome(weights[0], None, None, 0)
+    prompt = _arg(argv, "--validation_prompt") or "cute dragon creature"
+    seed = _arg(argv, "--seed") or "42"
+    progress(f"rendering \"{prompt}\" without and with the LoRA (seed {seed}), and the loss curve")
+    got = probe.run(runner, python, probe.script("lora_pictures.py"),
+                    ["--model", model, "--lora", str(output), "--prompt", prompt, "--seed", seed,
+                     "--steps", str(opts.inference_steps), "--device", target.device, "--out", str(output)],
+                    timeout=3600, env=target.env)
+    if not got.ok or got.data is None:
+        raise StepError(f"the LoRA was trained ({weights[0]}), but drawing the pictures failed: "
+                        f"{got.problem or (got.data or {}).get('error')}\n{got.stderr_tail}")
+    return Outcome(weights[0], Path(got.data["compare"]), Path(got.data["loss_curve"]), got.data["steps"])
+
+
+def _arg(argv: list[str], flag: str) -> str | None:
+    """The last value given for `flag` (as `--flag value` or `--flag=value`)."""
+    found = None
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif a.startswith(flag + "="):
+            found = a.split("=", 1)[1]
+    return found
+
+
+def _dataset(runner: Runner, python: Path, data: Path, output: Path) -> tuple[str, str]:
+    """The script's flag for the dataset: an image folder as --dataset_name fails in v0.20.0
+    (`--caption_column' value 'text' needs to be one of: image`), so it is --train_data_dir."""
+    kind = dataset_kind(data)
+    if kind == "imagefolder":
+        progress(f"dataset: image folder with {METADATA} -> --train_data_dir {data}")
+        return "--train_data_dir", str(data)
+    if kind == "repo":
+        progress(f"dataset: data files of a dataset repository -> --dataset_name {data}")
+        return "--dataset_name", str(data)
+    exported = output / "dataset"
+    progress(f"dataset: a save_to_disk folder, which the script cannot load; exporting it as parquet to {exported}")
+    got = probe.run(runner, python, probe.script("dataset_export.py"), [str(data), str(exported)], timeout=3600)
+    if not got.ok or got.data is None:
+        raise StepError(f"could not export {data} as parquet: {got.problem or (got.data or {}).get('error')}",
+                        "save the dataset with Dataset.to_parquet(DIR/data/train.parquet) and pass --data DIR")
+    progress(f"exported {got.data['rows']} rows ({', '.join(got.data['columns'])}) -> --dataset_name {exported}")
+    return "--dataset_name", str(exported)
+
+
+def summary(outcome: Outcome) -> str:
+    lines = [f"LoRA weights: {outcome.weights}"]
+    if outcome.compare is not None:
+        lines.append(f"without | with the LoRA: {outcome.compare}")
+        lines.append(f"loss curve ({outcome.steps} steps): {outcome.loss_curve}")
+    return "\n".join(lines)
+
