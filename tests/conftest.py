@@ -18,6 +18,18 @@ from sd_env.paths import Paths
 from sd_env.runner import Runner
 
 ROOT = Path(__file__).resolve().parents[1]
+HEAVY = "SD_ENV_TEST_HEAVY"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests of over 5 minutes each run when asked for: CI stays well inside its time, and the
+    report says which were skipped and how to run them (their figures are in bench/README.md)."""
+    if os.environ.get(HEAVY) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"skipped: heavy (over 5 minutes); run with {HEAVY}=1")
+    for item in items:
+        if "heavy" in item.keywords:
+            item.add_marker(skip)
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Upstream", "GIT_AUTHOR_EMAIL": "up@example.org",
     "GIT_COMMITTER_NAME": "Upstream", "GIT_COMMITTER_EMAIL": "up@example.org",

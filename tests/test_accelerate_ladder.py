@@ -159,6 +159,7 @@ def ladder_manifest(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_repatch_walks_the_whole_ladder(tmp_path, target, archives, capsys, monkeypatch):  # noqa: F811
     # sd-env's sdist fallback downloads with the target's pip: from the cache only, no index.
     monkeypatch.setenv("PIP_FIND_LINKS", str(cache()))
