@@ -81,16 +81,30 @@ def _nothing(_: object) -> None:
     pass
 
 
-def run(ctx: Context, started: Callable[[str], None] = _nothing,
-        finished: Callable[[Check], None] = _nothing) -> list[Check]:
-    """Every check in order; `started(name)` before each, `finished(check)` as soon as it is known."""
-    checks: list[Check] = []
-
+def recorder(checks: list[Check], finished: Callable[[Check], None]) -> Callable[[Check], Check]:
+    """`done(check)`: keep the check in order and show it at once (`finished`)."""
     def done(check: Check) -> Check:
         checks.append(check)
         finished(check)
         return check
+    return done
 
+
+def environment_checks(ctx: Context, inv: envs.Inventory, rows: list[status.ComponentStatus],
+                       started: Callable[[str], None], done: Callable[[Check], Check]) -> None:
+    """Checks 1-3, which read the environment (the interpreter, the pins, the sources and patches)."""
+    done(check_interpreter(ctx, inv))
+    started("pins")
+    done(check_pins(ctx, inv))
+    started("sources+patches")
+    done(check_sources(ctx, rows))
+
+
+def run(ctx: Context, started: Callable[[str], None] = _nothing,
+        finished: Callable[[Check], None] = _nothing) -> list[Check]:
+    """Every check in order; `started(name)` before each, `finished(check)` as soon as it is known."""
+    checks: list[Check] = []
+    done = recorder(checks, finished)
     started("interpreter")
     inv = envs.inventory(ctx.runner, ctx.python)
     google = torchtpu.installed_google(inv) is not None
@@ -102,11 +116,7 @@ def run(ctx: Context, started: Callable[[str], None] = _nothing,
     with ThreadPoolExecutor(max_workers=2) as pool:
         torch_probe = pool.submit(_torch_checks, ctx) if not google and not shared else None
         rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python, inv)
-        done(check_interpreter(ctx, inv))
-        started("pins")
-        done(check_pins(ctx, inv))
-        started("sources+patches")
-        done(check_sources(ctx, rows))
+        environment_checks(ctx, inv, rows, started, done)
         early = pool.submit(_lora_and_inference, ctx, rows, shared) if shared else None
         tail: tuple[Check, Check] | None = None
         if early is not None:
@@ -424,6 +434,12 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
     if not d.get("finite", False) or not d.get("tensors"):
         return Check("lora step", FAIL, f"{where}, {label}: loss {d.get('losses')} finite={d.get('finite')}, "
                      f"{d.get('tensors')} LoRA tensors written", seconds, ctx.device)
+    if d.get("up_max") == 0.0:
+        # LoRA up-weights start at 0. What the unpatched script does on a PrivateUse1 device, where
+        # Module.to() makes new parameters and the optimizer keeps stepping the old CPU copies.
+        return Check("lora step", FAIL, f"{where}, {label}: it trained nothing: every LoRA up-weight is still 0 "
+                     "(the optimizer steps other parameters than the model's: is the diffusers patch's "
+                     ".to(accelerator.device) there?)", seconds, ctx.device)
     losses = ", ".join(f"{x:.4f}" for x in d.get("losses", []))
     return Check("lora step", OK, f"{where}, {label}: 2 steps, loss {losses or 'finite'}, "
                  f"{d['tensors']} LoRA tensors in {Path(d['weights']).name}; {how}", seconds,
@@ -442,7 +458,8 @@ def _judge_script(ctx: Context, got: probe.ProbeResult, out: Path) -> probe.Prob
     losses = found.get("losses") or [float(x) for x in _STEP_LOSS.findall(got.stderr)]
     data = {"ok": bool(weights), "device": ctx.device, "losses": losses,
             "finite": bool(losses) and all(math.isfinite(x) for x in losses) and found.get("finite", False),
-            "weights": str(weights[0]) if weights else "", "tensors": found.get("tensors", 0)}
+            "weights": str(weights[0]) if weights else "", "tensors": found.get("tensors", 0),
+            "up_max": found.get("up_max")}
     return probe.ProbeResult(data, None if weights else "wrote no pytorch_lora_weights", got.seconds,
                              got.stderr_tail, got.stderr)
 

@@ -44,20 +44,11 @@ def run(ctx: Context, started: Callable[[str], None] = verify._nothing,
     """verify's checks with the work rows on the emulated tpu; `started`/`finished` as in verify.run."""
     ctx.emulated = True
     checks: list[Check] = []
-
-    def done(check: Check) -> Check:
-        checks.append(check)
-        finished(check)
-        return check
-
+    done = verify.recorder(checks, finished)
     started("interpreter")
     inv = envs.inventory(ctx.runner, ctx.python)
     rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python, inv)
-    done(verify.check_interpreter(ctx, inv))
-    started("pins")
-    done(verify.check_pins(ctx, inv))
-    started("sources+patches")
-    done(verify.check_sources(ctx, rows))
+    verify.environment_checks(ctx, inv, rows, started, done)
     started("torch_tpu")
     real = verify.check_torch_tpu(ctx, inv)  # what is installed, judged as always
     started("emulator")
@@ -135,22 +126,7 @@ def lora_step(ctx: Context, rows: list[status.ComponentStatus], mixed: str, labe
     if got.measured and got.devices != {"tpu"}:
         return dataclasses.replace(step, status=FAIL, detail=f"{step.detail}; but the UNet's matmuls ran on "
                                    f"{', '.join(sorted(got.devices))}, not only on tpu: {said}")
-    moved = _up_max(ctx)
-    if moved == 0.0:
-        # What the unpatched script does on a PrivateUse1 device: the optimizer holds the CPU copies.
-        return dataclasses.replace(step, status=FAIL, detail=f"{step.detail}; but it trained nothing: every LoRA "
-                                   "up-weight is still 0 (the optimizer steps other parameters than the model's: "
-                                   "is the diffusers patch's .to(accelerator.device) there?); " + said)
-    shown = f"LoRA weights moved (max |up| {moved:.1e}); " if moved is not None else ""
-    return dataclasses.replace(step, detail=f"{step.detail}; {shown}{said}")
-
-
-def _up_max(ctx: Context) -> float | None:
-    """The largest LoRA up-weight the step wrote: they start at 0, so 0 means never trained."""
-    got = probe.run(ctx.runner, ctx.python, probe.script("lora_weights.py"), [str(ctx.paths.cache /
-                    "lora-out")], timeout=ctx.timeouts["infer"])
-    value = (got.data or {}).get("up_max")
-    return float(value) if value is not None else None
+    return dataclasses.replace(step, detail=f"{step.detail}; {said}")
 
 
 def check_tutorial_inference(ctx: Context, step: Check) -> Check:
