@@ -44,7 +44,7 @@ def child(torch_tpu_dir: str, src: str) -> dict:
     scaler = acc.scaler
     return {"accelerate": accelerate.__version__, "file": accelerate.__file__, "device": str(acc.device),
             "scaler": None if scaler is None else f"{type(scaler).__module__}.{type(scaler).__qualname__}",
-            "scaler_kwargs": getattr(scaler, "kwargs", None)}
+            "scaler_kwargs": None if scaler is None else {"init_scale": float(scaler.get_scale())}}
 
 
 def main(argv: list) -> int:

@@ -160,7 +160,7 @@ def ladder_manifest(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.heavy
-def test_repatch_walks_the_whole_ladder(tmp_path, target, archives, capsys, monkeypatch):  # noqa: F811
+def test_repatch_walks_the_whole_ladder(tmp_path, target, archives, emulator, capsys, monkeypatch):  # noqa: F811
     # sd-env's sdist fallback downloads with the target's pip: from the cache only, no index.
     monkeypatch.setenv("PIP_FIND_LINKS", str(cache()))
     monkeypatch.setenv("PIP_NO_INDEX", "1")
@@ -196,11 +196,10 @@ def test_repatch_walks_the_whole_ladder(tmp_path, target, archives, capsys, monk
     for first in SHIPPED:
         with tarfile.open(archives[first]) as tar:
             tar.extractall(upstream)
-    stand_in = _stand_in(tmp_path)
     args = [f"{r}={trees / r}" for r in sorted(os.listdir(trees), key=Version)]
     args += [f"upstream-{v}={upstream / f'accelerate-{v}' / 'src'}" for v in SHIPPED]
-    probe = subprocess.run([str(target), str(ROOT / "tests" / "accelerate_fp16_probe.py"), str(stand_in), *args],
-                           capture_output=True, text=True, timeout=1800)
+    probe = subprocess.run([str(target), str(ROOT / "tests" / "accelerate_fp16_probe.py"), str(emulator.pythonpath),
+                            *args], capture_output=True, text=True, timeout=1800)
     assert probe.returncode == 0, probe.stderr[-3000:]
     got = json.loads(probe.stdout.splitlines()[-1])
     for release in [r for r in RELEASES if r not in NO_SDIST]:
@@ -211,11 +210,3 @@ def test_repatch_walks_the_whole_ladder(tmp_path, target, archives, capsys, monk
     for v in SHIPPED:
         row = got[f"upstream-{v}"]
         assert row.get("error_type") == "ValueError" and "fp16 mixed precision requires a GPU" in row["error"], row
-
-
-
-def _stand_in(tmp_path: Path) -> Path:
-    """The thin torch_tpu stand-in of real_accelerate_probe.py (the emulator is not merged yet)."""
-    from tests.real_accelerate_probe import write_stand_in
-
-    return write_stand_in(tmp_path / "stand-in")

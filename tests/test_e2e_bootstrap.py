@@ -69,8 +69,9 @@ def test_first_run_reports_what_it_did(bootstrapped):
     assert "CPU-only" in first.stdout  # no Sophgo wheel here, and it says so
     # ... and it ends with a full verify whose real-work rows passed on the CPU and say so
     for row in ("linear smoke", "lora step", "inference"):
-        line = next(line for line in first.stdout.splitlines() if f"│ {row}" in line)
-        assert "│ ok" in line and "ran on cpu (no SC7 card)" in line, line
+        # bootstrap's stdout is a pipe here: plain rows, cells separated by " | ", never cut
+        line = next(line for line in first.stdout.splitlines() if line.startswith(f"{row} | "))
+        assert line.startswith(f"{row} | ok | ") and "ran on cpu (no SC7 card)" in line, line
     assert "all checks passed" in first.stdout
 
 
