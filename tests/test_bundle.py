@@ -193,7 +193,8 @@ def test_install_from_the_bundle_with_no_network_at_all(made, tmp_path, fresh_ta
     got = offline([SD_ENV, "verify", "--quick", "--json", "-m", str(manifest), "--home", str(home), "--python",
                    str(fresh_target)], tmp_path / "connects-verify", env=env)
     checks = {c["name"]: c for c in json.loads(got.stdout)["checks"]}
-    assert [checks[n]["status"] for n in ("interpreter", "pins", "sources+patches")] == ["ok"] * 3
+    statuses = [checks[n]["status"] for n in ("interpreter", "pins", "sources+patches")]
+    assert statuses == ["ok"] * 3, checks["pins"]["detail"]
     assert checks["pins"]["detail"].startswith("2 locked packages at their versions")
     assert checks["linear smoke"]["status"] == "fail" and "torch" in checks["linear smoke"]["detail"]
     assert outside_connects(tmp_path / "connects-verify") == []

@@ -15,7 +15,7 @@ from tests.conftest import run_in, tiny_component
 
 # Runs first in every process of the target: the device probe writes GBK to stderr and exits 3,
 # as a vendor's driver message in a Chinese locale would.
-GBK_PTH = ('import sys, os; exec("if sys.argv and sys.argv[0].endswith(\\"device.py\\"):\\n'
+GBK_PTH = ('import sys, os; exec("if sys.argv and sys.argv[0].endswith(\\"torch_checks.py\\"):\\n'
            '    sys.stderr.buffer.write(\\"驱动错误: 找不到设备 [/tags]\\".encode(\\"gbk\\")); sys.stderr.flush(); '
            'os._exit(3)")\n')
 
@@ -42,8 +42,9 @@ def test_probe_writing_gbk_is_a_failed_row_not_a_crash(small, fresh_target, caps
     assert "exited with 3" in row["detail"] and "[/tags]" in row["detail"]
 
 
-# The linear probe takes 4 s: long enough to see that the rows before it were already printed.
-SLOW_LINEAR = ('import sys, time; exec("if sys.argv and sys.argv[0].endswith(\\"linear.py\\"):\\n'
+# The torch probe (torch_tpu and Linear rows) takes 4 s: long enough to see that the rows before it
+# were already printed.
+SLOW_LINEAR = ('import sys, time; exec("if sys.argv and sys.argv[0].endswith(\\"torch_checks.py\\"):\\n'
                '    time.sleep(4)")\n')
 
 
@@ -69,7 +70,7 @@ def test_verify_prints_each_row_as_it_finishes(small, fresh_target):
         err = proc.stderr.read()
     assert {"interpreter", "ulimit -n", "linear smoke", "lora step"} <= set(seen), seen
     # The rows before the slow check were on the pipe while it still ran.
-    assert end - seen["interpreter"] > 3 and seen["linear smoke"] - seen["ulimit -n"] > 3, (seen, end)
+    assert end - seen["interpreter"] > 3 and seen["linear smoke"] - seen["sources+patches"] > 3, (seen, end)
     assert "* running linear smoke" in err
 
 

@@ -18,13 +18,13 @@ from pathlib import Path
 from sd_env import bundle, gitcmd, sources, state
 from sd_env.bundle import GIT, PACKAGES, BundleError, Checked
 from sd_env.closure import _explain as explain_hash_mismatch
-from sd_env.closure import find_uv
 from sd_env.errors import CommandError, StepError
 from sd_env.lockfile import Lock
 from sd_env.manifest import Component
 from sd_env.paths import Paths
 from sd_env.report import progress
 from sd_env.runner import Runner
+from sd_env.tools import find_uv
 
 _NOT_FOUND = (re.compile(r"No matching distribution found for (\S+)"),
               re.compile(r"Because (\S+) was not found in the provided package locations and you require (\S+?),"),

@@ -15,7 +15,7 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from sd_env import closure, envs, lockfile, torchtpu
+from sd_env import envs, lockfile, tools, torchtpu
 from sd_env.errors import InputError, StepError
 from sd_env.manifest import Manifest
 from sd_env.report import OK, Result, progress
@@ -49,7 +49,8 @@ def find(man: Manifest, inv: envs.Inventory) -> list[str]:
         return []
     lock = lockfile.read(man.lock.files[lockfile.flavour_order(man)[0]])
     keep: set[str] = set(lock.pins) | {canonicalize_name(c.name) for c in man.components} | set(KEEP)
-    keep |= _closure_of(SELF, inv)
+    for root in (SELF, *KEEP):  # wheel >= 0.41 requires packaging, say: what a keeper needs stays too
+        keep |= _closure_of(root, inv)
     if torchtpu.installed_google(inv) is None:
         keep.add(torchtpu.NAME)  # Google's is refused elsewhere, with its own fix
     return sorted({str(canonicalize_name(n)) for n in inv.dists} - keep)
@@ -69,7 +70,7 @@ def sync(man: Manifest, runner: Runner, python: Path, *, yes: bool, use_uv: bool
         if answer.strip().lower() not in ("y", "yes"):
             raise InputError("--sync: nothing removed (not confirmed)", "answer y, or pass --yes")
     progress(f"removing {len(extras)} packages not in the lock: {names}")
-    uv = closure.find_uv() if use_uv else None
+    uv = tools.find_uv() if use_uv else None
     if uv:
         runner.run([uv, "pip", "uninstall", "--python", str(python), *extras])
     else:
