@@ -126,7 +126,7 @@ def run(ctx: Context, started: Callable[[str], None] = _nothing,
             if torch_got is None:  # the inference probe did not run or died: ask on its own
                 torch_got = _torch_checks(ctx)
         else:
-            started("linear smoke, torch_tpu")
+            started("linear smoke")  # the torch_tpu row comes from the same probe
             torch_got = torch_probe.result() if torch_probe is not None else None
     device_got, linear_got = _split(torch_got) if torch_got is not None else (None, None)
     done(check_torch_tpu(ctx, inv, device_got))
