@@ -16,7 +16,7 @@ from sd_env.cli import main
 from tests.conftest import ROOT
 from tests.test_bundle import needs_unshare, offline, outside_connects
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.network, needs_unshare]
+pytestmark = [pytest.mark.slow, pytest.mark.network, needs_unshare]
 SD_ENV = str(Path(sys.executable).with_name("sd-env"))
 
 
