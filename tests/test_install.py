@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import install, manifest, patches, state
+from sd_env import install, manifest, patches, sources, state
 from sd_env.errors import InputError
 from sd_env.paths import Paths
 from sd_env.runner import Runner
@@ -272,3 +272,12 @@ def test_patch_paths_outside_the_checkout_are_bad_input(tmp_path, path):
     with pytest.raises(InputError, match="outside the checkout") as info:
         patches.load(bad)
     assert info.value.exit_code == 2
+
+
+def test_a_local_mirror_without_the_repository_is_not_asked(tmp_path):
+    """A re-run with a mirror that lacks a component (ours has no transformers) fetches nothing."""
+    (tmp_path / "owner" / "name.git").mkdir(parents=True)
+    assert not sources.mirror_lacks("https://github.com/owner/name.git", str(tmp_path))
+    assert sources.mirror_lacks("https://github.com/owner/other.git", str(tmp_path))
+    assert not sources.mirror_lacks("https://github.com/owner/other.git", "https://mirror.example/git")
+    assert not sources.mirror_lacks("https://example.org/other.git", str(tmp_path))  # not rewritten at all

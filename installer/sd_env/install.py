@@ -190,7 +190,10 @@ def _component(comp: Component, paths: Paths, runner: Runner, opts: Options,
         rec = _adopt(runner, comp, checkout)
         record.components[comp.name] = rec
     notes: list[Result] = []
-    if rec is not None and rec.source == "sdist" and opts.mirror and checkout.exists():
+    # Only where the mirror may hold it: a re-run with a mirror that lacks it (transformers is
+    # too large for ours) must stay a no-op, not a failed fetch each time.
+    if rec is not None and rec.source == "sdist" and opts.mirror and checkout.exists() \
+            and not sources.mirror_lacks(comp.git, opts.mirror):
         rec, swapped = sdist_to_git.swap(comp, paths, runner, opts.mirror, rec,
                                          applicable(runner, comp, checkout, "sdist")[0])
         record.components[comp.name] = rec

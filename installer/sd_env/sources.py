@@ -43,6 +43,15 @@ class MovedTag(StepError):
     pass
 
 
+def mirror_lacks(url: str, mirror: str | None) -> bool:
+    """A local-folder mirror without this repository (a remote one can only tell by a fetch)."""
+    match = _GITHUB.match(url)
+    if not mirror or "://" in mirror or mirror.startswith("git@") or not match:
+        return False
+    owner, name = match.groups()
+    return not (Path(mirror).expanduser() / owner / f"{name}.git").is_dir()
+
+
 def mirror_url(url: str, mirror: str | None) -> str:
     """https://github.com/OWNER/NAME.git -> PREFIX/OWNER/NAME.git (other URLs unchanged)."""
     if not mirror:
