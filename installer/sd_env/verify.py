@@ -441,8 +441,9 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
                      "(the optimizer steps other parameters than the model's: is the diffusers patch's "
                      ".to(accelerator.device) there?)", seconds, ctx.device)
     losses = ", ".join(f"{x:.4f}" for x in d.get("losses", []))
+    moved = f"; LoRA weights moved (max |up| {d['up_max']:.1e})" if d.get("up_max") else ""
     return Check("lora step", OK, f"{where}, {label}: 2 steps, loss {losses or 'finite'}, "
-                 f"{d['tensors']} LoRA tensors in {Path(d['weights']).name}; {how}", seconds,
+                 f"{d['tensors']} LoRA tensors in {Path(d['weights']).name}{moved}; {how}", seconds,
                  d.get("device", ctx.device))
 
 
