@@ -205,7 +205,9 @@ def test_repatch_walks_the_whole_ladder(tmp_path, target, archives, emulator, ca
     for release in [r for r in RELEASES if r not in NO_SDIST]:
         row = got[release]
         assert row.get("accelerate") == release and row["file"].startswith(str(trees / release)), row
-        assert row.get("device") == "tpu:0" and row.get("scaler") == "torch_tpu.tpu.amp.GradScaler", (release, row)
+        scaler = row.get("scaler") or ""
+        assert row.get("device") == "tpu:0" and scaler.startswith("torch_tpu.tpu.amp.") and \
+            scaler.endswith(".GradScaler"), (release, row)
         assert row.get("scaler_kwargs") == {"init_scale": 1024.0}, (release, row)
     for v in SHIPPED:
         row = got[f"upstream-{v}"]
