@@ -27,7 +27,7 @@ from sd_env.cli import main
 from sd_env.manifest import Component
 from sd_env.paths import Paths
 from sd_env.runner import Runner
-from tests.conftest import CORE, ROOT, SETUP, TPU_PATCH, Project, Upstream, git
+from tests.conftest import ROOT, SETUP, TPU_PATCH, Project, git, make_upstream
 
 PINS = {  # name==version -> sha256 of its only artifact (pure-Python wheels)
     "six==1.16.0": "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254",
@@ -52,14 +52,8 @@ class Made:
 
 
 def make_project(root: Path, name: str = "test") -> tuple[Project, str]:
-    repo = root / "upstream" / "tinypkg"
-    repo.mkdir(parents=True)
-    git(repo, "init", "-q", "-b", "main")
-    up = Upstream(repo)
-    up.write("setup.py", SETUP)
-    up.write("src/tinypkg/__init__.py", '__version__ = "1.0"\n')
-    up.write("src/tinypkg/core.py", CORE)
-    commit = up.release("v1.0")
+    up = make_upstream(root)
+    commit = git(up.repo, "rev-parse", "HEAD")
     project = Project(root / "project")
     project.add_patch("tpu.diff", up.diff(TPU_PATCH))
     project.write_manifest([{"name": "tinypkg", "git": up.url, "tag": "v1.0", "version": "1.0", "commit": commit,
