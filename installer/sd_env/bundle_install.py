@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sd_env import bundle, gitcmd, sources, state
 from sd_env.bundle import GIT, PACKAGES, BundleError, Checked
-from sd_env.closure import _explain as explain_hash_mismatch
+from sd_env.closure import explain_hash_mismatch
 from sd_env.errors import CommandError, StepError
 from sd_env.lockfile import Lock
 from sd_env.manifest import Component

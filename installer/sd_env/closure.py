@@ -66,10 +66,10 @@ def install(runner: Runner, python: Path, lock: Lock, *, index: str | None, use_
         runner.run(argv, timeout=3600, label=f"pip: installing {len(lock.pins)} locked packages")
         return "pip"
     except CommandError as exc:
-        raise _explain(exc, lock) from None
+        raise explain_hash_mismatch(exc, lock) from None
 
 
-def _explain(exc: CommandError, lock: Lock) -> StepError:
+def explain_hash_mismatch(exc: CommandError, lock: Lock) -> StepError:
     for pattern in (_UV_MISMATCH, _PIP_MISMATCH):
         match = pattern.search(exc.output)
         if match:

@@ -25,6 +25,7 @@ from sd_env import (
     closure,
     envs,
     extras,
+    fsutil,
     lockfile,
     probe,
     requirements_check,
@@ -160,16 +161,16 @@ def _lora_and_inference(ctx: Context, rows: list[status.ComponentStatus],
     go.unlink(missing_ok=True)
     with ThreadPoolExecutor(max_workers=1) as pool:
         infer = None
-        if not (ctx.mixed_precision == "fp16" and ctx.device == "cpu") and model_and_data(ctx)[0] is not None:
+        # The tiny model is built (or found) once, for both probes.
+        inputs = None if ctx.mixed_precision == "fp16" and ctx.device == "cpu" else model_and_data(ctx)
+        if inputs is not None and inputs[0] is not None:
             infer = pool.submit(_run_inference, ctx, go, torch_checks)
         verdict = "stop"
         try:
-            step = check_lora_step(ctx, rows)
+            step = check_lora_step(ctx, rows, inputs)
             verdict = "go" if step.status == OK else "stop"
         finally:
-            tmp = go.with_name(go.name + ".tmp")
-            tmp.write_text(verdict, encoding="utf-8")
-            os.replace(tmp, go)  # whole, never half-written, when the probe reads it
+            fsutil.write_atomic(go, verdict)  # whole, never half-written, when the probe reads it
         got = infer.result() if infer is not None else None
     go.unlink(missing_ok=True)
     shared = (got.data or {}).get("torch_checks") if got is not None else None
@@ -390,13 +391,15 @@ def model_and_data(ctx: Context) -> tuple[Path | None, Path | None, str]:
     return ctx.model or cache / "model", ctx.data or cache / "data", ", ".join(said)
 
 
-def check_lora_step(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
+def check_lora_step(ctx: Context, rows: list[status.ComponentStatus],
+                    inputs: tuple[Path | None, Path | None, str] | None = None) -> Check:
+    """The LoRA step; `inputs` is model_and_data(ctx) when the caller already has it."""
     started = time.monotonic()
     if ctx.mixed_precision == "fp16" and ctx.device == "cpu":
         ctx.facts["lora"] = "n/a"
         return Check("lora step", NA, "not applicable on the CPU: fp16 needs the card (torch 2.1 has no Half "
                      "conv2d on the CPU); neither passed nor failed", 0.0, "cpu")
-    model, data, how = model_and_data(ctx)
+    model, data, how = inputs or model_and_data(ctx)
     if model is None or data is None:
         return Check("lora step", FAIL, how, time.monotonic() - started, ctx.device)
     out = ctx.paths.lora_out
