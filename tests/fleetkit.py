@@ -19,7 +19,9 @@ is bounded by a timeout.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,6 +29,9 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ANSIBLE = ROOT / "deploy" / "ansible"
 
 STEP_TIMEOUT = 30.0  # any one ip/ssh-keygen/mount command
 SSH_UP_TIMEOUT = 20.0  # an sshd to accept connections
@@ -180,7 +185,9 @@ class Fleet:
         lines = ["[fleet]"]
         # Each host's Ansible scratch space is in its private folder: the hosts share /root.
         lines += [f"{h.name} ansible_host={h.address} ansible_remote_tmp={self.mount}/.ansible-tmp" for h in self.hosts]
-        lines += ["", "[fleet:vars]", "ansible_user=root", f"ansible_ssh_private_key_file={self.key}",
+        # The hosts' system Python (root's shell here may put pyenv shims first on the PATH).
+        lines += ["", "[fleet:vars]", "ansible_user=root", "ansible_python_interpreter=/usr/bin/python3",
+                  f"ansible_ssh_private_key_file={self.key}",
                   f"ansible_ssh_common_args='{ssh_args}'", ""]
         self.inventory.write_text("\n".join(lines))
 
@@ -247,3 +254,54 @@ def _wait_for_port(address: str, port: int, timeout: float, host: Host) -> None:
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"{host.name}: sshd not listening on {address}:{port} after {timeout:.0f} s")
+
+
+# -- the control machine: ansible-core in its own venv, and playbook runs -------------------------------------
+def control_python() -> str | None:
+    """A Python >= 3.11 for ansible-core 2.19, found as scripts/find-python.sh finds one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SD_ENV_PYTHON", "VIRTUAL_ENV")}
+    got = subprocess.run(["bash", "-c", f". {ROOT / 'scripts' / 'find-python.sh'} && find_python 11"], env=env,
+                         capture_output=True, text=True, timeout=STEP_TIMEOUT)
+    return got.stdout.strip() or None
+
+
+def control_venv(where: Path, python: str) -> Path:
+    """A venv with deploy/ansible/requirements.txt installed; returns its bin folder."""
+    subprocess.run([python, "-m", "venv", str(where)], check=True, timeout=300)
+    subprocess.run([str(where / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    "-r", str(ANSIBLE / "requirements.txt")], check=True, timeout=600)
+    return where / "bin"
+
+
+_RECAP = re.compile(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", re.M)
+
+
+@dataclass
+class Played:
+    """One ansible-playbook run: its exit code, output, seconds and each host's PLAY RECAP counts."""
+
+    code: int
+    output: str
+    seconds: float
+    recap: dict[str, dict[str, int]]
+
+    def changed(self) -> dict[str, int]:
+        return {host: counts["changed"] for host, counts in self.recap.items()}
+
+
+def playbook(bin_dir: Path, fleet: Fleet, variables: dict, *extra: str, timeout: float = 1800.0) -> Played:
+    """deploy/ansible/site.yml over the fleet's inventory, with `variables` as extra vars."""
+    scratch = fleet.where / "ansible"
+    scratch.mkdir(exist_ok=True)
+    (scratch / "vars.json").write_text(json.dumps(variables))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"), "ANSIBLE_HOME": str(scratch / "home"),
+           "ANSIBLE_LOCAL_TEMP": str(scratch / "tmp"), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(scratch / "cp"),
+           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+    started = time.monotonic()
+    got = subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(fleet.inventory), str(ANSIBLE / "site.yml"),
+                          "-e", f"@{scratch / 'vars.json'}", *extra], env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    output = got.stdout + got.stderr
+    recap = {m.group(1): {k: int(v) for k, v in (kv.split("=") for kv in m.group(2).split())}
+             for m in _RECAP.finditer(output[output.rfind("PLAY RECAP"):])}
+    return Played(got.returncode, output, time.monotonic() - started, recap)
