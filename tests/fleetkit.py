@@ -19,6 +19,7 @@ is bounded by a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -155,7 +156,8 @@ class Fleet:
 
     def _sshd(self, host: Host) -> None:
         host.private.mkdir(parents=True, exist_ok=True)
-        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(host.root / "ssh_host_ed25519_key"))
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f",
+            str(host.root / "ssh_host_ed25519_key"))
         shutil.copy(self.key.with_suffix(".pub"), host.root / "authorized_keys")
         config = host.root / "sshd_config"
         config.write_text("\n".join([
@@ -222,10 +224,8 @@ def _kill_all(host: Host, timeout: float = STEP_TIMEOUT) -> None:
         if not pids:
             return
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # gone meanwhile
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"{host.ns}: pids {pids} survive SIGKILL")
         time.sleep(0.2)
