@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,7 @@ class Fleet:
     where: Path
     count: int = 2
     overlays: tuple[str, ...] = ()  # root-filesystem folders each host gets a private writable copy of
+    empties: tuple[str, ...] = ()  # root-filesystem folders each host sees as a private empty folder
     hosts: list[Host] = field(default_factory=list)
     tag: str = field(default_factory=lambda: f"sdf{os.getpid() % 100000}")
     subnet: str = ""
@@ -175,6 +177,9 @@ class Fleet:
             upper.mkdir(parents=True, exist_ok=True)
             work.mkdir(parents=True, exist_ok=True)
             lines.append(f"mount -t overlay overlay -o lowerdir={folder},upperdir={upper},workdir={work} {folder}")
+        for n, folder in enumerate(self.empties):
+            (host.root / f"empty{n}").mkdir(exist_ok=True)
+            lines.append(f"mount --bind {host.root / f'empty{n}'} {folder}")
         lines.append(f"exec /usr/sbin/sshd -D -e -f {config}")
         log = open(host.root / "sshd.log", "wb")  # noqa: SIM115 (sshd's own log, closed when the host goes)
         host.process = subprocess.Popen(
@@ -278,18 +283,37 @@ _RECAP = re.compile(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", re.M)
 
 @dataclass
 class Played:
-    """One ansible-playbook run: its exit code, output, seconds and each host's PLAY RECAP counts."""
+    """One ansible-playbook run: exit code, output, seconds, each host's PLAY RECAP counts, and
+    each output line with the second it appeared (for per-host timings)."""
 
     code: int
     output: str
     seconds: float
     recap: dict[str, dict[str, int]]
+    lines: list[tuple[float, str]] = field(default_factory=list)
 
     def changed(self) -> dict[str, int]:
         return {host: counts["changed"] for host, counts in self.recap.items()}
 
+    def task_started(self, task: str) -> float | None:
+        """When the header of the first task whose name starts with `task` appeared."""
+        return next((t for t, line in self.lines if line.startswith(f"TASK [sd_env : {task}")), None)
 
-def playbook(bin_dir: Path, fleet: Fleet, variables: dict, *extra: str, timeout: float = 1800.0) -> Played:
+    def host_done(self, task: str, host: str) -> float | None:
+        """When `host`'s result of the first task named `task...` appeared (None: not run for it)."""
+        inside = False
+        for t, line in self.lines:
+            if line.startswith("TASK ["):
+                if inside:
+                    return None
+                inside = line.startswith(f"TASK [sd_env : {task}")
+            elif inside and line.startswith(("ok:", "changed:", "fatal:")) and f"[{host}" in line:
+                return t
+        return None
+
+
+def playbook(bin_dir: Path, fleet: Fleet, variables: dict, *extra: str, timeout: float = 3600.0,
+             echo: bool = False) -> Played:
     """deploy/ansible/site.yml over the fleet's inventory, with `variables` as extra vars."""
     scratch = fleet.where / "ansible"
     scratch.mkdir(exist_ok=True)
@@ -298,10 +322,21 @@ def playbook(bin_dir: Path, fleet: Fleet, variables: dict, *extra: str, timeout:
            "ANSIBLE_LOCAL_TEMP": str(scratch / "tmp"), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(scratch / "cp"),
            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
     started = time.monotonic()
-    got = subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(fleet.inventory), str(ANSIBLE / "site.yml"),
-                          "-e", f"@{scratch / 'vars.json'}", *extra], env=env, capture_output=True, text=True,
-                         timeout=timeout)
-    output = got.stdout + got.stderr
+    lines: list[tuple[float, str]] = []
+    with subprocess.Popen([str(bin_dir / "ansible-playbook"), "-i", str(fleet.inventory), str(ANSIBLE / "site.yml"),
+                           "-e", f"@{scratch / 'vars.json'}", *extra], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:
+        killer = threading.Timer(timeout, proc.kill)  # bounded like every other step
+        killer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append((time.monotonic() - started, line.rstrip("\n")))
+                if echo:
+                    print(f"{lines[-1][0]:7.1f} {lines[-1][1]}", flush=True)
+        finally:
+            killer.cancel()
+    output = "\n".join(line for _, line in lines)
     recap = {m.group(1): {k: int(v) for k, v in (kv.split("=") for kv in m.group(2).split())}
              for m in _RECAP.finditer(output[output.rfind("PLAY RECAP"):])}
-    return Played(got.returncode, output, time.monotonic() - started, recap)
+    return Played(proc.returncode, output, time.monotonic() - started, recap, lines)
