@@ -50,7 +50,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--echo", action="store_true", help="show the playbook's output as it comes")
     args = parser.parse_args()
-    why = fleetkit.available()
+    why = fleetkit.available() or fleetkit.netns_works()
     if why:
         print(f"cannot run: {why}", file=sys.stderr)
         return 2

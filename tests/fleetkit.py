@@ -45,7 +45,8 @@ def run(*argv: str, timeout: float = STEP_TIMEOUT, check: bool = True) -> subpro
 
 
 def available() -> str | None:
-    """None when fleets can be made here, else why not (for a skip reason)."""
+    """None when this machine has what a fleet needs (root, ip, unshare, ssh, sshd), else why not;
+    cheap (no namespace is made: see netns_works)."""
     if os.geteuid() != 0:
         return "needs root (network namespaces, mounts)"
     missing = [tool for tool in ("ip", "unshare", "ssh", "ssh-keygen") if shutil.which(tool) is None]
@@ -53,11 +54,14 @@ def available() -> str | None:
         missing.append("sshd (apt-get install openssh-server; .ci/run does)")
     if missing:
         return f"needs {', '.join(missing)}"
+    return None
+
+
+def netns_works() -> str | None:
+    """None when a network namespace can be made here (a container may forbid it), else why not."""
     probe = run("ip", "netns", "add", f"sdfprobe{os.getpid()}", check=False)
     run("ip", "netns", "del", f"sdfprobe{os.getpid()}", check=False)
-    if probe.returncode != 0:
-        return f"cannot make a network namespace: {probe.stderr.strip()}"
-    return None
+    return f"cannot make a network namespace: {probe.stderr.strip()}" if probe.returncode != 0 else None
 
 
 @dataclass

@@ -54,6 +54,9 @@ def small_bundle(tmp_path_factory) -> Path:
 def fleet(tmp_path_factory, emulator_target):
     """Two hosts, each with its own dpkg database and /usr/local/bin (overlays: a package installed on
     one host appears neither on the other nor on this machine) and a target venv seeing torch."""
+    cannot = fleetkit.netns_works()
+    if cannot:
+        pytest.skip(f"skipped: {cannot}")
     torch_python, _ = emulator_target
     torch_site = run_in(torch_python, "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     where = tmp_path_factory.mktemp("fleet")
