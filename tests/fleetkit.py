@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -267,11 +268,20 @@ def _wait_for_port(address: str, port: int, timeout: float, host: Host) -> None:
 
 # -- the control machine: ansible-core in its own venv, and playbook runs -------------------------------------
 def control_python() -> str | None:
-    """A Python >= 3.11 for ansible-core 2.19, found as scripts/find-python.sh finds one."""
+    """A Python >= 3.11 for ansible-core 2.19, found as scripts/find-python.sh finds one, or as
+    python3.N on the PATH; the venv running the tests (Python 3.9) is not on that PATH: the
+    control machine's Python is the system's."""
+    venvs = [v + os.sep for v in (os.environ.get("VIRTUAL_ENV"), sys.prefix if sys.prefix != sys.base_prefix else None)
+             if v]
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if not any((p + os.sep).startswith(v) for v in venvs))
     env = {k: v for k, v in os.environ.items() if k not in ("SD_ENV_PYTHON", "VIRTUAL_ENV")}
+    env["PATH"] = path
     got = subprocess.run(["bash", "-c", f". {ROOT / 'scripts' / 'find-python.sh'} && find_python 11"], env=env,
                          capture_output=True, text=True, timeout=STEP_TIMEOUT)
-    return got.stdout.strip() or None
+    found = got.stdout.strip() or next(filter(None, (shutil.which(f"python3.{n}", path=path) for n in (13, 12, 11))),
+                                       None)
+    return found or None
 
 
 def control_venv(where: Path, python: str) -> Path:
