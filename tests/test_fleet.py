@@ -172,6 +172,29 @@ def test_a_broken_host_is_reported_and_the_next_run_repairs_it(first, ansible_bi
     assert code == 0 and all(h["ready"] for h in hosts.values())
 
 
+def test_a_damaged_bundle_copy_is_named_then_only_its_bad_file_is_sent_again(first, ansible_bin, fleet, variables):
+    node2 = fleet.hosts[1]
+    index = json.loads((Path(variables["sd_env_bundle"]) / "index.json").read_text())
+    wheel = next(m["path"] for m in index["members"] if m["kind"] == "package")
+    copy = node2.private / "home" / "bundle" / wheel
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    copy.write_bytes(bytes(data))
+
+    failed = play(ansible_bin, fleet, variables)
+    assert failed.recap["node2"]["failed"] == 1 and failed.recap["node1"]["failed"] == 0
+    said = "node2 is not ready: the install failed (bootstrap.sh exit 1): error: bundle member"
+    assert f"{said} {wheel}" in failed.output, failed.output[-6000:]
+    assert not (node2.private / "home" / "bundle.copied").exists()  # so the next run compares every file
+
+    healed = play(ansible_bin, fleet, variables)
+    assert healed.code == 0, healed.output[-6000:]
+    assert "(item=1 files)" in healed.output  # the one damaged wheel travelled, to node2 only
+    assert sorted(results(healed.output, "Copy the tar to the host")) == ["changed: [node2]", "skipping: [node1]"]
+    assert healed.changed()["node1"] == 0
+    assert sha256_of(copy) == next(m["sha256"] for m in index["members"] if m["path"] == wheel)
+
+
 def standin_deb(where: Path) -> Path:
     """A tiny .deb standing in for Sophgo's driver package: only a bm-smi that prints a version."""
     root = where / "standin"
