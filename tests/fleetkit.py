@@ -205,18 +205,28 @@ class Fleet:
 
     # -- teardown -----------------------------------------------------------------------------------------
     def teardown(self) -> None:
-        """Kill every process in each namespace, then delete veths, bridge and namespaces (idempotent)."""
+        """Kill every process in each namespace, then delete veths, bridge and namespaces (idempotent).
+        Every step is tried even when one fails; the first failure is raised at the end."""
+        problems: list[BaseException] = []
         for host in self.hosts:
-            _kill_all(host)
-            if host.process is not None:
-                try:
+            try:
+                _kill_all(host)
+                if host.process is not None:
                     host.process.wait(timeout=STEP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    host.process.kill()
+            except (RuntimeError, subprocess.SubprocessError) as exc:
+                problems.append(exc)
         for i, host in enumerate(self.hosts, start=1):
-            run("ip", "link", "del", f"{self.tag}v{i}", check=False)
-            run("ip", "netns", "del", host.ns, check=False)
-        run("ip", "link", "del", self.bridge, check=False)
+            for argv in (("ip", "link", "del", f"{self.tag}v{i}"), ("ip", "netns", "del", host.ns)):
+                try:
+                    run(*argv, check=False)
+                except subprocess.SubprocessError as exc:
+                    problems.append(exc)
+        try:
+            run("ip", "link", "del", self.bridge, check=False)
+        except subprocess.SubprocessError as exc:
+            problems.append(exc)
+        if problems:
+            raise problems[0]
 
     def host_ssh(self, host: Host, command: str, timeout: float = STEP_TIMEOUT) -> subprocess.CompletedProcess:
         """`command` on `host` over ssh, as Ansible connects."""
