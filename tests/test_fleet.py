@@ -50,8 +50,9 @@ def small_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, emulator_target):
-    """Two hosts, each with its own dpkg database and /usr/local/bin (overlays: a package installed on
-    one host appears neither on the other nor on this machine) and a target venv seeing torch."""
+    """Two hosts, each with its own dpkg database, /usr/local/bin and /var/log (overlays: a package
+    installed on one host appears neither on the other nor on this machine, nor in its dpkg.log) and
+    a target venv seeing torch."""
     cannot = fleetkit.netns_works()
     if cannot:
         pytest.skip(f"skipped: {cannot}")
