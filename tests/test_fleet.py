@@ -1,0 +1,243 @@
+"""deploy/ansible over a fleet of two hosts on this machine (tests/fleetkit.py): network
+namespaces on a bridge, each with its own sshd, hostname and private install folder.
+
+The bundle is test_bundle.py's small manifest (a tiny upstream in git + a patch, a
+lock of six and idna). verify --quick needs torch for its Linear row: each host's
+target (sd_env_python) is a venv of its own that sees the torch 2.1 environment's
+site-packages through a .pth file (conftest's emulator_target), hence `slow`.
+The tests run in order and share the fleet: first run, second run, a broken host
+and its repair, then the driver stand-in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sd_env.cli import main
+from tests import fleetkit
+from tests.conftest import run_in
+from tests.test_bundle import make_project
+
+why_not = fleetkit.available()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(why_not is not None, reason=f"skipped: {why_not}")]
+
+PATCHED = Path("src") / "tinypkg" / "core.py"  # the file tpu.diff patches
+STANDIN = "sophon-driver-standin"
+STANDIN_VERSION = "0.0.0-standin"
+
+
+@pytest.fixture(scope="module")
+def ansible_bin(tmp_path_factory) -> Path:
+    python = fleetkit.control_python()
+    if python is None:
+        pytest.skip("skipped: no Python >= 3.11 for ansible-core 2.19 (the control machine's)")
+    return fleetkit.control_venv(tmp_path_factory.mktemp("control") / "venv", python)
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fleet-bundle")
+    project, _ = make_project(root)
+    out = root / "bundle"
+    assert main(["bundle", "create", str(out), "-m", str(project.manifest), "--home", str(project.home)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, emulator_target):
+    """Two hosts, each with its own dpkg database, /usr/local/bin and /var/log (overlays: a package
+    installed on one host appears neither on the other nor on this machine, nor in its dpkg.log) and
+    a target venv seeing torch."""
+    cannot = fleetkit.netns_works()
+    if cannot:
+        pytest.skip(f"skipped: {cannot}")
+    torch_python, _ = emulator_target
+    torch_site = run_in(torch_python, "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    where = tmp_path_factory.mktemp("fleet")
+    try:
+        with fleetkit.Fleet(where, 2, overlays=("/var/lib/dpkg", "/usr/local/bin", "/var/log")) as fleet:
+            for host in fleet.hosts:
+                target = host.private / "target"
+                subprocess.run([str(torch_python), "-m", "venv", "--without-pip", str(target)], check=True, timeout=120)
+                site = run_in(target / "bin" / "python", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+                Path(site, "_torch_env.pth").write_text(torch_site + "\n")
+            yield fleet
+    finally:
+        _purge_standin()
+
+
+def _purge_standin() -> None:
+    """The stand-in lives in the hosts' private dpkg overlays only; if it ever reached this machine, purge it."""
+    if subprocess.run(["dpkg-query", "-W", STANDIN], capture_output=True).returncode == 0:
+        subprocess.run(["dpkg", "--purge", STANDIN], capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def variables(fleet, small_bundle, tmp_path_factory) -> dict:
+    return {"sd_env_bundle": str(small_bundle), "sd_env_home": str(fleet.mount / "home"),
+            "sd_env_reports": str(tmp_path_factory.mktemp("reports")),
+            "sd_env_python": str(fleet.mount / "target" / "bin" / "python"), "sd_env_verify": "quick"}
+
+
+def play(ansible_bin: Path, fleet: fleetkit.Fleet, variables: dict, *extra: str) -> fleetkit.Played:
+    got = fleetkit.playbook(ansible_bin, fleet, variables, *extra)
+    print(f"ansible-playbook {' '.join(extra)}: {got.seconds:.1f} s, changed {got.changed()}")
+    return got
+
+
+def reports(variables: dict) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(variables["sd_env_reports"]).glob("*.json"))}
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def failed_checks(doc: dict) -> list[str]:
+    return [c["name"] for c in doc["checks"] if c["status"] == "fail"]
+
+
+@pytest.fixture(scope="module")
+def first(ansible_bin, fleet, variables) -> fleetkit.Played:
+    return play(ansible_bin, fleet, variables)
+
+
+def fleet_report(variables: dict, capsys) -> tuple[int, dict[str, dict]]:
+    """`sd-env fleet-report REPORTS --json` on the control machine: its exit code and its hosts by name."""
+    capsys.readouterr()
+    code = main(["fleet-report", variables["sd_env_reports"], "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    return code, {h["name"]: h for h in doc["hosts"]}
+
+
+def results(output: str, task: str) -> list[str]:
+    """The result lines (ok/changed/skipping/fatal) of the task named `task` in a playbook's output."""
+    section = output.split(f"TASK [sd_env : {task}")[-1].split("TASK [")[0]
+    return [line for line in section.splitlines() if line.startswith(("ok:", "changed:", "skipping:", "fatal:"))]
+
+
+def test_the_first_run_installs_every_host_from_the_bundle(first, fleet, variables, capsys):
+    assert first.code == 0, first.output[-6000:]
+    assert set(first.recap) == {"node1", "node2"}
+    for host in fleet.hosts:
+        assert first.recap[host.name]["failed"] == 0 and first.recap[host.name]["changed"] > 0
+        home = host.private / "home"
+        assert "torch_tpu.GradScaler" in (home / "src" / "tinypkg" / PATCHED).read_text()
+        assert json.loads((home / "state.json").read_text())["components"]["tinypkg"]["patches"]
+        index = Path(variables["sd_env_bundle"]) / "index.json"
+        assert (home / "bundle.copied").read_text().strip() == sha256_of(index)  # the copy's mark
+    docs = reports(variables)
+    assert set(docs) == {"node1", "node2"}
+    for name, doc in docs.items():
+        assert doc["exit_code"] == 0 and failed_checks(doc) == [], (name, doc["checks"])
+        assert doc["host"] == name  # each host's own hostname, from its own UTS namespace
+    code, hosts = fleet_report(variables, capsys)
+    assert code == 0
+    assert [(h["ready"], h["differs"], h["hostname"]) for h in hosts.values()] == [(True, [], "node1"),
+                                                                                (True, [], "node2")]
+    assert hosts["node1"]["versions"] == hosts["node2"]["versions"] and "tinypkg v1.0" in hosts["node1"]["versions"]
+
+
+def test_a_second_run_changes_nothing(first, ansible_bin, fleet, variables):
+    again = play(ansible_bin, fleet, variables)
+    assert again.code == 0, again.output[-6000:]
+    assert again.changed() == {"node1": 0, "node2": 0}, again.output[-6000:]
+    # the host's copy of this bundle is marked complete: not one file is compared or sent
+    assert sorted(results(again.output, "Copy the tar to the host")) == ["skipping: [node1]", "skipping: [node2]"]
+
+
+def test_a_broken_host_is_reported_and_the_next_run_repairs_it(first, ansible_bin, fleet, variables, capsys):
+    node1 = fleet.hosts[0]
+    (node1.private / "home" / "src" / "tinypkg" / PATCHED).unlink()
+    read = play(ansible_bin, fleet, variables, "--tags", "verify")
+    assert read.code != 0 and read.recap["node1"]["failed"] == 1 and read.recap["node2"]["failed"] == 0
+    assert read.changed() == {"node1": 0, "node2": 0}
+    assert "node1 is not ready: verify failed: sources+patches" in read.output, read.output[-6000:]
+    code, hosts = fleet_report(variables, capsys)
+    assert code == 1
+    assert (hosts["node1"]["ready"], hosts["node1"]["failed"]) == (False, ["sources+patches"])
+    assert (hosts["node2"]["ready"], hosts["node2"]["failed"]) == (True, [])
+
+    repair = play(ansible_bin, fleet, variables)
+    assert repair.code == 0, repair.output[-6000:]
+    assert repair.changed()["node1"] > 0 and repair.changed()["node2"] == 0
+    # the change is the install's (it restored and re-patched the file), on node1 only
+    assert sorted(results(repair.output, "Run the bundle's bootstrap.sh")) == ["changed: [node1]", "ok: [node2]"]
+    assert "torch_tpu.GradScaler" in (node1.private / "home" / "src" / "tinypkg" / PATCHED).read_text()
+    code, hosts = fleet_report(variables, capsys)
+    assert code == 0 and all(h["ready"] for h in hosts.values())
+
+
+def test_a_damaged_bundle_copy_is_named_then_only_its_bad_file_is_sent_again(first, ansible_bin, fleet, variables):
+    node2 = fleet.hosts[1]
+    index = json.loads((Path(variables["sd_env_bundle"]) / "index.json").read_text())
+    wheel = next(m["path"] for m in index["members"] if m["kind"] == "package")
+    copy = node2.private / "home" / "bundle" / wheel
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    copy.write_bytes(bytes(data))
+
+    failed = play(ansible_bin, fleet, variables)
+    assert failed.recap["node2"]["failed"] == 1 and failed.recap["node1"]["failed"] == 0
+    said = "node2 is not ready: the install failed (bootstrap.sh exit 1): error: bundle member"
+    assert f"{said} {wheel}" in failed.output, failed.output[-6000:]
+    assert not (node2.private / "home" / "bundle.copied").exists()  # so the next run compares every file
+
+    healed = play(ansible_bin, fleet, variables)
+    assert healed.code == 0, healed.output[-6000:]
+    assert "(item=1 files)" in healed.output  # the one damaged wheel travelled, to node2 only
+    assert sorted(results(healed.output, "Copy the tar to the host")) == ["changed: [node2]", "skipping: [node1]"]
+    assert healed.changed()["node1"] == 0
+    assert sha256_of(copy) == next(m["sha256"] for m in index["members"] if m["path"] == wheel)
+
+
+def standin_deb(where: Path) -> Path:
+    """A tiny .deb standing in for Sophgo's driver package: only a bm-smi that prints a version."""
+    root = where / "standin"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: {STANDIN}\nVersion: {STANDIN_VERSION}\nArchitecture: all\nMaintainer: sd-env tests "
+        "<tests@sd-env.invalid>\nDescription: stand-in for Sophgo's libsophon driver (sd-env's fleet test)\n"
+        " Not a driver: installs only a bm-smi script that prints a made-up driver version.\n")
+    smi = root / "usr" / "local" / "bin" / "bm-smi"
+    smi.parent.mkdir(parents=True)
+    smi.write_text("#!/bin/sh\n# stand-in: the line `bm-smi --noloop --text_format` prints on a card's host\n"
+                   f"echo '| SDK Version: 0.0.0    Driver Version: {STANDIN_VERSION} |'\n")
+    smi.chmod(0o755)
+    deb = where / f"{STANDIN}_{STANDIN_VERSION}_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(deb)], check=True,
+                   capture_output=True, timeout=60)
+    return deb
+
+
+def test_driver_packages_are_installed_from_the_named_files_once(first, ansible_bin, fleet, variables, tmp_path,
+                                                                 capsys):
+    """The hosts' dpkg databases and /usr/local/bin are private overlays: the stand-in is installed on
+    each host for real (dpkg -i) and never on this machine. A driver without Sophgo's torch_tpu is a
+    host that is not ready, and verify says so: the torch_tpu row fails naming the driver."""
+    given = {**variables, "sd_env_driver_debs": [str(standin_deb(tmp_path))]}
+    got = play(ansible_bin, fleet, given)
+    assert got.recap["node1"]["failed"] == got.recap["node2"]["failed"] == 1, got.output[-6000:]
+    assert sorted(results(got.output, "Install them with dpkg -i")) == ["changed: [node1]", "changed: [node2]"]
+    for host in fleet.hosts:
+        listed = fleet.host_ssh(host, f"dpkg-query -W -f '${{Version}}' {STANDIN}")
+        assert listed.stdout == STANDIN_VERSION, listed.stdout + listed.stderr
+    for name, doc in reports(variables).items():
+        assert doc["facts"]["driver"]["version"] == STANDIN_VERSION, (name, doc["facts"]["driver"])
+        assert failed_checks(doc) == ["torch_tpu"]
+        torch_tpu = next(c for c in doc["checks"] if c["name"] == "torch_tpu")
+        assert "the SC7 driver is present" in torch_tpu["detail"] and "torch_tpu does not import" in torch_tpu["detail"]
+    code, hosts = fleet_report(variables, capsys)
+    assert code == 1 and [h["driver"] for h in hosts.values()] == [STANDIN_VERSION, STANDIN_VERSION]
+
+    again = play(ansible_bin, fleet, given)
+    assert again.changed() == {"node1": 0, "node2": 0}, again.output[-6000:]
+    assert sorted(results(again.output, "Install them with dpkg -i")) == ["skipping: [node1]", "skipping: [node2]"]
+    # this machine never had it
+    assert subprocess.run(["dpkg-query", "-W", STANDIN], capture_output=True).returncode != 0
+    assert not Path("/usr/local/bin/bm-smi").exists()
