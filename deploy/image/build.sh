@@ -62,7 +62,8 @@ name=$(sed -n 's/^ *"manifest_name": *"\([^"]*\)".*/\1/p' "$bundle/index.json" |
 [ -n "$tag" ] || tag=sd-env:${name:-latest}
 
 # podman keeps HEALTHCHECK only in the docker image format; docker needs BuildKit for RUN --mount.
-flags=(--network=none --build-arg "BASE=$base" -f "$here/Containerfile" -t "$tag")
+index=$(sha256sum "$bundle/index.json" | cut -c1-64)
+flags=(--network=none --build-arg "BASE=$base" --build-arg "BUNDLE_INDEX=$index" -f "$here/Containerfile" -t "$tag")
 if [ "$engine" = podman ]; then
   flags+=(--format docker)
 else
