@@ -249,6 +249,18 @@ def bootstrapped(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 
 @pytest.fixture(scope="session")
+def real_bundle(bootstrapped, tmp_path_factory) -> Path:
+    """The default manifest's bundle (2.8 GB), made once per session from the bootstrapped home
+    (test_e2e_bundle installs it offline, test_image builds the image from it)."""
+    home, _ = bootstrapped
+    root = tmp_path_factory.mktemp("real-bundle")
+    out = root / "sd14"
+    assert main(["bundle", "create", str(out), "-m", str(ROOT / "manifests" / "sc7-sd14-lora.toml"),
+                 "--home", str(root / "create-home"), "--from-home", str(home)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def emulator_target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Paths]:
     """The torch 2.1 target the tpu emulator is built against, and the home that caches the build.
 

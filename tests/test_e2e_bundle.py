@@ -12,19 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from sd_env.cli import main
-from tests.conftest import ROOT
 from tests.test_bundle import needs_unshare, offline, outside_connects
 
 pytestmark = [pytest.mark.slow, pytest.mark.network, needs_unshare]
 SD_ENV = str(Path(sys.executable).with_name("sd-env"))
 
 
-def test_the_real_bundle_installs_and_verifies_offline(bootstrapped, tmp_path):
+def test_the_real_bundle_installs_and_verifies_offline(bootstrapped, real_bundle, tmp_path):
     home, _ = bootstrapped
-    out = tmp_path / "sd14"
-    assert main(["bundle", "create", str(out), "-m", str(ROOT / "manifests" / "sc7-sd14-lora.toml"),
-                 "--home", str(tmp_path / "create-home"), "--from-home", str(home)]) == 0
+    out = real_bundle
     index = json.loads((out / "index.json").read_text())
     assert len([m for m in index["members"] if m["kind"] == "package"]) == 87
     recorded = json.loads((home / "state.json").read_text())["components"]

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# deploy/image/build.sh BUNDLE --base IMAGE [--tag TAG] [--engine podman|docker]
+#
+# Builds the OCI image of an sd-env bundle (`sd-env bundle create`) with no network during the
+# build: the bundle folder is the build context, its own bootstrap.sh installs the environment
+# into /opt/sd-env, and `sd-env verify --quick` is the image's health check (Containerfile).
+# BASE must already be on this machine (a local Debian rootfs: deploy/image/make-base.sh; or one
+# of Sophgo's images, pulled or loaded beforehand); nothing is pulled.
+# TAG defaults to sd-env:MANIFEST_NAME; ENGINE to podman when installed, else docker.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+say() { printf '* %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$1" >&2; [ -n "${2:-}" ] && printf 'hint: %s\n' "$2" >&2; exit "${3:-2}"; }
+usage="usage: deploy/image/build.sh BUNDLE --base IMAGE [--tag TAG] [--engine podman|docker]"
+
+bundle="" base="" tag="" engine=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --base|--tag|--engine)
+      [ $# -ge 2 ] || die "$1 needs a value" "$usage"
+      case $1 in --base) base=$2 ;; --tag) tag=$2 ;; --engine) engine=$2 ;; esac
+      shift 2 ;;
+    --base=*) base=${1#--base=}; shift ;;
+    --tag=*) tag=${1#--tag=}; shift ;;
+    --engine=*) engine=${1#--engine=}; shift ;;
+    -h|--help) sed -n '2,10s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -*) die "unknown option $1" "$usage" ;;
+    *) [ -z "$bundle" ] || die "one bundle only (got $bundle and $1)" "$usage"; bundle=$1; shift ;;
+  esac
+done
+
+[ -n "$bundle" ] || die "no bundle given" "$usage; make one with \`sd-env bundle create OUT\`"
+[ -d "$bundle" ] || die "$bundle is not a folder" "pass the folder made by \`sd-env bundle create OUT\`"
+[ -f "$bundle/index.json" ] || die "$bundle is not an sd-env bundle (no index.json)" \
+  "pass the folder made by \`sd-env bundle create OUT\`"
+[ -f "$bundle/bootstrap.sh" ] || die "$bundle has no bootstrap.sh: it was made by an older sd-env" \
+  "re-create it with this sd-env: sd-env bundle create OUT"
+[ -n "$base" ] || die "no base image given" \
+  "pass --base IMAGE: a local Debian rootfs (deploy/image/make-base.sh sd-env-base:bullseye) or one of Sophgo's images"
+
+if [ -z "$engine" ]; then
+  if command -v podman >/dev/null; then engine=podman
+  elif command -v docker >/dev/null; then engine=docker
+  else die "neither podman nor docker is installed" "install one: sudo apt install podman (or docker.io)"
+  fi
+fi
+case $engine in
+  podman|docker) command -v "$engine" >/dev/null || die "$engine is not installed" "install it: sudo apt install $engine, or pass --engine" ;;
+  *) die "unknown engine $engine" "pass --engine podman or --engine docker" ;;
+esac
+if [ "$engine" = docker ] && ! docker info >/dev/null 2>&1; then
+  die "the docker daemon is not reachable" "start it (sudo systemctl start docker), or use --engine podman"
+fi
+
+if ! "$engine" image inspect "$base" >/dev/null 2>&1; then
+  die "base image $base is not on this machine (nothing is pulled: the build has no network)" \
+    "make one: sudo deploy/image/make-base.sh $base --engine $engine; or \`$engine pull\`/\`$engine load\` one of Sophgo's images first"
+fi
+
+name=$(sed -n 's/^ *"manifest_name": *"\([^"]*\)".*/\1/p' "$bundle/index.json" | head -n 1)
+[ -n "$tag" ] || tag=sd-env:${name:-latest}
+
+# podman keeps HEALTHCHECK only in the docker image format; docker needs BuildKit for RUN --mount.
+index=$(sha256sum "$bundle/index.json" | cut -c1-64)
+flags=(--network=none --build-arg "BASE=$base" --build-arg "BUNDLE_INDEX=$index" -f "$here/Containerfile" -t "$tag")
+if [ "$engine" = podman ]; then
+  flags+=(--format docker)
+else
+  export DOCKER_BUILDKIT=1
+fi
+size=$(du -sh "$bundle" | cut -f1)
+say "building $tag with $engine from the bundle $bundle ($size, manifest ${name:-?}) on $base, network off"
+start=$(date +%s)
+"$engine" build "${flags[@]}" "$bundle" || die "$engine build failed (see above)" \
+  "check the bundle: sd-env bundle verify $bundle; the base needs bash, git and the manifest's Python with venv" 1
+bytes=$("$engine" image inspect --format '{{.Size}}' "$tag")
+say "built $tag in $(( $(date +%s) - start )) s: $(numfmt --to=iec --suffix=B "$bytes") ($bytes bytes)"
+say "run it: $engine run --rm --network none $tag sd-env verify --quick (add --device /dev/bmdev-ctl --device /dev/bm-sophon0 on a card's host)"

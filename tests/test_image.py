@@ -1,0 +1,274 @@
+"""The OCI image (deploy/image/): built by podman from a bundle inside a namespace with no network,
+run with `--network none`, `sd-env verify --quick` as its health check.
+
+The base image is a Debian bullseye rootfs (Python 3.9) made once per session by
+deploy/image/make-base.sh (debootstrap: about a minute, from the Debian mirror). Default
+suite: a bundle of a small manifest (no torch in its lock, so the image installs and patches
+for real and its health check fails exactly at the Linear smoke test). Slow suite: the default
+manifest's real bundle, shared with test_e2e_bundle, gives a healthy image.
+
+Podman's state stays in a session folder: a containers.conf (runc, and open-file and process
+limits this kind of machine allows: podman's default nofile is above its hard limit) and a
+storage.conf with the image store there; every container and image is removed at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sd_env.cli import main
+from tests.conftest import ROOT
+from tests.test_bundle import make_project
+
+IMAGE_DIR = ROOT / "deploy" / "image"
+BUILD, MAKE_BASE = str(IMAGE_DIR / "build.sh"), str(IMAGE_DIR / "make-base.sh")
+BASE = "localhost/sd-env-test-base:bullseye"
+# The tiny image's venv comes from bullseye's python3 -m venv (pip 20.3): the editable build
+# needs the era's pip, setuptools and wheel, which the default lock pins with their hashes.
+BUILD_TOOLS = re.compile(r"^(pip|setuptools|wheel)==\S+ \\\n(?:    --hash=\S+(?: \\)?\n)+", re.M)
+
+needs_podman = pytest.mark.skipif(
+    os.geteuid() != 0 or not all(shutil.which(t) for t in ("podman", "runc", "debootstrap", "unshare")),
+    reason="needs root, podman, runc, debootstrap and unshare (.ci/run installs them)")
+
+
+@dataclass
+class Engine:
+    """podman with this session's configuration and image store."""
+
+    env: dict[str, str]
+
+    def __call__(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(["podman", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def script(self, path: str, *args: str, offline: bool = False, timeout: float = 1800
+               ) -> subprocess.CompletedProcess:
+        """A deploy/image script; `offline`: in a new network namespace (only a down loopback)."""
+        argv = ["unshare", "-n", path, *args] if offline else [path, *args]
+        return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def inspect(self, image: str) -> dict:
+        got = self("image", "inspect", image)
+        assert got.returncode == 0, got.stderr
+        return json.loads(got.stdout)[0]
+
+    def verify_quick(self, image: str) -> tuple[int, dict[str, dict]]:
+        """The health check's command with --json, in a container with no network."""
+        got = self("run", "--rm", "--network", "none", image, "sd-env", "verify", "--quick", "--json")
+        return got.returncode, {c["name"]: c for c in json.loads(got.stdout)["checks"]}
+
+    def healthcheck(self, image: str) -> subprocess.CompletedProcess:
+        """`podman healthcheck run` on a running container of `image` (the HEALTHCHECK as podman runs it)."""
+        name = f"sd-env-test-{os.getpid()}-{time.monotonic_ns()}"
+        started = self("run", "-d", "--name", name, "--network", "none", image, "sleep", "infinity")
+        assert started.returncode == 0, started.stderr
+        try:
+            return self("healthcheck", "run", name)
+        finally:
+            self("rm", "--force", "--time", "0", name)
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    root = tmp_path_factory.mktemp("podman")
+    (root / "containers.conf").write_text(
+        '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n'
+        f'[engine]\nruntime = "runc"\ntmp_dir = "{root / "libpod"}"\n')
+    (root / "storage.conf").write_text(
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{root / "graph"}"\nrunroot = "{root / "run"}"\n')
+    env = {**os.environ, "CONTAINERS_CONF": str(root / "containers.conf"),
+           "CONTAINERS_STORAGE_CONF": str(root / "storage.conf"), "TMPDIR": str(root)}
+    # podman keeps a blob cache in /var/lib/containers/cache whatever the store: removed at the
+    # end when this session made it.
+    system = Path("/var/lib/containers")
+    had_system = system.exists()
+    engine = Engine(env)
+    yield engine
+    engine("rm", "--all", "--force", "--time", "0")
+    engine("rmi", "--all", "--force")
+    if not had_system:
+        shutil.rmtree(system, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def base(podman: Engine) -> str:
+    """Debian bullseye minbase with python3, python3-venv and git, imported as BASE."""
+    started = time.monotonic()
+    got = podman.script(MAKE_BASE, BASE, "--engine", "podman")
+    assert got.returncode == 0, got.stdout[-2000:] + got.stderr[-3000:]
+    print(f"make-base.sh (debootstrap bullseye minbase + import): {time.monotonic() - started:.0f} s")
+    return BASE
+
+
+def tiny_bundle(root: Path, name: str = "test") -> Path:
+    """The small manifest of test_bundle.py (tinypkg + its patch, six and idna) plus the locked
+    build tools, bundled (downloads its wheels through the configured index)."""
+    project, _commit = make_project(root, name)
+    folder = project.manifest.parent
+    tools = "".join(m.group(0) for m in BUILD_TOOLS.finditer((ROOT / "manifests" / "sc7-sd14-lora.pypi.lock.txt")
+                                                                .read_text()))
+    lock = folder / "test.pypi.lock.txt"
+    lock.write_text(lock.read_text() + tools)
+    (folder / "requirements.in").write_text("six\nidna\npip\nsetuptools\nwheel\n")
+    out = root / "bundle"
+    assert main(["bundle", "create", str(out), "-m", str(project.manifest), "--home", str(project.home)]) == 0
+    return out
+
+
+def build(podman: Engine, bundle: Path, base: str, tag: str) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    got = podman.script(BUILD, str(bundle), "--base", base, "--tag", tag, "--engine", "podman", offline=True)
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    return got, time.monotonic() - started
+
+
+def index_sha256(bundle: Path) -> str:
+    return hashlib.sha256((bundle / "index.json").read_bytes()).hexdigest()
+
+
+# -- build.sh and make-base.sh refuse bad input before anything runs --------------------------------------
+@pytest.mark.parametrize(("args", "error", "hint"), [
+    ([], "error: no bundle given", "sd-env bundle create OUT"),
+    (["{tmp}"], "is not an sd-env bundle (no index.json)", "the folder made by `sd-env bundle create OUT`"),
+    (["{tmp}/missing"], "is not a folder", "the folder made by"),
+    (["{bundle}"], "error: no base image given", "deploy/image/make-base.sh"),
+    (["{bundle}", "--base", "b", "--engine", "rkt"], "error: unknown engine rkt", "--engine podman or --engine docker"),
+    (["{bundle}", "--base", "b", "--colour"], "error: unknown option --colour", "usage: deploy/image/build.sh"),
+])
+def test_build_sh_refuses_bad_input(tmp_path, args, error, hint):
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "index.json").write_text("{}\n")
+    (bundle / "bootstrap.sh").write_text("")
+    argv = [a.format(tmp=tmp_path, bundle=bundle) for a in args]
+    got = subprocess.run([BUILD, *argv], capture_output=True, text=True, timeout=60)
+    assert got.returncode == 2 and error in got.stderr and "hint: " in got.stderr and hint in got.stderr, got.stderr
+
+
+def test_build_sh_refuses_a_bundle_without_its_bootstrap(tmp_path):
+    (tmp_path / "index.json").write_text("{}\n")
+    got = subprocess.run([BUILD, str(tmp_path), "--base", "b"], capture_output=True, text=True, timeout=60)
+    assert got.returncode == 2 and "has no bootstrap.sh: it was made by an older sd-env" in got.stderr, got.stderr
+
+
+@needs_podman
+def test_build_sh_names_the_command_that_makes_a_missing_base(tmp_path, podman):
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "index.json").write_text("{}\n")
+    (bundle / "bootstrap.sh").write_text("")
+    got = podman.script(BUILD, str(bundle), "--base", "sd-env-test-nowhere:1", "--engine", "podman")
+    assert got.returncode == 2, got.stderr
+    assert "base image sd-env-test-nowhere:1 is not on this machine (nothing is pulled" in got.stderr
+    assert "hint: make one: sudo deploy/image/make-base.sh sd-env-test-nowhere:1 --engine podman" in got.stderr
+
+
+def test_make_base_sh_refuses_bad_input():
+    got = subprocess.run([MAKE_BASE], capture_output=True, text=True, timeout=60)
+    assert got.returncode == 2 and "error: no image tag given" in got.stderr, got.stderr
+    got = subprocess.run([MAKE_BASE, "t:1", "--engine", "rkt"], capture_output=True, text=True, timeout=60)
+    assert got.returncode == 2 and "error: unknown engine rkt" in got.stderr, got.stderr
+
+
+# -- the image of a small manifest ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_image(podman: Engine, base: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, str]:
+    bundle = tiny_bundle(tmp_path_factory.mktemp("image-bundle"))
+    got, seconds = build(podman, bundle, base, "localhost/sd-env-test:tiny")
+    print(f"tiny image built in {seconds:.0f} s")
+    return "localhost/sd-env-test:tiny", bundle, got.stderr
+
+
+@pytest.mark.network
+@needs_podman
+def test_the_tiny_image_installs_offline_and_carries_its_health_check(podman, tiny_image):
+    image, bundle, log = tiny_image
+    assert re.search(r"\* built localhost/sd-env-test:tiny in \d+ s: [0-9.]+[KMG]?B \(\d+ bytes\)", log), log
+    config = podman.inspect(image)
+    assert config["Healthcheck"]["Test"] == ["CMD-SHELL", "sd-env verify --quick"]  # kept: --format docker
+    assert config["Labels"]["org.sd-env.bundle-index-sha256"] == index_sha256(bundle)
+    assert config["Config"]["Env"].count("SD_ENV_HOME=/opt/sd-env") == 1
+    status = podman("run", "--rm", "--network", "none", image, "sd-env", "status")
+    assert status.returncode == 0 and re.search(r"tinypkg \| v1\.0 \w+ \| git \w+ \| tpu\.diff: applied \| "
+                                                r"1\.0 editable -> managed checkout \| nothing", status.stdout), status
+    # The bundle itself is not in the image: only its small members, which verify reads.
+    kept = podman("run", "--rm", "--network", "none", image, "sh", "-c",
+                  "test ! -e /bundle && cd /opt/sd-env-manifest && find . -type f | sort")
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout.split() == ["./bootstrap.sh", "./index.json", "./manifests/requirements.in",
+                                   "./manifests/test.pypi.lock.txt", "./manifests/test.toml", "./patches/tpu.diff",
+                                   "./scripts/bundle-tool.sh", "./scripts/find-python.sh"]
+
+
+@pytest.mark.network
+@needs_podman
+def test_the_tiny_image_is_unhealthy_exactly_where_torch_is_needed(podman, tiny_image):
+    image, _bundle, _log = tiny_image
+    code, checks = podman.verify_quick(image)
+    assert code == 1
+    statuses = {name: c["status"] for name, c in checks.items()}
+    assert statuses == {"interpreter": "ok", "pins": statuses["pins"], "sources+patches": "ok",
+                        "torch_tpu": "skipped", "ulimit -n": "warn", "linear smoke": "fail",
+                        "lora step": "skipped", "inference": "skipped"}
+    assert statuses["pins"] in ("ok", "warn")  # Debian's venv adds pkg-resources, which no lock pins
+    assert checks["interpreter"]["detail"].startswith("Python 3.9.")
+    assert "No module named 'torch'" in checks["linear smoke"]["detail"]
+    assert "open files limit 1024" in checks["ulimit -n"]["detail"]  # this session's containers.conf
+    got = podman.healthcheck(image)
+    assert got.returncode == 1 and got.stdout.strip() == "unhealthy", got.stdout + got.stderr
+
+
+@pytest.mark.network
+@needs_podman
+def test_another_bundle_is_never_taken_from_the_layer_cache(podman, base, tiny_image, tmp_path):
+    """A layer cache keys a RUN on its text and build arguments, not on the bind-mounted bundle:
+    build.sh passes the index's sha256, so another bundle installs afresh and the same one is cached."""
+    image, bundle, _log = tiny_image
+    again, seconds = build(podman, bundle, base, "localhost/sd-env-test:again")
+    assert "Using cache" in again.stdout and podman.inspect("localhost/sd-env-test:again")["Id"] == \
+        podman.inspect(image)["Id"], again.stdout[-2000:]
+    other = tiny_bundle(tmp_path, name="other")
+    build(podman, other, base, "localhost/sd-env-test:other")
+    shown = podman("run", "--rm", "--network", "none", "localhost/sd-env-test:other",
+                   "cat", "/opt/sd-env-manifest/index.json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["manifest_name"] == "other", shown.stderr
+    assert podman.inspect("localhost/sd-env-test:other")["Id"] != podman.inspect(image)["Id"]
+    print(f"cached rebuild: {seconds:.1f} s")
+
+
+# -- the default manifest's image: healthy -----------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.network
+@needs_podman
+def test_the_real_image_is_healthy_and_holds_no_bundle(podman, base, real_bundle):
+    _got, seconds = build(podman, real_bundle, base, "localhost/sd-env-test:sd14")
+    image = "localhost/sd-env-test:sd14"
+    size = int(podman.inspect(image)["Size"])
+    base_size = int(podman.inspect(base)["Size"])
+    du = podman("run", "--rm", "--network", "none", image, "du", "-sb", "/opt/sd-env", "/opt/sd-env-manifest",
+                "/usr/local/bin/sd-env")
+    installed = sum(int(line.split()[0]) for line in du.stdout.splitlines())
+    bundle_bytes = sum(p.stat().st_size for p in real_bundle.rglob("*") if p.is_file())
+    # The image is the base plus the installed environment; a copied bundle would add 2.6 GB more.
+    assert size - base_size < installed + 100 * 2**20 < installed + bundle_bytes, (size, base_size, installed)
+    started = time.monotonic()
+    health = podman.healthcheck(image)
+    health_seconds = time.monotonic() - started
+    assert health.returncode == 0 and health.stdout.strip() == "healthy", health.stdout + health.stderr
+    code, checks = podman.verify_quick(image)
+    assert code == 0 and checks["linear smoke"]["status"] == "ok", checks
+    assert checks["sources+patches"]["status"] == "ok" and checks["interpreter"]["detail"].startswith("Python 3.9.")
+    print(f"real image: built in {seconds:.0f} s, {size / 1e9:.2f} GB (base {base_size / 1e9:.2f} GB, "
+          f"environment {installed / 1e9:.2f} GB, bundle {bundle_bytes / 1e9:.2f} GB); "
+          f"health check {health_seconds:.1f} s")
