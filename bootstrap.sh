@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# ./bootstrap.sh [--link] [sd-env install flags...]
+# ./bootstrap.sh [--link] [--no-verify] [--json] [sd-env install flags...]
 #
 # --link: also make ~/.local/bin/sd-env a link to sd-env (shell profiles are
 # never edited; you are told when ~/.local/bin is not on your PATH).
+# --no-verify: stop after the install (a caller that runs its own `sd-env verify`).
+# --json: stdout is exactly one JSON document, `sd-env install --json`'s (its
+# "changed" says whether anything was done); everything else goes to stderr.
 #
 # On a fresh machine: finds a Python >= 3.9 for sd-env itself, installs sd-env
 # into its own venv (.sd-env/tool), then runs `sd-env install` (which finds or
@@ -11,36 +14,61 @@
 # a finished machine changes nothing and takes seconds.
 #
 # ./bootstrap.sh --bundle OUT: no network at all; sd-env comes from the bundle's
-# wheels (scripts/bundle-tool.sh), then `sd-env install --bundle OUT`.
+# wheels (scripts/bundle-tool.sh), then `sd-env install --bundle OUT`. A bundle
+# carries this script: OUT/bootstrap.sh installs from OUT itself, into
+# $SD_ENV_HOME (default: .sd-env in the current folder).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-home=${SD_ENV_HOME:-$here/.sd-env}
-tool=$home/tool
 . "$here/scripts/find-python.sh"
 . "$here/scripts/bundle-tool.sh"
 
-link=0
-args=()
-for arg in "$@"; do
-  if [ "$arg" = "--link" ]; then link=1; else args+=("$arg"); fi
-done
-
 say() { printf '* %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$1" >&2; [ -n "${2:-}" ] && printf 'hint: %s\n' "$2" >&2; exit "${3:-2}"; }
+
+link=0
+verify=1
+json=0
+args=()
+for arg in "$@"; do
+  case $arg in
+    --link) link=1 ;;
+    --no-verify) verify=0 ;;
+    --json) json=1; args+=("$arg") ;;
+    *) args+=("$arg") ;;
+  esac
+done
+
+# Inside a bundle (its index.json beside this script), the bundle is the source and
+# the home is never inside it (bundle verify would find the home's files unlisted).
+if [ -f "$here/index.json" ]; then
+  home=${SD_ENV_HOME:-$PWD/.sd-env}
+  case "$(cd "$(dirname "$home")" 2>/dev/null && pwd)/" in
+    "$here"/*) die "the install folder $home is inside the bundle $here" \
+                   "run from another folder, or set SD_ENV_HOME to a folder outside the bundle" ;;
+  esac
+  [ -n "$(bundle_arg "$@")" ] || args+=(--bundle "$here")
+else
+  home=${SD_ENV_HOME:-$here/.sd-env}
+fi
+tool=$home/tool
 
 command -v git >/dev/null || die "git is not installed" "install it: sudo apt install git (or: conda install git)"
 py=$(find_python 9) || die "no Python >= 3.9 to run sd-env" \
   "install one: sudo apt install python3 python3-venv; or conda create -n sd python=3.9; or pyenv install 3.9"
 
-bundle=$(bundle_arg "$@")
+# --json: fd 3 is the real stdout, for install's JSON document only; all else goes to stderr.
+exec 3>&1
+[ "$json" = 0 ] || exec 1>&2
+
+bundle=$(bundle_arg ${args[@]+"${args[@]}"})
 verify_args=()
 # The tool venv is (re)built only when missing or when pyproject.toml changed
 # (sd-env is installed editable, so code changes need no reinstall).
-stamp=$(sha256sum "$here/pyproject.toml" | cut -c1-16)
 if [ -n "$bundle" ]; then
   bundle_tool "$py" "$bundle" "$tool"
   verify_args=(-m "$(bundle_manifest "$py" "$bundle")")  # verify reads the manifest the bundle installed
-elif [ ! -x "$tool/bin/sd-env" ] || [ "$(cat "$tool/.sd-env-stamp" 2>/dev/null)" != "$stamp" ]; then
+elif stamp=$(sha256sum "$here/pyproject.toml" | cut -c1-16) \
+    && { [ ! -x "$tool/bin/sd-env" ] || [ "$(cat "$tool/.sd-env-stamp" 2>/dev/null)" != "$stamp" ]; }; then
   say "installing sd-env into $tool (with $py)"
   rm -rf "$tool"
   "$py" -m venv "$tool"
@@ -63,13 +91,16 @@ for arg in ${args[@]+"${args[@]}"}; do
   case "$arg" in --manifest=*) export SD_ENV_MANIFEST="${arg#--manifest=}" ;; esac
   prev="$arg"
 done
-"$tool/bin/sd-env" install ${args[@]+"${args[@]}"}
+"$tool/bin/sd-env" install ${args[@]+"${args[@]}"} >&3
 
 # The full verify (a LoRA training step, about 30 s) runs whenever what is
 # installed changed since the last full pass; otherwise the quick one does.
-installed=$(cat "$home/state.json" "$here"/manifests/* "$here"/patches/* 2>/dev/null | sha256sum | cut -c1-16)
+installed=$({ cat "$home/state.json" "$here"/manifests/* "$here"/patches/* 2>/dev/null || true; } \
+  | sha256sum | cut -c1-16)
 rc=0
-if [ "$(cat "$home/.verified" 2>/dev/null)" = "$installed" ]; then
+if [ "$verify" = 0 ]; then
+  say "not verifying (--no-verify): run \`sd-env verify\`"
+elif [ "$(cat "$home/.verified" 2>/dev/null)" = "$installed" ]; then
   say "nothing changed since the last full verify: running verify --quick (sd-env verify runs all checks)"
   "$tool/bin/sd-env" verify --quick ${verify_args[@]+"${verify_args[@]}"} || rc=$?
 else

@@ -140,6 +140,8 @@ def test_create_packs_exactly_the_lock_histories_patches_tool_and_extras(made, c
     assert paths[SIX]["sha256"] == PINS["six==1.16.0"]
     assert {"git/tinypkg.bundle", "manifests/test.toml", "manifests/test.pypi.lock.txt", "patches/tpu.diff",
             "extra/weights/unet/model.bin", "extra/weights/model_index.json"} <= set(paths)
+    assert {p for p, m in paths.items() if m["kind"] == "bootstrap"} == set(bundle_create.BOOTSTRAP)
+    assert os.access(made.out / "bootstrap.sh", os.X_OK)
     tool = [p for p in paths if p.startswith("tool/")]
     assert any(p.startswith("tool/sd_env-") for p in tool) and any(p.startswith("tool/uv-") for p in tool)
     assert any(p.startswith("tool/rich-") for p in tool) and any(p.startswith("tool/tomlkit-") for p in tool)
@@ -301,6 +303,32 @@ def test_bootstrap_from_the_bundle_with_no_network(made, tmp_path, fresh_target)
 
 
 # -- git histories: a depth-1 checkout, and a component imported from its sdist ----------------------------
+@needs_unshare
+def test_the_bundles_own_bootstrap_installs_from_it_and_says_what_changed(made, tmp_path, fresh_target):
+    """OUT/bootstrap.sh, run from a copy of the bundle with no repository around and no network:
+    it installs from the bundle it lies in; with --json its stdout is install's one JSON document,
+    and a re-run says nothing changed. A home inside the bundle is refused."""
+    out = copy_of(made, tmp_path)
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "SD_ENV_MANIFEST")}
+    env.update(SD_ENV_HOME=str(home), SD_ENV_PYTHON=str(fresh_target))
+    runs = []
+    for n in (1, 2):
+        got = offline([str(out / "bootstrap.sh"), "--no-verify", "--json"], tmp_path / f"connects{n}", env=env,
+                      cwd=tmp_path)
+        assert got.returncode == 0, got.stderr[-3000:]
+        assert outside_connects(tmp_path / f"connects{n}") == []
+        runs.append(json.loads(got.stdout))  # nothing but the one document on stdout
+    assert [d["command"] for d in runs] == ["install", "install"]
+    assert [d["changed"] for d in runs] == [True, False]
+    assert (home / "src" / "tinypkg").is_dir() and not (home / "venv").exists()  # SD_ENV_PYTHON was the target
+    assert main(["bundle", "verify", str(out)]) == 0  # the runs left nothing inside the bundle
+    env["SD_ENV_HOME"] = str(out / "home")
+    got = subprocess.run([str(out / "bootstrap.sh"), "--no-verify"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert got.returncode == 2 and "is inside the bundle" in got.stderr
+
+
 def _history_round_trip(comp, source_home: Paths, tmp_path: Path):
     out = tmp_path / "out"
     members = bundle_create._Members(out)

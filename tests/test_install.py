@@ -281,3 +281,26 @@ def test_a_local_mirror_without_the_repository_is_not_asked(tmp_path):
     assert sources.mirror_lacks("https://github.com/owner/other.git", str(tmp_path))
     assert not sources.mirror_lacks("https://github.com/owner/other.git", "https://mirror.example/git")
     assert not sources.mirror_lacks("https://example.org/other.git", str(tmp_path))  # not rewritten at all
+
+
+def test_a_deleted_patched_file_is_reported_then_repaired_and_json_says_changed(project, upstream, fresh_target,
+                                                                                capsys):
+    """A missing file holds no edit of the user's: verify and status call the component
+    clobbered, and the next install puts the patched file back (what a fleet's repair run does)."""
+    setup_tiny(project, upstream)
+    assert project.cli("install", "--json", python=fresh_target) == 0
+    assert json.loads(capsys.readouterr().out)["changed"] is True
+    assert project.cli("install", "--json", python=fresh_target) == 0
+    assert json.loads(capsys.readouterr().out)["changed"] is False
+    core = checkout(project) / "src" / "tinypkg" / "core.py"
+    patched = core.read_text()
+    core.unlink()
+    project.cli("status", "--json", python=fresh_target)
+    row = json.loads(capsys.readouterr().out)["components"][0]
+    assert row["patches"] == {"tiny-tpu.diff": "half applied"} and row["needs"] == ["restore", "patch"]
+    assert project.cli("install", "--json", python=fresh_target) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["changed"] is True
+    assert [r["step"] for r in doc["results"] if r["component"] == "tinypkg"] == ["restore", "patch"]
+    assert core.read_text() == patched
+    assert run_in(fresh_target, SCALER) == "torch_tpu.GradScaler"

@@ -59,6 +59,9 @@ def test_verify_emulate_runs_on_the_emulated_tpu_and_says_so(verify_home, capsys
     assert "LoRA weights moved" in fp16 and "LoRA weights moved" in fp32
     assert "the same image twice" in rows["inference"]["detail"]
     assert "- Device: tpu:0 wanted, checks ran on tpu:0 (emulated)" in doc["environment"]
+    # What a fleet report reads: the run was emulated, and no torch_tpu or driver is installed.
+    assert doc["facts"]["torch_tpu"] == {**doc["facts"]["torch_tpu"], "version": None, "emulated": True}
+    assert [c["name"] for c in doc["facts"]["components"]] == ["accelerate", "diffusers", "transformers"]
     # The emulation stays out of the target environment.
     assert not list((verify_home / "venv").glob("lib/python*/site-packages/torch_tpu*"))
 

@@ -49,7 +49,7 @@ class Member:
     path: str  # relative, with "/" separators
     size: int
     sha256: str
-    kind: str  # package, git, tool, torch_tpu, extra, manifest, lock, patch
+    kind: str  # package, git, tool, bootstrap, torch_tpu, extra, manifest, lock, patch
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,9 @@ PIP_PLATFORMS = {
     for arch in ("x86_64", "aarch64")
 }
 TOOL_EXTRAS = ["uv"]  # the fast installer, optional for sd-env but worth 15 MB
+# bootstrap.sh and what it sources: `OUT/bootstrap.sh` installs from the bundle it lies in,
+# so a host (or an image build) needs nothing from sd-env's repository.
+BOOTSTRAP = ("bootstrap.sh", "scripts/find-python.sh", "scripts/bundle-tool.sh")
 
 
 @dataclass(frozen=True)
@@ -284,6 +287,9 @@ def _tool(members: _Members, runner: Runner, man: Manifest) -> None:
             path.unlink()  # no member twice: bootstrap looks in packages/ too
         else:
             members.add(f"{TOOL}/{path.name}", "tool")
+    for rel in BOOTSTRAP:
+        members.add(rel, "bootstrap", REPO / rel)
+        (members.root / rel).chmod(0o755)
 
 
 def _torch_tpu_wheel(man: Manifest, paths: Paths, runner: Runner, opts: CreateOptions) -> Path | None:

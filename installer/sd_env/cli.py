@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import socket
 import sys
 import time
 import traceback
@@ -25,7 +26,9 @@ from sd_env import (
     emulation,
     envs,
     extras,
+    fleet,
     homelock,
+    hostfacts,
     install,
     lockfile,
     manifest,
@@ -162,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", parents=[common], help="show the settings in force and where each came from")
     p.set_defaults(func=_cmd_config)
+    p = sub.add_parser("fleet-report", help="one table of many hosts' `verify --json` reports (HOST.json "
+                       "files, as the Ansible role fetches them): ready or not, and who differs")
+    p.add_argument("reports", type=Path, metavar="REPORT_DIR")
+    p.add_argument("--json", action="store_true", help="print a versioned JSON report")
+    p.set_defaults(func=_cmd_fleet_report)
     p = sub.add_parser("stacks", help="list the shipped stacks (manifests) and what each is for")
     p.add_argument("--json", action="store_true", help="print a versioned JSON report")
     p.set_defaults(func=_cmd_stacks)
@@ -287,11 +295,14 @@ def _cmd_install(args: argparse.Namespace) -> int:
     outcome = install.run(man, paths, runner, opts)
     if args.sync and outcome.error is None:
         try:
-            outcome.results.append(extras.sync(man, runner, python, yes=args.yes, use_uv=not args.no_uv))
+            synced = extras.sync(man, runner, python, yes=args.yes, use_uv=not args.no_uv)
+            outcome.results.append(synced)
+            outcome.changed |= synced.detail.startswith("removed")
         except SdEnvError as exc:
             outcome.error = exc
+    changed = outcome.changed or how.startswith("new ")  # a new venv or conda env is a change too
     return _report("install", outcome.results, outcome.error, args, paths,
-                   title=f"sd-env install ({man.name} -> {python})", python=str(python))
+                   title=f"sd-env install ({man.name} -> {python})", python=str(python), changed=changed)
 
 
 def _use_bundle(args: argparse.Namespace) -> None:
@@ -376,9 +387,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     block = verify.environment_block(ctx)
     if args.json:
         args._reported = True
-        dump_json("verify", code, {"python": str(python), "device": ctx.device, "emulated": ctx.emulated,
-                                   "checks": [dataclasses.asdict(c) for c in checks],
-                                   "environment": block.splitlines(), "log": str(args._log)})
+        dump_json("verify", code, {"host": socket.gethostname(), "python": str(python), "device": ctx.device,
+                                   "emulated": ctx.emulated, "checks": [dataclasses.asdict(c) for c in checks],
+                                   "facts": hostfacts.collect(ctx), "environment": block.splitlines(),
+                                   "log": str(args._log)})
         return code
     say("\nFor bug reports (copy and paste):\n" + block)
     failed = [c.name for c in checks if c.status == "fail"]
@@ -425,7 +437,7 @@ def _cmd_repatch(args: argparse.Namespace) -> int:
 
 
 def _report(command: str, results: list, error: SdEnvError | None, args: argparse.Namespace, paths: Paths,
-            title: str = "", **extra: str) -> int:
+            title: str = "", **extra: object) -> int:
     """The results as a table or JSON, then the error (if any) and the exit code."""
     code = error.exit_code if error is not None else exit_code(results)
     if args.json:
@@ -544,6 +556,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         for line in status.fixes(rows):
             say(line)
     return 0
+
+
+def _cmd_fleet_report(args: argparse.Namespace) -> int:
+    return fleet.render(args.reports, fleet.read(args.reports), args.json)
 
 
 def _cmd_stacks(args: argparse.Namespace) -> int:

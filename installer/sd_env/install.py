@@ -53,6 +53,10 @@ class LocalEdits(StepError):
     pass
 
 
+# The component steps that write, when they succeed (an sdist swapped for git is a "fetch").
+WRITES = (FETCH, RESTORE, PATCH, BUILD)
+
+
 def _skipped_notes(comp: Component, skipped: list[tuple[patches.Patch, list[str]]]) -> list[Result]:
     return [Result(comp.name, "patch", WARN, f"{patch.name}: not applicable to this source "
                    f"({', '.join(missing)} absent from the sdist); NOT applied") for patch, missing in skipped]
@@ -62,6 +66,9 @@ def _skipped_notes(comp: Component, skipped: list[tuple[patches.Patch, list[str]
 class Outcome:
     results: list[Result]
     error: SdEnvError | None = None  # the error that stopped the run, if any
+    # Whether anything was written to the target or a checkout (a fleet tool counts this as
+    # "changed"; a re-run of a finished install says False).
+    changed: bool = False
 
 
 def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outcome:
@@ -86,17 +93,20 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
         # The lock holds no component, so this inventory still tells how each one is installed.
         installed = target.installed(inv, [c.name for c in manifest.components])
         built = []
+        outcome.changed = changed
         for comp in manifest.components:
             where = comp.name
             done = _component(comp, paths, runner, opts, record, installed.get(comp.name))
             outcome.results += done
             built += [comp.name for r in done if r.step == BUILD]
+            outcome.changed |= any(r.step in WRITES and r.status == OK for r in done)
         where = "env"
         if built:
             _confirm_builds(paths, runner, opts, built)
         where = "torch_tpu"
         tpu, tpu_changed = _torch_tpu(manifest, paths, runner, opts, record, inv)
         outcome.results.append(tpu)
+        outcome.changed |= tpu_changed
         if changed or built or tpu_changed:
             outcome.results.append(_pip_check(runner, opts.python))
     except SdEnvError as exc:

@@ -170,7 +170,9 @@ def observe(runner: Runner, repo: Path, patches: list[Patch]) -> SeriesState:
         if path in patched and have == want_blobs.get(path):
             continue
         all_patched = False
-        if not (path in patched and have == head_blobs.get(path)):
+        # A deleted file holds no edit of the user's: putting it back loses nothing, so it
+        # is damage to repair (a "partial" tree), not an edit to protect.
+        if have is not None and not (path in patched and have == head_blobs.get(path)):
             edited.append(path)
     if edited:
         return SeriesState("edited", tuple(edited), tuple(changed))

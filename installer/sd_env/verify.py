@@ -7,7 +7,6 @@ else on the CPU, and every row says which device it really used.
 
 from __future__ import annotations
 
-import glob
 import math
 import os
 import platform
@@ -34,6 +33,7 @@ from sd_env import (
     torchtpu,
     trainenv,
 )
+from sd_env import driver as libsophon
 from sd_env.errors import InputError
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
@@ -50,6 +50,8 @@ HF_PASSTHROUGH = ("HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HOME")
 # wait for each other, by 10-25x for the tiny UNet on a busy 2-core machine (9-24 s vs 0.4-1.5 s
 # for 30 steps). A real training run (`sd-env train`) keeps torch's default.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# The packages whose versions the bug-report block and a fleet report show.
+PACKAGE_FACTS = ("torch", "torchvision", "numpy", "huggingface-hub", "safetensors", "torch-tpu")
 TIMEOUTS = {"device": 120.0, "linear": 300.0, "tiny": 600.0, "lora": 1800.0, "infer": 600.0}
 
 
@@ -76,6 +78,10 @@ class Context:
     device: str = "cpu"  # set by the torch_tpu check
     emulated: bool = False  # --emulate: the device is sd-env's emulated torch_tpu (verify_emulated.py)
     facts: dict[str, str] = field(default_factory=dict)  # for the bug-report block
+    # What hostfacts.py reports as data (a fleet report compares hosts by them): the component
+    # rows the checks read, and the driver the torch_tpu check saw.
+    rows: list[status.ComponentStatus] = field(default_factory=list)
+    driver: libsophon.Driver | None = None
 
 
 def _nothing(_: object) -> None:
@@ -94,6 +100,7 @@ def recorder(checks: list[Check], finished: Callable[[Check], None]) -> Callable
 def environment_checks(ctx: Context, inv: envs.Inventory, rows: list[status.ComponentStatus],
                        started: Callable[[str], None], done: Callable[[Check], Check]) -> None:
     """Checks 1-3, which read the environment (the interpreter, the pins, the sources and patches)."""
+    ctx.rows = rows
     done(check_interpreter(ctx, inv))
     started("pins")
     done(check_pins(ctx, inv))
@@ -218,8 +225,7 @@ def check_interpreter(ctx: Context, inv: envs.Inventory) -> Check:
 # 2 ---------------------------------------------------------------------------
 def check_pins(ctx: Context, inv: envs.Inventory) -> Check:
     started = time.monotonic()
-    facts = ("torch", "torchvision", "numpy", "huggingface-hub", "safetensors", "torch-tpu")
-    for name, inst in target.installed(inv, list(facts)).items():
+    for name, inst in target.installed(inv, list(PACKAGE_FACTS)).items():
         ctx.facts[name] = ", ".join(inst.versions) or "not installed"
     problems = []
     count = 0
@@ -295,18 +301,10 @@ def check_sources(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
 
 
 # 4 ---------------------------------------------------------------------------
-def driver_facts() -> tuple[bool, str]:
-    """The libsophon driver as the host shows it: bm-smi and the device nodes."""
-    smi = shutil.which("bm-smi")
-    nodes = sorted(glob.glob("/dev/bm-sophon*")) + (["/dev/bmdev-ctl"] if os.path.exists("/dev/bmdev-ctl") else [])
-    present = bool(smi or nodes)
-    text = f"bm-smi {'at ' + smi if smi else 'not on PATH'}; device nodes: {', '.join(nodes) or 'none'}"
-    return present, text
-
-
 def check_torch_tpu(ctx: Context, inv: envs.Inventory, got: probe.ProbeResult | None = None) -> Check:
     google = torchtpu.installed_google(inv)
-    driver, driver_text = driver_facts()
+    ctx.driver = libsophon.read(ctx.runner)
+    present, driver_text = ctx.driver.present, ctx.driver.text
     ctx.facts["driver"] = driver_text
     if google is not None:
         return Check("torch_tpu", FAIL, f"Google's torch-tpu {google['version']} is installed, not Sophgo's: "
@@ -321,10 +319,10 @@ def check_torch_tpu(ctx: Context, inv: envs.Inventory, got: probe.ProbeResult | 
     if data["importable"] and data["available"] and data["count"] > 0:
         ctx.device = ctx.man.device
         return Check("torch_tpu", OK, f"Sophgo torch_tpu, {data['count']} device(s); {driver_text}", got.seconds)
-    if driver and not data["importable"]:
+    if present and not data["importable"]:
         return Check("torch_tpu", FAIL, f"the SC7 driver is present ({driver_text}) but torch_tpu does not import: "
                      f"{data['error']}. Install Sophgo's wheel: sd-env install --torch-tpu-wheel PATH", got.seconds)
-    if driver:
+    if present:
         return Check("torch_tpu", FAIL, f"the SC7 driver is present ({driver_text}) but torch_tpu sees no device "
                      "(is_available() is False): check `bm-smi` and the card's firmware", got.seconds)
     why = "torch_tpu is not installed" if not data["importable"] else "torch_tpu sees no device"

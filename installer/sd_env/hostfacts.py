@@ -1,0 +1,46 @@
+"""What a `verify --json` report says about its host as data, for `sd-env fleet-report`.
+
+The checks say whether a host is ready; these facts say what it is: which manifest, lock
+and patch files (by sha256, so two hosts installed from different bundles are told apart),
+each component's checkout and patch states, the key package versions, torch_tpu and the
+driver. They come from what the checks already read; only a missing driver reading is taken.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sd_env import driver as libsophon
+from sd_env import lockfile
+from sd_env.bundle import sha256_file
+from sd_env.verify import PACKAGE_FACTS, Context
+
+
+def collect(ctx: Context) -> dict[str, Any]:
+    man = ctx.man
+    lock = None
+    if man.lock is not None:
+        path = man.lock.files[lockfile.flavour_order(man)[0]]
+        lock = {"file": path.name, "sha256": _sha256(path)}
+    patch_sha = {p.name: _sha256(p) for comp in man.components for p in comp.patches}
+    components = [{"name": row.name, "tag": row.tag, "source": row.source, "head": row.head,
+                   "install": row.install, "install_ok": row.install_ok,
+                   "patches": {name: {"state": state, "sha256": patch_sha.get(name)}
+                               for name, state in row.patches.items()}}
+                  for row in ctx.rows]
+    found = ctx.driver or libsophon.read(ctx.runner)
+    installed = ctx.facts.get("torch-tpu")
+    return {
+        "manifest": {"name": man.name, "sha256": _sha256(man.path)},
+        "lock": lock,
+        "components": components,
+        "packages": {name: ctx.facts[name] for name in PACKAGE_FACTS if name in ctx.facts},
+        "torch_tpu": {"version": None if installed in (None, "not installed") else installed,
+                      "emulated": ctx.emulated, "detail": ctx.facts.get("torch_tpu")},
+        "driver": found.as_dict(),
+    }
+
+
+def _sha256(path: Path) -> str | None:
+    return sha256_file(path) if path.is_file() else None
