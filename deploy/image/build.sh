@@ -75,5 +75,5 @@ start=$(date +%s)
 "$engine" build "${flags[@]}" "$bundle" || die "$engine build failed (see above)" \
   "check the bundle: sd-env bundle verify $bundle; the base needs bash, git and the manifest's Python with venv" 1
 bytes=$("$engine" image inspect --format '{{.Size}}' "$tag")
-say "built $tag in $(( $(date +%s) - start )) s: $(numfmt --to=iec --suffix=B "$bytes") ($bytes bytes)"
+say "built $tag in $(( $(date +%s) - start )) s: $(numfmt --to=si --suffix=B "$bytes") ($bytes bytes)"
 say "run it: $engine run --rm --network none $tag sd-env verify --quick (add --device /dev/bmdev-ctl --device /dev/bm-sophon0 on a card's host)"
