@@ -25,6 +25,13 @@ bundle_tool() {
   local py=$1 bundle=$2 tool=$3 stamp
   [ -f "$bundle/index.json" ] || die "$bundle is not an sd-env bundle (no index.json)" \
     "pass the folder made by \`sd-env bundle create\`"
+  stamp=bundle-$({ cat "$bundle"/tool/sd_env-*.whl 2>/dev/null || true; } | sha256sum | cut -c1-16)
+  # Installed from this very sd-env wheel: no pip run, so no wheel to check here (the
+  # install that follows checks the whole bundle anyway).
+  if [ -x "$tool/bin/sd-env" ] && [ "$(cat "$tool/.sd-env-stamp" 2>/dev/null)" = "$stamp" ]; then
+    say "sd-env is installed in $tool (from the bundle)"
+    return
+  fi
   "$py" - "$bundle" <<'CHECK' || die "the bundle's wheels do not match its index" "copy the bundle again" 1
 import hashlib, json, sys
 from pathlib import Path
@@ -35,11 +42,6 @@ for m in json.loads((root / "index.json").read_text())["members"]:
         if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != m["sha256"]:
             sys.exit(f"error: bundle member {m['path']} is missing or does not match the index")
 CHECK
-  stamp=bundle-$(cat "$bundle"/tool/sd_env-*.whl | sha256sum | cut -c1-16)
-  if [ -x "$tool/bin/sd-env" ] && [ "$(cat "$tool/.sd-env-stamp" 2>/dev/null)" = "$stamp" ]; then
-    say "sd-env is installed in $tool (from the bundle)"
-    return
-  fi
   say "installing sd-env into $tool from the bundle (no index, with $py)"
   rm -rf "$tool"
   "$py" -m venv "$tool"
