@@ -14,6 +14,7 @@ storage.conf with the image store there; every container and image is removed at
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -96,17 +97,20 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         f'[storage]\ndriver = "overlay"\ngraphroot = "{root / "graph"}"\nrunroot = "{run / "storage"}"\n')
     env = {**os.environ, "CONTAINERS_CONF": str(root / "containers.conf"),
            "CONTAINERS_STORAGE_CONF": str(root / "storage.conf"), "TMPDIR": str(root)}
-    # podman keeps a blob cache in /var/lib/containers/cache whatever the store: removed at the
-    # end when this session made it.
-    system = Path("/var/lib/containers")
-    had_system = system.exists()
+    # Whatever the store, podman keeps a blob cache in /var/lib/containers/cache and runc its
+    # state in /run/runc (empty once the containers are gone): removed when this session made them.
+    cache, runc = Path("/var/lib/containers"), Path("/run/runc")
+    had_cache, had_runc = cache.exists(), runc.exists()
     engine = Engine(env)
     yield engine
     engine("rm", "--all", "--force", "--time", "0")
     engine("rmi", "--all", "--force")
     shutil.rmtree(run, ignore_errors=True)
-    if not had_system:
-        shutil.rmtree(system, ignore_errors=True)
+    if not had_cache:
+        shutil.rmtree(cache, ignore_errors=True)
+    if not had_runc:
+        with contextlib.suppress(OSError):
+            runc.rmdir()
 
 
 @pytest.fixture(scope="session")
