@@ -260,6 +260,16 @@ def test_another_bundle_is_never_taken_from_the_layer_cache(podman, base, tiny_i
     print(f"cached rebuild: {seconds:.1f} s")
 
 
+@pytest.mark.network
+@needs_podman
+def test_a_hand_made_build_without_the_bundle_index_stops_at_once(podman, base, tiny_image):
+    _image, bundle, _log = tiny_image
+    got = podman("build", "--network", "none", "--format", "docker", "--build-arg", f"BASE={base}",
+                 "-f", str(IMAGE_DIR / "Containerfile"), "-t", "localhost/sd-env-test:noindex", str(bundle))
+    assert got.returncode != 0 and "error: pass --build-arg BUNDLE_INDEX=" in got.stdout + got.stderr, got.stderr
+    assert "installing sd-env" not in got.stdout + got.stderr
+
+
 # -- the default manifest's image: healthy -----------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.network
