@@ -14,12 +14,14 @@ storage.conf with the image store there; every container and image is removed at
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,13 +70,16 @@ class Engine:
         got = self("run", "--rm", "--network", "none", image, "sd-env", "verify", "--quick", "--json")
         return got.returncode, {c["name"]: c for c in json.loads(got.stdout)["checks"]}
 
-    def healthcheck(self, image: str) -> subprocess.CompletedProcess:
-        """`podman healthcheck run` on a running container of `image` (the HEALTHCHECK as podman runs it)."""
+    def healthcheck(self, image: str) -> tuple[int, str, str]:
+        """`podman healthcheck run` on a running container of `image` (the HEALTHCHECK as podman
+        runs it): its exit code, what it printed, and the container's health status after it."""
         name = f"sd-env-test-{os.getpid()}-{time.monotonic_ns()}"
         started = self("run", "-d", "--name", name, "--network", "none", image, "sleep", "infinity")
         assert started.returncode == 0, started.stderr
         try:
-            return self("healthcheck", "run", name)
+            got = self("healthcheck", "run", name)
+            health = self("inspect", "--format", "{{.State.Health.Status}}", name).stdout.strip()
+            return got.returncode, got.stdout.strip(), health
         finally:
             self("rm", "--force", "--time", "0", name)
 
@@ -82,23 +87,30 @@ class Engine:
 @pytest.fixture(scope="session")
 def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     root = tmp_path_factory.mktemp("podman")
+    # Run-time state in a short folder under /run: with a run root of about 50 characters or
+    # more (a pytest folder), every `podman run` waited 20 s for the container's exit code.
+    run = Path(tempfile.mkdtemp(prefix="sd-env-podman-", dir="/run"))
     (root / "containers.conf").write_text(
         '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n'
-        f'[engine]\nruntime = "runc"\ntmp_dir = "{root / "libpod"}"\n')
+        f'[engine]\nruntime = "runc"\ntmp_dir = "{run / "libpod"}"\n')
     (root / "storage.conf").write_text(
-        f'[storage]\ndriver = "overlay"\ngraphroot = "{root / "graph"}"\nrunroot = "{root / "run"}"\n')
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{root / "graph"}"\nrunroot = "{run / "storage"}"\n')
     env = {**os.environ, "CONTAINERS_CONF": str(root / "containers.conf"),
            "CONTAINERS_STORAGE_CONF": str(root / "storage.conf"), "TMPDIR": str(root)}
-    # podman keeps a blob cache in /var/lib/containers/cache whatever the store: removed at the
-    # end when this session made it.
-    system = Path("/var/lib/containers")
-    had_system = system.exists()
+    # Whatever the store, podman keeps a blob cache in /var/lib/containers/cache and runc its
+    # state in /run/runc (empty once the containers are gone): removed when this session made them.
+    cache, runc = Path("/var/lib/containers"), Path("/run/runc")
+    had_cache, had_runc = cache.exists(), runc.exists()
     engine = Engine(env)
     yield engine
     engine("rm", "--all", "--force", "--time", "0")
     engine("rmi", "--all", "--force")
-    if not had_system:
-        shutil.rmtree(system, ignore_errors=True)
+    shutil.rmtree(run, ignore_errors=True)
+    if not had_cache:
+        shutil.rmtree(cache, ignore_errors=True)
+    if not had_runc:
+        with contextlib.suppress(OSError):
+            runc.rmdir()
 
 
 @pytest.fixture(scope="session")
@@ -225,8 +237,9 @@ def test_the_tiny_image_is_unhealthy_exactly_where_torch_is_needed(podman, tiny_
     assert checks["interpreter"]["detail"].startswith("Python 3.9.")
     assert "No module named 'torch'" in checks["linear smoke"]["detail"]
     assert "open files limit 1024" in checks["ulimit -n"]["detail"]  # this session's containers.conf
-    got = podman.healthcheck(image)
-    assert got.returncode == 1 and got.stdout.strip() == "unhealthy", got.stdout + got.stderr
+    # Within the start period (one minute) a failed check leaves the status "starting"; after
+    # it, three in a row make it "unhealthy".
+    assert podman.healthcheck(image) == (1, "unhealthy", "starting")
 
 
 @pytest.mark.network
@@ -247,6 +260,16 @@ def test_another_bundle_is_never_taken_from_the_layer_cache(podman, base, tiny_i
     print(f"cached rebuild: {seconds:.1f} s")
 
 
+@pytest.mark.network
+@needs_podman
+def test_a_hand_made_build_without_the_bundle_index_stops_at_once(podman, base, tiny_image):
+    _image, bundle, _log = tiny_image
+    got = podman("build", "--network", "none", "--format", "docker", "--build-arg", f"BASE={base}",
+                 "-f", str(IMAGE_DIR / "Containerfile"), "-t", "localhost/sd-env-test:noindex", str(bundle))
+    assert got.returncode != 0 and "error: pass --build-arg BUNDLE_INDEX=" in got.stdout + got.stderr, got.stderr
+    assert "installing sd-env" not in got.stdout + got.stderr
+
+
 # -- the default manifest's image: healthy -----------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.network
@@ -265,7 +288,7 @@ def test_the_real_image_is_healthy_and_holds_no_bundle(podman, base, real_bundle
     started = time.monotonic()
     health = podman.healthcheck(image)
     health_seconds = time.monotonic() - started
-    assert health.returncode == 0 and health.stdout.strip() == "healthy", health.stdout + health.stderr
+    assert health == (0, "", "healthy"), health
     code, checks = podman.verify_quick(image)
     assert code == 0 and checks["linear smoke"]["status"] == "ok", checks
     assert checks["sources+patches"]["status"] == "ok" and checks["interpreter"]["detail"].startswith("Python 3.9.")

@@ -49,8 +49,16 @@ case $engine in
   podman|docker) command -v "$engine" >/dev/null || die "$engine is not installed" "install it: sudo apt install $engine, or pass --engine" ;;
   *) die "unknown engine $engine" "pass --engine podman or --engine docker" ;;
 esac
-if [ "$engine" = docker ] && ! docker info >/dev/null 2>&1; then
-  die "the docker daemon is not reachable" "start it (sudo systemctl start docker), or use --engine podman"
+if [ "$engine" = docker ]; then
+  # RUN --mount needs BuildKit: built into clients before 23, through the buildx plugin since.
+  client=$(docker version --format '{{.Client.Version}}' 2>/dev/null || true)
+  case $client in
+    1[0-9].*|2[0-2].*) ;;
+    *) docker buildx version >/dev/null 2>&1 || die "docker ${client:-?} builds with BuildKit only through its buildx plugin, which is missing" \
+         "install the buildx plugin (Docker's docker-buildx-plugin package), use Debian's docker.io client (/usr/bin/docker, 20.10), or use --engine podman" ;;
+  esac
+  docker info >/dev/null 2>&1 || die "the docker daemon is not reachable" \
+    "start it (sudo systemctl start docker), or use --engine podman"
 fi
 
 if ! "$engine" image inspect "$base" >/dev/null 2>&1; then
@@ -75,5 +83,5 @@ start=$(date +%s)
 "$engine" build "${flags[@]}" "$bundle" || die "$engine build failed (see above)" \
   "check the bundle: sd-env bundle verify $bundle; the base needs bash, git and the manifest's Python with venv" 1
 bytes=$("$engine" image inspect --format '{{.Size}}' "$tag")
-say "built $tag in $(( $(date +%s) - start )) s: $(numfmt --to=iec --suffix=B "$bytes") ($bytes bytes)"
+say "built $tag in $(( $(date +%s) - start )) s: $(numfmt --to=si --suffix=B "$bytes") ($bytes bytes)"
 say "run it: $engine run --rm --network none $tag sd-env verify --quick (add --device /dev/bmdev-ctl --device /dev/bm-sophon0 on a card's host)"

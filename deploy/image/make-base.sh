@@ -44,4 +44,4 @@ rm -f "$rootfs.log"
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
 say "debootstrap took $(( $(date +%s) - start )) s; importing as $tag with $engine"
 tar -C "$rootfs" -c . | "$engine" import --change 'CMD ["/bin/bash"]' - "$tag" >/dev/null
-say "base image $tag: $("$engine" image inspect --format '{{.Size}}' "$tag" | numfmt --to=iec --suffix=B)"
+say "base image $tag: $("$engine" image inspect --format '{{.Size}}' "$tag" | numfmt --to=si --suffix=B)"
