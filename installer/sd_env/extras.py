@@ -3,7 +3,7 @@
 A `pip install` of something else leaves its closure behind; the environment
 is then no longer exactly the lock. Never counted as extra: the managed
 components, Sophgo's torch_tpu, pip/setuptools/wheel (the target needs them to
-build the editable installs), and sd-env with its own dependencies when sd-env
+build the editable installs; Debian's venvs add pkg-resources), and sd-env with its own dependencies when sd-env
 is installed in the target itself.
 """
 
@@ -21,7 +21,9 @@ from sd_env.manifest import Manifest
 from sd_env.report import OK, Result, progress
 from sd_env.runner import Runner
 
-KEEP = ("pip", "setuptools", "wheel")
+# pkg-resources: Debian's and Ubuntu's python3-venv put a `pkg_resources-0.0.0` distribution
+# into every venv they make (with pip's own wheels); it is the system's, not a stray install.
+KEEP = ("pip", "setuptools", "wheel", "pkg-resources")
 SELF = "sd-env"
 
 

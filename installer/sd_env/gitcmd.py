@@ -6,8 +6,11 @@ from pathlib import Path
 
 from sd_env.runner import Completed, Runner
 
-# Never prompt for credentials (a hang on a headless machine), keep output terse.
-GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C"}
+# Never prompt for credentials (a hang on a headless machine), keep output terse. The committer
+# name and email are only ever written to reflogs (a clone, a checkout): without them git
+# guesses an identity from the host name, a DNS lookup that an offline install must not make.
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C",
+           "GIT_COMMITTER_NAME": "sd-env", "GIT_COMMITTER_EMAIL": "sd-env@localhost"}
 # Commits sd-env makes itself (sdist imports) must not depend on the user's git config.
 IDENTITY = {
     "GIT_AUTHOR_NAME": "sd-env", "GIT_AUTHOR_EMAIL": "sd-env@localhost",
