@@ -10,8 +10,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-say() { printf '* %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$1" >&2; [ -n "${2:-}" ] && printf 'hint: %s\n' "$2" >&2; exit "${3:-2}"; }
+. "$here/engine.sh"
 usage="usage: deploy/image/build.sh BUNDLE --base IMAGE [--tag TAG] [--engine podman|docker]"
 
 bundle="" base="" tag="" engine=""
@@ -39,16 +38,7 @@ done
 [ -n "$base" ] || die "no base image given" \
   "pass --base IMAGE: a local Debian rootfs (deploy/image/make-base.sh sd-env-base:bullseye) or one of Sophgo's images"
 
-if [ -z "$engine" ]; then
-  if command -v podman >/dev/null; then engine=podman
-  elif command -v docker >/dev/null; then engine=docker
-  else die "neither podman nor docker is installed" "install one: sudo apt install podman (or docker.io)"
-  fi
-fi
-case $engine in
-  podman|docker) command -v "$engine" >/dev/null || die "$engine is not installed" "install it: sudo apt install $engine, or pass --engine" ;;
-  *) die "unknown engine $engine" "pass --engine podman or --engine docker" ;;
-esac
+engine=$(pick_engine "$engine")
 if [ "$engine" = docker ]; then
   # RUN --mount needs BuildKit: built into clients before 23, through the buildx plugin since.
   client=$(docker version --format '{{.Client.Version}}' 2>/dev/null || true)

@@ -7,9 +7,7 @@
 # Needs root and debootstrap (sudo apt install debootstrap), and the Debian mirror (about a
 # minute); the rootfs is made in a temporary folder and removed afterwards.
 set -euo pipefail
-
-say() { printf '* %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$1" >&2; [ -n "${2:-}" ] && printf 'hint: %s\n' "$2" >&2; exit "${3:-2}"; }
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/engine.sh"
 usage="usage: deploy/image/make-base.sh TAG [--engine podman|docker] [--suite bullseye] [--mirror URL]"
 
 tag="" engine="" suite=bullseye mirror=http://deb.debian.org/debian
@@ -25,11 +23,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$tag" ] || die "no image tag given" "$usage (e.g. sd-env-base:bullseye)"
-if [ -z "$engine" ]; then
-  engine=$(command -v podman >/dev/null && echo podman || echo docker)
-fi
-case $engine in podman|docker) ;; *) die "unknown engine $engine" "pass --engine podman or --engine docker" ;; esac
-command -v "$engine" >/dev/null || die "$engine is not installed" "install it: sudo apt install $engine"
+engine=$(pick_engine "$engine")
 command -v debootstrap >/dev/null || die "debootstrap is not installed" "install it: sudo apt install debootstrap"
 [ "$(id -u)" = 0 ] || die "debootstrap needs root" "run it with sudo"
 
