@@ -3,7 +3,7 @@
 The checks say whether a host is ready; these facts say what it is: which manifest, lock
 and patch files (by sha256, so two hosts installed from different bundles are told apart),
 each component's checkout and patch states, the key package versions, torch_tpu and the
-driver. They come from what the checks already read; only a missing driver reading is taken.
+driver. They come from what the checks already read: nothing is probed again.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sd_env import driver as libsophon
 from sd_env import lockfile
 from sd_env.bundle import sha256_file
 from sd_env.verify import PACKAGE_FACTS, Context
@@ -29,7 +28,6 @@ def collect(ctx: Context) -> dict[str, Any]:
                    "patches": {name: {"state": state, "sha256": patch_sha.get(name)}
                                for name, state in row.patches.items()}}
                   for row in ctx.rows]
-    found = ctx.driver or libsophon.read(ctx.runner)
     installed = ctx.facts.get("torch-tpu")
     return {
         "manifest": {"name": man.name, "sha256": _sha256(man.path)},
@@ -38,7 +36,7 @@ def collect(ctx: Context) -> dict[str, Any]:
         "packages": {name: ctx.facts[name] for name in PACKAGE_FACTS if name in ctx.facts},
         "torch_tpu": {"version": None if installed in (None, "not installed") else installed,
                       "emulated": ctx.emulated, "detail": ctx.facts.get("torch_tpu")},
-        "driver": found.as_dict(),
+        "driver": ctx.driver.as_dict() if ctx.driver else None,  # set by the torch_tpu check
     }
 
 

@@ -238,7 +238,7 @@ def check_pins(ctx: Context, inv: envs.Inventory) -> Check:
         if len(entries) > 1:
             where = ", ".join(e["path"] for e in entries)
             problems.append(f"{name}: {len(entries)} distributions shadow each other ({where})")
-    broken = requirements_check.broken(inv, inv.markers)  # pip check's judgement, without a pip process
+    broken = requirements_check.broken(inv)  # pip check's judgement, without a pip process
     if broken:
         problems.append("pip check: " + "; ".join(broken[:4]))
     seconds = time.monotonic() - started
@@ -390,8 +390,10 @@ def model_and_data(ctx: Context) -> tuple[Path | None, Path | None, str]:
 
 
 def check_lora_step(ctx: Context, rows: list[status.ComponentStatus],
-                    inputs: tuple[Path | None, Path | None, str] | None = None) -> Check:
-    """The LoRA step; `inputs` is model_and_data(ctx) when the caller already has it."""
+                    inputs: tuple[Path | None, Path | None, str] | None = None,
+                    env_extra: dict[str, str] | None = None) -> Check:
+    """The LoRA step; `inputs` is model_and_data(ctx) when the caller already has it, and
+    `env_extra` goes to the training run only (verify --emulate's precision watcher)."""
     started = time.monotonic()
     if ctx.mixed_precision == "fp16" and ctx.device == "cpu":
         ctx.facts["lora"] = "n/a"
@@ -406,7 +408,7 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus],
     diffusers_row = next((r for r in rows if r.name == "diffusers"), None)
     patched = diffusers_row is not None and all(s == status.APPLIED for s in diffusers_row.patches.values())
     real = script.exists() and patched
-    env = hf_env()
+    env = hf_env(**(env_extra or {}))
     if ctx.device != "cpu":
         env["ACCELERATE_TORCH_DEVICE"] = ctx.device
     common = ["--resolution", "32", "--mixed_precision" if real else "--mixed-precision", ctx.mixed_precision]

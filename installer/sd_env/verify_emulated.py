@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sd_env import emulation, envs, precision, probe, status, verify
 from sd_env.errors import SdEnvError
@@ -71,9 +72,10 @@ def run(ctx: Context, started: Callable[[str], None] = verify._nothing,
             done(Check(n, SKIPPED, "skipped: --quick"))
         return checks
     steps = []
+    inputs = verify.model_and_data(on_emu)  # the tiny model, once for both precisions
     for mixed, label in PRECISIONS:
         started(f"lora step ({label})")
-        steps.append(done(lora_step(on_emu, rows, mixed, label)))
+        steps.append(done(lora_step(on_emu, rows, inputs, mixed, label)))
     started("inference")
     done(check_tutorial_inference(on_emu, steps[-1]))
     return checks
@@ -108,16 +110,18 @@ def torch_tpu_row(ctx: Context, real: Check, emu: emulation.Emulator | None) -> 
     return dataclasses.replace(real, detail=f"{real.detail}; --emulate: {note}")
 
 
-def lora_step(ctx: Context, rows: list[status.ComponentStatus], mixed: str, label: str) -> Check:
-    """verify's LoRA step at one precision, with the precision watcher on the path."""
+def lora_step(ctx: Context, rows: list[status.ComponentStatus], inputs: tuple[Path | None, Path | None, str],
+              mixed: str, label: str) -> Check:
+    """verify's LoRA step at one precision, with the precision watcher on the training run's path
+    (only there: it imports torch at start-up, which the light probes around it avoid)."""
     out = ctx.paths.cache / f"precision-{label}.jsonl"
     out.unlink(missing_ok=True)
     assert isinstance(ctx.runner, EnvRunner)
-    extra = dict(ctx.runner.extra)
-    extra["PYTHONPATH"] = os.pathsep.join(filter(None, [str(precision.watcher_dir()), extra.get("PYTHONPATH")]))
-    extra[precision.ENV_OUT] = str(out)
-    watched = dataclasses.replace(ctx, runner=EnvRunner.around(ctx.runner, extra), mixed_precision=mixed)
-    step = _label(dataclasses.replace(verify.check_lora_step(watched, rows), name=f"lora step ({label})"))
+    watch = {"PYTHONPATH": os.pathsep.join(filter(None, [str(precision.watcher_dir()),
+                                                         ctx.runner.extra.get("PYTHONPATH")])),
+             precision.ENV_OUT: str(out)}
+    step = verify.check_lora_step(dataclasses.replace(ctx, mixed_precision=mixed), rows, inputs, env_extra=watch)
+    step = _label(dataclasses.replace(step, name=f"lora step ({label})"))
     got = precision.read(out)
     said = precision.summary(mixed, got)
     ctx.facts[f"precision {label}"] = said
