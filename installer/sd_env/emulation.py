@@ -87,9 +87,7 @@ def build(runner: Runner, python: Path, paths: Paths, root: Path | None = None) 
     try:
         runner.run([str(python), str(root / "build.py"), "build", str(work)], timeout=BUILD_TIMEOUT,
                    label="building the tpu emulator", hint="the compiler's messages are in the log")
-        if _complete(dest):  # another run finished first
-            shutil.rmtree(work)
-        else:
+        if not _complete(dest):  # else another run finished first (work goes below)
             shutil.rmtree(dest, ignore_errors=True)  # an entry without its extension is not one
             os.replace(work, dest)
     finally:

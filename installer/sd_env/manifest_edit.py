@@ -59,7 +59,3 @@ def add_lock_file(path: Path, flavour: str, lock: Path) -> None:
     manifest.parse(tomllib.loads(text), path)
     fsutil.write_atomic(path, text)
 
-
-def update_component(path: Path, name: str, *, tag: str, version: str, commit: str | None,
-                     patches: list[str]) -> None:
-    fsutil.write_atomic(path, updated_text(path, name, tag=tag, version=version, commit=commit, patches=patches))

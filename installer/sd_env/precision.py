@@ -35,7 +35,6 @@ class Precision:
     scale: float | None = None
     autocast: list[str] = field(default_factory=list)
     backward_calls: int = 0
-    step_seconds: list[float] = field(default_factory=list)  # training forward to the next one
 
     @property
     def measured(self) -> bool:
@@ -47,7 +46,7 @@ class Precision:
     def as_dict(self) -> dict[str, Any]:
         return {"ops": {part: dict(c) for part, c in self.ops.items()}, "devices": sorted(self.devices),
                 "scaler": self.scaler, "scale": self.scale, "autocast": self.autocast,
-                "backward_calls": self.backward_calls, "step_seconds": self.step_seconds}
+                "backward_calls": self.backward_calls}
 
 
 def read(path: Path) -> Precision:
@@ -67,8 +66,6 @@ def read(path: Path) -> Precision:
             got.backward_calls += record["backward_calls"]
             got.scaler, got.scale = record.get("scaler"), record.get("scale")
         got.autocast += [a for a in record.get("autocast", []) if a not in got.autocast]
-        starts = record.get("train_starts", [])
-        got.step_seconds += [b - a for a, b in zip(starts, starts[1:])]
     return got
 
 

@@ -18,8 +18,9 @@ from packaging.version import InvalidVersion, Version
 from sd_env.envs import Inventory
 
 
-def broken(inv: Inventory, markers: dict[str, str]) -> list[str]:
+def broken(inv: Inventory) -> list[str]:
     """pip check's lines for `inv`: missing and conflicting requirements, sorted."""
+    markers = inv.markers
     have: dict[str, str] = {}
     for name, entries in inv.dists.items():
         have.setdefault(canonicalize_name(name), entries[0]["version"])

@@ -13,8 +13,6 @@ It does nothing unless SD_ENV_PRECISION_OUT names a file. Then:
   forwards with grad enabled count as "train", the others (validation) "infer";
 - accelerate's Accelerator.backward is wrapped to record the scaler (class and
   scale) and the autocast state seen by the training forward;
-- the start time of each training forward is kept (a step's time, forward to
-  forward, without the run's start-up);
 - at exit, one JSON line with the counts is appended to the file (only by a
   process that ran a UNet forward).
 
@@ -48,13 +46,12 @@ def _run_shadowed():
 def _install(out):
     import atexit
     import json
-    import time
 
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
     counts = {}
-    info = {"backward_calls": 0, "train_starts": []}  # train_starts: when each training forward began
+    info = {"backward_calls": 0}
     autocast_seen = set()
     state = {"depth": 0, "lora": 0, "phase": ""}
 
@@ -103,7 +100,6 @@ def _install(out):
             if state["depth"] == 0:
                 state["phase"] = "train" if torch.is_grad_enabled() else "infer"
                 if state["phase"] == "train":
-                    info["train_starts"].append(time.monotonic())
                     autocast_seen.add(autocast_state())
                 wrap_backward()
                 mode.__enter__()
