@@ -7,6 +7,7 @@ import torch
 from torch_tpu import _C
 from torch_tpu.tpu import amp
 from torch_tpu.tpu.random import (
+    _index,
     default_generators,
     get_rng_state,
     initial_seed,
@@ -44,17 +45,6 @@ def is_available() -> bool:
 
 def current_device() -> int:
     return _C.current_device()
-
-
-def _index(device: torch.device | str | int | None) -> int:
-    if device is None:
-        return current_device()
-    if isinstance(device, int):
-        return device
-    device = torch.device(device)
-    if device.type != "tpu":
-        raise ValueError(f"Expected a tpu device, but got: {device}")
-    return current_device() if device.index is None else device.index
 
 
 def set_device(device: torch.device | str | int) -> None:

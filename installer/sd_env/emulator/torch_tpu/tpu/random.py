@@ -14,14 +14,20 @@ default_generators: tuple[torch.Generator, ...] = tuple(
     _C.default_generator(i) for i in range(_C.device_count()))
 
 
+def _index(device: torch.device | str | int | None) -> int:
+    """The device index torch_tpu.tpu's functions take: None or "tpu" is the current device."""
+    if device is None:
+        return _C.current_device()
+    if isinstance(device, int):
+        return device
+    device = torch.device(device)
+    if device.type != "tpu":
+        raise ValueError(f"Expected a tpu device, but got: {device}")
+    return _C.current_device() if device.index is None else device.index
+
+
 def _generator(device: torch.device | str | int | None) -> torch.Generator:
-    if device is None or device == "tpu":
-        index = _C.current_device()
-    elif isinstance(device, int):
-        index = device
-    else:
-        index = torch.device(device).index or 0
-    return default_generators[index]
+    return default_generators[_index(device)]
 
 
 def manual_seed(seed: int) -> None:
