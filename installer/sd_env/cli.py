@@ -295,9 +295,9 @@ def _cmd_install(args: argparse.Namespace) -> int:
     outcome = install.run(man, paths, runner, opts)
     if args.sync and outcome.error is None:
         try:
-            synced = extras.sync(man, runner, python, yes=args.yes, use_uv=not args.no_uv)
+            synced, removed = extras.sync(man, runner, python, yes=args.yes, use_uv=not args.no_uv)
             outcome.results.append(synced)
-            outcome.changed |= synced.detail.startswith("removed")
+            outcome.changed |= removed
         except SdEnvError as exc:
             outcome.error = exc
     changed = outcome.changed or how.startswith("new ")  # a new venv or conda env is a change too

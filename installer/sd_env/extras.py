@@ -18,7 +18,7 @@ from packaging.utils import canonicalize_name
 from sd_env import envs, lockfile, tools, torchtpu
 from sd_env.errors import InputError, StepError
 from sd_env.manifest import Manifest
-from sd_env.report import OK, Result, progress
+from sd_env.report import OK, SKIPPED, Result, progress
 from sd_env.runner import Runner
 
 # pkg-resources: Debian's and Ubuntu's python3-venv put a `pkg_resources-0.0.0` distribution
@@ -58,11 +58,15 @@ def find(man: Manifest, inv: envs.Inventory) -> list[str]:
     return sorted({str(canonicalize_name(n)) for n in inv.dists} - keep)
 
 
-def sync(man: Manifest, runner: Runner, python: Path, *, yes: bool, use_uv: bool = True) -> Result:
-    """Remove the extras, after a yes on a terminal (or --yes); say exactly what went."""
+def sync(man: Manifest, runner: Runner, python: Path, *, yes: bool, use_uv: bool = True) -> tuple[Result, bool]:
+    """Remove the extras, after a yes on a terminal (or --yes); say exactly what went, and
+    whether anything was removed."""
+    if man.lock is None:
+        return Result("env", "sync", SKIPPED, "skipped: the manifest has no [lock], so nothing to compare "
+                      "against"), False
     extras = find(man, envs.inventory(runner, python))
     if not extras:
-        return Result("env", "sync", OK, "no packages outside the lock")
+        return Result("env", "sync", OK, "no packages outside the lock"), False
     names = ", ".join(extras)
     if not yes:
         if not sys.stdin.isatty():
@@ -81,4 +85,4 @@ def sync(man: Manifest, runner: Runner, python: Path, *, yes: bool, use_uv: bool
     if left:
         raise StepError(f"--sync: still installed after uninstalling: {', '.join(left)}",
                         "see the log for the uninstaller's output")
-    return Result("env", "sync", OK, f"removed {len(extras)} packages not in the lock: {names}")
+    return Result("env", "sync", OK, f"removed {len(extras)} packages not in the lock: {names}"), True
