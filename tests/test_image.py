@@ -230,10 +230,10 @@ def test_the_tiny_image_is_unhealthy_exactly_where_torch_is_needed(podman, tiny_
     code, checks = podman.verify_quick(image)
     assert code == 1
     statuses = {name: c["status"] for name, c in checks.items()}
-    assert statuses == {"interpreter": "ok", "pins": statuses["pins"], "sources+patches": "ok",
+    # pins: ok, not warn: the pkg-resources that Debian's venv adds is not counted as outside the lock
+    assert statuses == {"interpreter": "ok", "pins": "ok", "sources+patches": "ok",
                         "torch_tpu": "skipped", "ulimit -n": "warn", "linear smoke": "fail",
                         "lora step": "skipped", "inference": "skipped"}
-    assert statuses["pins"] in ("ok", "warn")  # Debian's venv adds pkg-resources, which no lock pins
     assert checks["interpreter"]["detail"].startswith("Python 3.9.")
     assert "No module named 'torch'" in checks["linear smoke"]["detail"]
     assert "open files limit 1024" in checks["ulimit -n"]["detail"]  # this session's containers.conf

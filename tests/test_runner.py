@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sd_env import fsutil
 from sd_env import runner as runner_module
 from sd_env.errors import CommandError, StepError
 from sd_env.runner import Runner
@@ -82,7 +83,7 @@ def test_download_goes_through_the_runner_and_logs(tmp_path):
     with pytest.raises(StepError) as info:
         run.download((tmp_path / "nope.whl").as_uri(), tmp_path / "cache" / "nope.whl", hint="by hand")
     assert "cannot download" in info.value.message and info.value.hint == "by hand"
-    assert not list((tmp_path / "cache").glob("*.partial"))
+    assert not list((tmp_path / "cache").glob("*" + fsutil.SUFFIX))  # the failed download left no temporary file
 
 
 def test_ctrl_c_stops_the_whole_group(tmp_path):
