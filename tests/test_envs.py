@@ -24,13 +24,21 @@ def no_active_env(monkeypatch):
 
 def test_bare_interpreter_becomes_base_of_a_new_venv_once(tmp_path):
     runner = Runner()
-    python, how = envs.resolve(runner, str(BASE), tmp_path, HERE)
-    assert python == tmp_path / "venv" / "bin" / "python"
-    assert how == "new venv from --python"
+    made = envs.resolve(runner, str(BASE), tmp_path, HERE)
+    assert made.python == tmp_path / "venv" / "bin" / "python"
+    assert made.how == "new venv from --python" and made.created and made.inventory is None
     assert (tmp_path / "venv" / COMPLETE).exists()
     again = Runner()
-    assert envs.resolve(again, str(BASE), tmp_path, HERE)[0] == python
+    reused = envs.resolve(again, str(BASE), tmp_path, HERE)
+    assert reused.python == made.python and not reused.created
     assert again.count("venv") == 0  # reused, not recreated
+    # The inventory read while checking the version is handed on: callers need not probe again.
+    assert reused.inventory is not None and reused.inventory.is_env and probes(again) == 2
+
+
+def probes(runner: Runner) -> int:
+    """How many times the runner read an environment's inventory."""
+    return sum(any(str(a).endswith("inventory.py") for a in call) for call in runner.calls)
 
 
 def test_half_made_venv_is_recreated(tmp_path):
@@ -38,22 +46,23 @@ def test_half_made_venv_is_recreated(tmp_path):
     (tmp_path / "venv" / "bin" / "python").symlink_to(BASE)
     (tmp_path / "venv" / "leftover").write_text("x")
     runner = Runner()
-    python, _ = envs.resolve(runner, str(BASE), tmp_path, HERE)
-    assert runner.count("venv") == 1
+    python = envs.resolve(runner, str(BASE), tmp_path, HERE).python
+    assert python is not None and runner.count("venv") == 1
     assert not (tmp_path / "venv" / "leftover").exists()
     assert envs.inventory(runner, python).is_env
 
 
 def test_an_environment_is_used_as_it_is(tmp_path, target_python):
-    python, how = envs.resolve(Runner(), str(target_python), tmp_path, HERE)
-    assert python == target_python and how == "--python"
+    found = envs.resolve(Runner(), str(target_python), tmp_path, HERE)
+    assert found.python == target_python and found.how == "--python" and not found.created
+    assert found.inventory is not None and found.inventory.executable
     assert not (tmp_path / "venv").exists()
 
 
 def test_active_venv_is_the_target(tmp_path, target_python, monkeypatch):
     monkeypatch.setenv("VIRTUAL_ENV", str(target_python.parents[1]))
-    python, how = envs.resolve(Runner(), None, tmp_path, HERE)
-    assert python == target_python and how == "the active venv"
+    found = envs.resolve(Runner(), None, tmp_path, HERE)
+    assert found.python == target_python and found.how == "the active venv" and found.inventory is not None
 
 
 def test_wrong_version_is_bad_input(tmp_path, target_python):
@@ -80,8 +89,9 @@ def test_conda_creates_the_env_when_there_is_no_python(tmp_path, monkeypatch):
                      f'while [ "$1" != "-p" ]; do shift; done\nexec {BASE} -m venv "$2"\n')
     conda.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    python, how = envs.resolve(Runner(), None, tmp_path / "home", HERE)
-    assert how == "new conda env" and python == tmp_path / "home" / "venv" / "bin" / "python"
+    found = envs.resolve(Runner(), None, tmp_path / "home", HERE)
+    assert found.how == "new conda env" and found.python == tmp_path / "home" / "venv" / "bin" / "python"
+    assert found.created
     assert log.read_text().split() == ["create", "-y", "-q", "-p", str(tmp_path / "home" / "venv"),
                                        f"python={HERE}"]
     assert (tmp_path / "home" / "venv" / COMPLETE).exists()

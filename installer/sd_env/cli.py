@@ -286,9 +286,10 @@ def _cmd_install(args: argparse.Namespace) -> int:
     if args.bundle is not None:
         _use_bundle(args)
     man, paths, runner = _setup(args, "install")
-    python, how = envs.resolve(runner, args.python, paths.home, man.python)
+    found = envs.resolve(runner, args.python, paths.home, man.python)
+    python = found.python
     assert python is not None
-    progress(f"target: {python} ({how})")
+    progress(f"target: {python} ({found.how})")
     opts = install.Options(python, mirror=args.git_mirror, sdist_fallback=not args.no_sdist_fallback,
                            index_url=args.index_url, torch_tpu_wheel=args.torch_tpu_wheel,
                            use_uv=not args.no_uv, bundle=args.bundle)
@@ -300,7 +301,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
             outcome.changed |= removed
         except SdEnvError as exc:
             outcome.error = exc
-    changed = outcome.changed or how.startswith("new ")  # a new venv or conda env is a change too
+    changed = outcome.changed or found.created  # a new venv or conda env is a change too
     return _report("install", outcome.results, outcome.error, args, paths,
                    title=f"sd-env install ({man.name} -> {python})", python=str(python), changed=changed)
 
@@ -369,11 +370,9 @@ def _cmd_bundle_verify(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "verify")
     model, data = verify.local_inputs(args.model, args.data)
-    python, how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
-    if python is None:
-        raise InputError(f"nothing to verify: {how}", "run ./bootstrap.sh or sd-env install first")
+    python, inv = _target(args, runner, paths, man, "nothing to verify")
     ctx = verify.Context(man, paths, runner, python, quick=args.quick, mixed_precision=args.mixed_precision,
-                         model=model, data=data)
+                         model=model, data=data, inventory=inv)
     title = f"sd-env verify ({man.name}, {python})" + (" on the emulated tpu" if args.emulate else "")
     if args.emulate:
         from sd_env import verify_emulated  # builds a C++ extension: only loaded when asked for
@@ -405,9 +404,7 @@ def _cmd_repatch(args: argparse.Namespace) -> int:
             return _report("repatch", [repatch.abort(paths)], None, args, paths)
         except SdEnvError as exc:
             return _report("repatch", [], exc, args, paths)
-    python, _how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
-    if python is None:
-        raise InputError("no target environment to repatch", "run ./bootstrap.sh or sd-env install first")
+    python, _inv = _target(args, runner, paths, man, "no target environment to repatch")
     opts = install.Options(python, mirror=args.git_mirror, sdist_fallback=not args.no_sdist_fallback)
     session = repatch.load_session(paths)
     results: list = []
@@ -471,11 +468,9 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise InputError("no command to run", "write it after --, e.g. sd-env emulate -- python train.py")
-    python, how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
-    if python is None:
-        raise InputError(f"no target environment: {how}", "run ./bootstrap.sh or sd-env install first")
+    python, inv = _target(args, runner, paths, man)
     emu = emulation.build(runner, python, paths)
-    target = trainenv.build(envs.inventory(runner, python), man.device, args.device)
+    target = trainenv.build(inv, man.device, args.device)
     target.env.update(emulation.environment(emu, args.device))
     built = "cached" if emu.cached else f"built in {emu.seconds:.0f} s"
     target.notes.append(f"{args.device} is emulated: torch_tpu on the CPU ({built}, {emu.key}); only a card "
@@ -505,10 +500,18 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def _target_env(args: argparse.Namespace, command: str) -> tuple[trainenv.TrainEnv, Path]:
     man, paths, runner = _setup(args, command)
-    python, how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
-    if python is None:
-        raise InputError(f"no target environment: {how}", "run ./bootstrap.sh or sd-env install first")
-    return trainenv.build(envs.inventory(runner, python), man.device, args.device), args._log
+    _python, inv = _target(args, runner, paths, man)
+    return trainenv.build(inv, man.device, args.device), args._log
+
+
+def _target(args: argparse.Namespace, runner: Runner, paths: Paths, man: manifest.Manifest,
+            none: str = "no target environment") -> tuple[Path, envs.Inventory]:
+    """The target environment a command other than install works in, and what it has (read
+    once, while its version was checked); an error saying `none` when there is none yet."""
+    found = envs.resolve(runner, args.python, paths.home, man.python, create=False)
+    if found.python is None or found.inventory is None:
+        raise InputError(f"{none}: {found.how}", "run ./bootstrap.sh or sd-env install first")
+    return found.python, found.inventory
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -520,9 +523,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "train")
-    python, how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
-    if python is None:
-        raise InputError(f"no target environment: {how}", "run ./bootstrap.sh or sd-env install first")
+    python, inv = _target(args, runner, paths, man)
     flags = {"--mixed_precision": args.mixed_precision, "--resolution": args.resolution,
              "--max_train_steps": args.max_train_steps, "--validation_prompt": args.validation_prompt,
              "--seed": args.seed}
@@ -530,7 +531,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     opts = train.Options(args.model, args.data, args.output, device=args.device, script=args.script,
                          pictures=not args.no_pictures, inference_steps=args.inference_steps,
                          settings={k: v for k, v in flags.items() if v}, extra=extra)
-    outcome = train.run(man, paths, runner, python, opts)
+    outcome = train.run(man, paths, runner, python, opts, inv)
     say(train.summary(outcome))
     return 0
 
@@ -545,8 +546,8 @@ def _cmd_shell(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "status")
-    python, _how = envs.resolve(runner, args.python, paths.home, man.python, create=False)
-    rows = status.collect(man, paths, runner, python)
+    found = envs.resolve(runner, args.python, paths.home, man.python, create=False)
+    rows = status.collect(man, paths, runner, found.python, found.inventory)
     if args.json:
         args._reported = True
         dump_json("status", 0, {"home": str(paths.home), "components": [dataclasses.asdict(r) for r in rows],

@@ -43,34 +43,46 @@ def inventory(runner: Runner, python: Path) -> Inventory:
                      data["dists"], data.get("markers", {}))
 
 
-def resolve(runner: Runner, explicit: str | None, home: Path, want: str,
-            create: bool = True) -> tuple[Path | None, str]:
+@dataclass(frozen=True)
+class Target:
+    """The target environment as `resolve` found it."""
+
+    python: Path | None  # None: there is none yet and the command does not create one
+    how: str  # where it came from, for messages (or why there is none)
+    created: bool = False  # this call made the venv or conda env: a change, for install --json
+    # What the probe read while checking the version, for an environment used as it is (a new
+    # one is empty: install probes it again after installing).
+    inventory: Inventory | None = None
+
+
+def resolve(runner: Runner, explicit: str | None, home: Path, want: str, create: bool = True) -> Target:
     """The target interpreter and how it was found; `<home>/venv` is created when needed
-    unless `create` is False (read-only commands), which gives None instead."""
+    unless `create` is False (read-only commands), which gives a Target without python."""
     base: tuple[Path, str, Inventory] | None = None
     for value, source in ((explicit, "--python"), (os.environ.get("SD_ENV_PYTHON"), "$SD_ENV_PYTHON")):
         if value:
             python = _interpreter(Path(value).expanduser(), source)
             inv = inventory(runner, python)
             if inv.is_env:
-                return _checked(runner, python, want, source, inv), source
+                return _existing(runner, python, want, source, inv)
             base = (python, source, inv)  # a bare interpreter: the base of <home>/venv
             break
     if base is None and os.environ.get("VIRTUAL_ENV"):
         python = _interpreter(Path(os.environ["VIRTUAL_ENV"]), "$VIRTUAL_ENV")
-        return _checked(runner, python, want, "the active venv"), "the active venv"
+        return _existing(runner, python, want, "the active venv")
     conda_env = os.environ.get("CONDA_PREFIX")
     if base is None and conda_env and os.environ.get("CONDA_DEFAULT_ENV", "") != "base":
         python = _interpreter(Path(conda_env), "$CONDA_PREFIX")
-        return _checked(runner, python, want, "the active conda env"), "the active conda env"
+        return _existing(runner, python, want, "the active conda env")
     venv_dir = Paths(home).venv
     existing = venv_dir / "bin" / "python"
     if existing.exists() and (venv_dir / COMPLETE).exists():
-        return _checked(runner, existing, want, str(venv_dir)), str(venv_dir)
+        return _existing(runner, existing, want, str(venv_dir))
     if not create:
-        return None, "no target environment yet (run `sd-env install`)"
+        return Target(None, "no target environment yet (run `sd-env install`)")
     if base is not None:
-        return _create_venv(runner, base[0], venv_dir, want, base[1], base[2]), f"new venv from {base[1]}"
+        return Target(_create_venv(runner, base[0], venv_dir, want, base[1], base[2]), f"new venv from {base[1]}",
+                      created=True)
     conda = shutil.which("conda")
     if conda:
         progress(f"creating a conda env with Python {want} at {venv_dir}")
@@ -79,7 +91,8 @@ def resolve(runner: Runner, explicit: str | None, home: Path, want: str,
                    timeout=1800, hint="conda could not create the environment; see the log",
                    label=f"conda: creating {venv_dir}")
         (venv_dir / COMPLETE).write_text("created by conda\n")
-        return _checked(runner, existing, want, "conda"), "new conda env"
+        _check_version(runner, existing, want, "conda")
+        return Target(existing, "new conda env", created=True)
     found = find_base(runner, want)
     if found is None:
         raise InputError(
@@ -88,7 +101,7 @@ def resolve(runner: Runner, explicit: str | None, home: Path, want: str,
             f"install one, then run again: `conda create -n sd python={want}` and activate it; or "
             f"`pyenv install {want}`; or `sudo apt install python{want} python{want}-venv`; or pass "
             f"--python /path/to/python{want}")
-    return _create_venv(runner, found, venv_dir, want, str(found)), f"new venv from {found}"
+    return Target(_create_venv(runner, found, venv_dir, want, str(found)), f"new venv from {found}", created=True)
 
 
 def _interpreter(path: Path, source: str) -> Path:
@@ -141,13 +154,16 @@ def _create_venv(runner: Runner, base: Path, where: Path, want: str, source: str
     return where / "bin" / "python"
 
 
-def _checked(runner: Runner, python: Path, want: str, source: str, inv: Inventory | None = None) -> Path:
-    _check_version(runner, python, want, source, inv)
-    return python
+def _existing(runner: Runner, python: Path, want: str, source: str, inv: Inventory | None = None) -> Target:
+    """An environment used as it is, once its version is checked."""
+    return Target(python, source, inventory=_check_version(runner, python, want, source, inv))
 
 
-def _check_version(runner: Runner, python: Path, want: str, source: str, inv: Inventory | None = None) -> None:
-    have = (inv or inventory(runner, python)).python
+def _check_version(runner: Runner, python: Path, want: str, source: str, inv: Inventory | None = None) -> Inventory:
+    """The interpreter's inventory (`inv` when the caller has it), once its version is `want`."""
+    inv = inv or inventory(runner, python)
+    have = inv.python
     if f"{have[0]}.{have[1]}" != want:
         raise InputError(f"{source}: {python} is Python {have[0]}.{have[1]}.{have[2]}, the manifest wants {want}",
                          f"point --python at a Python {want} interpreter or environment")
+    return inv

@@ -120,10 +120,12 @@ def _model(value: str) -> str:
     raise InputError(f"--model {value}: no such folder", "give a local diffusers model folder")
 
 
-def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options) -> Outcome:
+def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options,
+        inv: envs.Inventory | None = None) -> Outcome:
+    """The training run; `inv` saves a probe when the caller already read the target."""
     script = find_script(paths, opts.script)
     model = _model(opts.model)
-    target = trainenv.build(envs.inventory(runner, python), man.device, opts.device)
+    target = trainenv.build(inv or envs.inventory(runner, python), man.device, opts.device)
     for note in target.notes:
         progress(note)
     mixed = opts.settings.get("--mixed_precision", "no")

@@ -82,6 +82,7 @@ class Context:
     # rows the checks read, and the driver the torch_tpu check saw.
     rows: list[status.ComponentStatus] = field(default_factory=list)
     driver: libsophon.Driver | None = None
+    inventory: envs.Inventory | None = None  # the target as the command found it (else read here)
 
 
 def _nothing(_: object) -> None:
@@ -114,7 +115,7 @@ def run(ctx: Context, started: Callable[[str], None] = _nothing,
     checks: list[Check] = []
     done = recorder(checks, finished)
     started("interpreter")
-    inv = envs.inventory(ctx.runner, ctx.python)
+    inv = ctx.inventory or envs.inventory(ctx.runner, ctx.python)
     google = torchtpu.installed_google(inv) is not None
     # torch is imported once for the device and Linear rows, while the git and metadata
     # checks run here: --quick costs about one `import torch`. A full verify without

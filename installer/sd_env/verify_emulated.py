@@ -47,7 +47,7 @@ def run(ctx: Context, started: Callable[[str], None] = verify._nothing,
     checks: list[Check] = []
     done = verify.recorder(checks, finished)
     started("interpreter")
-    inv = envs.inventory(ctx.runner, ctx.python)
+    inv = ctx.inventory or envs.inventory(ctx.runner, ctx.python)
     rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python, inv)
     verify.environment_checks(ctx, inv, rows, started, done)
     started("torch_tpu")
