@@ -21,7 +21,6 @@ history, every patch its file).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterable
@@ -32,12 +31,12 @@ from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel
 
 from sd_env import lockfile, manifest
 from sd_env.errors import InputError, StepError
+from sd_env.fsutil import sha256_file
 from sd_env.report import progress
 
 FORMAT = 1
 INDEX = "index.json"
 PACKAGES, GIT, TOOL, TORCH_TPU, EXTRA, MANIFESTS = "packages", "git", "tool", "torch_tpu", "extra", "manifests"
-_CHUNK = 1 << 20
 
 
 class BundleError(StepError):
@@ -89,14 +88,6 @@ class Index:
     def dump(self) -> str:
         doc = {"format": FORMAT, **asdict(self)}
         return json.dumps(doc, indent=1, sort_keys=False) + "\n"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def human(size: float) -> str:

@@ -30,9 +30,9 @@ from sd_env.bundle import (
     Member,
     artifact_name,
     human,
-    sha256_file,
 )
 from sd_env.errors import InputError
+from sd_env.fsutil import sha256_file
 from sd_env.manifest import Component, Manifest
 from sd_env.paths import Paths
 from sd_env.report import progress

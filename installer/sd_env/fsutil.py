@@ -6,10 +6,13 @@ patches, the manifest, a lock file, a downloaded wheel) goes through
 file system), flushed and fsynced, renamed over the target, then the folder
 fsynced so the rename itself survives a power cut. The temporary names share
 one suffix, so a run that was killed leaves files the next run recognises.
+
+`sha256_file` hashes a file of any size without reading it whole.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +22,7 @@ from pathlib import Path
 from sd_env import faults
 
 SUFFIX = ".sd-env-tmp"
+_CHUNK = 1 << 20
 # Other temporary names: patches.py's throw-away git index, and what an older sd-env used.
 OTHERS = ("sd-env-index-*", ".state-*", "session.json.tmp", "*.diff.tmp", "*.patch.tmp", "*.toml.tmp", "*.partial")
 
@@ -77,3 +81,12 @@ def remove_leftovers(folders: list[Path]) -> list[Path]:
     for path in found:
         path.unlink(missing_ok=True)
     return found
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256, read in blocks (wheels and bundles are too big to read whole)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sd_env import lockfile
-from sd_env.bundle import sha256_file
+from sd_env.fsutil import sha256_file
 from sd_env.verify import PACKAGE_FACTS, Context
 
 

@@ -167,8 +167,8 @@ def _torch_tpu(man: Manifest, paths: Paths, runner: Runner, opts: Options, recor
                       f"no wheel at {location}: the environment is CPU-only. Get "
                       f"{Path(location).name} from {torchtpu.SOPHGO_RELEASES}, put it there "
                       "(or pass --torch-tpu-wheel PATH) and run `sd-env install` again"), False
-    digest = torchtpu.check_wheel(spec, path)
-    version = torchtpu.wheel_metadata(path)["version"]
+    digest, meta = torchtpu.check_wheel(spec, path)
+    version = meta["version"]
     have = target.installed(inv, [torchtpu.NAME])[torchtpu.NAME].versions
     if have == (version,) and record.wheels.get(path.name) == digest:
         return Result("torch_tpu", "wheel", OK, f"torch_tpu {version} already installed from {path.name}"), False

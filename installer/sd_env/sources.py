@@ -10,7 +10,6 @@ fetch leaves nothing half-done in `src/`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -19,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd_env import faults, gitcmd
+from sd_env import faults, fsutil, gitcmd
 from sd_env.errors import CommandError, InputError, StepError
 from sd_env.manifest import Component
 from sd_env.report import progress
@@ -118,7 +117,7 @@ def fetch_sdist(comp: Component, dest: Path, work: Path, runner: Runner, *, pyth
         archives = sorted(download.glob("*.tar.gz"))
         if len(archives) != 1:
             raise StepError(f"{comp.name}: expected one sdist from pip download, got {archives}")
-        digest = hashlib.sha256(archives[0].read_bytes()).hexdigest()
+        digest = fsutil.sha256_file(archives[0])
         tree = tmp / "tree"
         _extract(archives[0], tree)
         gitcmd.git(runner, tree, "init", "-q")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.parser
-import hashlib
 import zipfile
 import zlib
 from pathlib import Path
@@ -13,6 +12,7 @@ from packaging.utils import canonicalize_name
 
 from sd_env.envs import Inventory
 from sd_env.errors import InputError, StepError
+from sd_env.fsutil import sha256_file
 from sd_env.manifest import WheelSpec
 from sd_env.runner import Runner
 
@@ -70,9 +70,9 @@ def wheel_metadata(path: Path) -> dict:
             "requires_dist": msg.get_all("Requires-Dist") or []}
 
 
-def check_wheel(spec: WheelSpec, path: Path) -> str:
-    """sha256 of the wheel after checking it is Sophgo's and matches the manifest's sha256."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+def check_wheel(spec: WheelSpec, path: Path) -> tuple[str, dict]:
+    """The wheel's sha256 and metadata, after checking it is Sophgo's and matches the manifest's sha256."""
+    digest = sha256_file(path)
     if spec.sha256 and digest != spec.sha256:
         raise StepError(f"{path}: sha256 {digest}, the manifest expects {spec.sha256}",
                         "the wheel is not the one pinned: fetch it again from Sophgo or update torch_tpu.sha256")
@@ -81,7 +81,7 @@ def check_wheel(spec: WheelSpec, path: Path) -> str:
         raise InputError(f"{path} is {meta['name']!r}, not torch_tpu", f"get the wheel from {SOPHGO_RELEASES}")
     if is_google(meta):
         raise InputError(f"{path} is Google's torch-tpu {meta['version']}, not Sophgo's", COLLISION)
-    return digest
+    return digest, meta
 
 
 def local_wheel(runner: Runner, location: str, cache: Path) -> Path | None:
