@@ -40,10 +40,11 @@ def candidates(patch: Path, version_in_name: str, to_version: str) -> list[Path]
     return [path for _, path in sorted(found, reverse=True)]
 
 
-def named_for(patch: Path, version_in_name: str, to_version: str) -> Path | None:
+def named_for(patch: Path, version_in_name: str, to_version: str, found: list[Path] | None = None) -> Path | None:
     """The shipped port named for exactly `to_version`, if there is one: taken before any plain port,
-    which would otherwise be written over it under the same name."""
-    found = candidates(patch, version_in_name, to_version)
+    which would otherwise be written over it under the same name. `found`: the candidates, when
+    the caller has listed them."""
+    found = candidates(patch, version_in_name, to_version) if found is None else found
     if found and found[0].name == patch.name.replace(version_in_name, to_version, 1):
         return found[0]
     return None

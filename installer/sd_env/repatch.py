@@ -187,13 +187,15 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
     while session.phase == "porting" and len(session.done) < len(session.patch_files):
         patch = patches.load(Path(session.patch_files[len(session.done)]))
         progress(f"porting {patch.name} to {session.component} {session.to_tag}")
-        exact = ladder.named_for(patch.path, session.from_version, session.to_version)
+        shipped = ladder.candidates(patch.path, session.from_version, session.to_version)
+        exact = ladder.named_for(patch.path, session.from_version, session.to_version, shipped)
         got = (exact and ladder.take_shipped(runner, work, [exact])) or \
             _plain_port(paths, runner, session, work, patch, old_checkout, fuzz, accept)
-        shipped = ladder.candidates(patch.path, session.from_version, session.to_version)
-        if got.method == port.CONFLICT and shipped:
-            # The plain port conflicts: the newest shipped port that fits this release, else the conflict.
-            got = ladder.take_shipped(runner, work, shipped) or \
+        others = [p for p in shipped if p != exact]  # the exact one, if any, was tried first
+        if got.method == port.CONFLICT and others:
+            # The plain port conflicts: the newest shipped port that fits this release, else the
+            # conflict again (taking a shipped port resets the work tree).
+            got = ladder.take_shipped(runner, work, others) or \
                 _plain_port(paths, runner, session, work, patch, old_checkout, fuzz, accept)
             if got.method == port.SHIPPED:
                 session.fuzzed = ""
@@ -215,11 +217,11 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
         results.append(Result(session.component, "port", status_, f"{patch.name}: {got.method} ({got.detail})"))
     # Everything that can refuse (a patch that does not parse, a manifest that cannot be edited) is
     # checked while --abort is still possible; finishing only writes what was checked.
-    _outputs(man, runner, session)
+    outputs = _outputs(man, runner, session)
     session.phase = "finishing"
     save_session(paths, session)
     faults.point("finishing")
-    finished = _finish(man, paths, runner, opts, session)
+    finished = _finish(man, paths, runner, opts, session, outputs)
     return results + finished + proof.after_port(runner, opts.python, paths, session.component)
 
 
@@ -233,7 +235,10 @@ def _plain_port(paths: Paths, runner: Runner, session: Session, work: Path, patc
     return got
 
 
-def _outputs(man: Manifest, runner: Runner, session: Session) -> tuple[list[tuple[Path, str]], list[Path], str]:
+Outputs = tuple[list[tuple[Path, str]], list[Path], str]
+
+
+def _outputs(man: Manifest, runner: Runner, session: Session) -> Outputs:
     """What finishing writes: the refreshed patch files (path, text; empty text: an existing file with
     the same change is reused), the new series in order, and the manifest's new text."""
     comp = _component(man, session.component)
@@ -294,11 +299,13 @@ def _body(text: str) -> str:
     return (text[at:] if at >= 0 else text).rstrip()
 
 
-def _finish(man: Manifest, paths: Paths, runner: Runner, opts: Options, session: Session) -> list[Result]:
-    """Write the refreshed patches, point the manifest at them, swap the checkout, rebuild."""
+def _finish(man: Manifest, paths: Paths, runner: Runner, opts: Options, session: Session,
+            outputs: Outputs | None = None) -> list[Result]:
+    """Write the refreshed patches, point the manifest at them, swap the checkout, rebuild.
+    `outputs`: what _outputs gave just before (a resumed finish works them out again)."""
     comp = _component(man, session.component)
     work = Path(session.work)
-    files, written, manifest_text = _outputs(man, runner, session)
+    files, written, manifest_text = outputs or _outputs(man, runner, session)
     for path, text in files:
         fsutil.write_atomic(path, text)
     faults.point("patches-written")
