@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# deploy/image/build.sh BUNDLE --base IMAGE [--tag TAG] [--engine podman|docker]
+# deploy/image/build.sh BUNDLE --base IMAGE [--tag TAG] [--engine podman|docker] [--no-space-check]
 #
 # Builds the OCI image of an sd-env bundle (`sd-env bundle create`) with no network during the
 # build: the bundle folder is the build context, its own bootstrap.sh installs the environment
@@ -7,13 +7,15 @@
 # BASE must already be on this machine (a local Debian rootfs: deploy/image/make-base.sh; or one
 # of Sophgo's images, pulled or loaded beforehand); nothing is pulled.
 # TAG defaults to sd-env:MANIFEST_NAME; ENGINE to podman when installed, else docker.
+# Before building it checks that the engine's storage has room: about 8 times the bundle's size
+# (--no-space-check skips that).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 . "$here/engine.sh"
-usage="usage: deploy/image/build.sh BUNDLE --base IMAGE [--tag TAG] [--engine podman|docker]"
+usage="usage: deploy/image/build.sh BUNDLE --base IMAGE [--tag TAG] [--engine podman|docker] [--no-space-check]"
 
-bundle="" base="" tag="" engine=""
+bundle="" base="" tag="" engine="" space_check=1
 while [ $# -gt 0 ]; do
   case $1 in
     --base|--tag|--engine)
@@ -23,7 +25,8 @@ while [ $# -gt 0 ]; do
     --base=*) base=${1#--base=}; shift ;;
     --tag=*) tag=${1#--tag=}; shift ;;
     --engine=*) engine=${1#--engine=}; shift ;;
-    -h|--help) sed -n '2,10s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    --no-space-check) space_check=0; shift ;;
+    -h|--help) sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0 ;;
     -*) die "unknown option $1" "$usage" ;;
     *) [ -z "$bundle" ] || die "one bundle only (got $bundle and $1)" "$usage"; bundle=$1; shift ;;
   esac
@@ -56,6 +59,18 @@ if ! "$engine" image inspect "$base" >/dev/null 2>&1; then
     "make one: sudo deploy/image/make-base.sh $base --engine $engine; or \`$engine pull\`/\`$engine load\` one of Sophgo's images first"
 fi
 
+# Room in the engine's storage. The RUN writes the environment, then the commit writes it twice
+# more (the layer's tar, then the new layer) while the container's copy still exists: with podman,
+# the default manifest's 2.8 GB bundle (5.1 GB of unpacked wheels) peaked at 20.2 GB.
+store=$(storage_root "$engine")
+bundle_bytes=$(du -sb "$bundle" | cut -f1)
+need=$(( bundle_bytes * 8 > 1073741824 ? bundle_bytes * 8 : 1073741824 ))
+free=$(free_bytes "$store")
+if [ "$space_check" = 1 ] && [ "$free" -lt "$need" ]; then
+  die "not enough free space for the build in $store: about $(numfmt --to=si --suffix=B "$need") needed (8 times the bundle), $(numfmt --to=si --suffix=B "$free") free" \
+    "free some space there (\`$engine system prune\`), or move the engine's storage to a larger disk; --no-space-check builds anyway" 3
+fi
+
 name=$(sed -n 's/^ *"manifest_name": *"\([^"]*\)".*/\1/p' "$bundle/index.json" | head -n 1)
 [ -n "$tag" ] || tag=sd-env:${name:-latest}
 
@@ -67,11 +82,21 @@ if [ "$engine" = podman ]; then
 else
   export DOCKER_BUILDKIT=1
 fi
-size=$(du -sh "$bundle" | cut -f1)
-say "building $tag with $engine from the bundle $bundle ($size, manifest ${name:-?}) on $base, network off"
+say "building $tag with $engine from the bundle $bundle ($(numfmt --to=si --suffix=B "$bundle_bytes"), manifest ${name:-?}) on $base, network off"
+say "storage: $store, $(numfmt --to=si --suffix=B "$free") free (about $(numfmt --to=si --suffix=B "$need") needed)"
 start=$(date +%s)
-"$engine" build "${flags[@]}" "$bundle" || die "$engine build failed (see above)" \
-  "check the bundle: sd-env bundle verify $bundle; the base needs bash, git and the manifest's Python with venv" 1
+# The engine's output goes where it always goes, and into a log too: a full disk shows up on
+# stdout (a RUN step's own error) or on stderr (the commit), and gets its own message.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! { { "$engine" build "${flags[@]}" "$bundle" | tee -a "$log"; } 2>&1 1>&3 | tee -a "$log" >&2; } 3>&1; then
+  if grep -qi "no space left on device" "$log"; then
+    die "$engine build ran out of disk space (see above): $(numfmt --to=si --suffix=B "$(free_bytes "$store")") free now in $store" \
+      "the build needs about $(numfmt --to=si --suffix=B "$need") there; free some space (\`$engine system prune\`) or move the engine's storage" 3
+  fi
+  die "$engine build failed (see above)" \
+    "check the bundle: sd-env bundle verify $bundle; the base needs bash, git and the manifest's Python with venv" 1
+fi
 bytes=$("$engine" image inspect --format '{{.Size}}' "$tag")
 say "built $tag in $(( $(date +%s) - start )) s: $(numfmt --to=si --suffix=B "$bytes") ($bytes bytes)"
 say "run it: $engine run --rm --network none $tag sd-env verify --quick (add --device /dev/bmdev-ctl --device /dev/bm-sophon0 on a card's host)"

@@ -20,3 +20,18 @@ pick_engine() {
   esac
   printf '%s\n' "$engine"
 }
+
+# storage_root ENGINE: the folder where the engine keeps its images and layers.
+storage_root() {
+  case $1 in
+    podman) podman info --format '{{.Store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers/storage ;;
+    docker) docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker ;;
+  esac
+}
+
+# free_bytes PATH: the bytes free on the filesystem that holds PATH (or its nearest existing parent).
+free_bytes() {
+  local path=$1
+  while [ ! -e "$path" ]; do path=$(dirname "$path"); done
+  df -B1 --output=avail "$path" | tail -n 1 | tr -d ' '
+}
