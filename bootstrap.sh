@@ -71,10 +71,11 @@ elif stamp=$(sha256sum "$here/pyproject.toml" | cut -c1-16) \
     && { [ ! -x "$tool/bin/sd-env" ] || [ "$(cat "$tool/.sd-env-stamp" 2>/dev/null)" != "$stamp" ]; }; then
   say "installing sd-env into $tool (with $py)"
   rm -rf "$tool"
-  "$py" -m venv "$tool"
-  "$tool/bin/python" -m pip install -q --disable-pip-version-check -e "$here" \
-    || die "pip could not install sd-env's dependencies" \
-           "check the package index (PIP_INDEX_URL or pip.conf, e.g. a PyPI mirror) and run again" 1
+  run_or_die "$tool" "could not create the venv $tool" "$py needs its venv module (Debian: sudo apt install python3-venv)" \
+    "$py" -m venv "$tool"
+  run_or_die "$tool" "pip could not install sd-env's dependencies" \
+    "check the package index (PIP_INDEX_URL or pip.conf, e.g. a PyPI mirror) and run again" \
+    "$tool/bin/python" -m pip install -q --disable-pip-version-check -e "$here"
   # uv makes the 2.8 GB lock install about 4x faster; pip is used without it.
   "$tool/bin/python" -m pip install -q --disable-pip-version-check uv \
     || say "uv could not be installed; sd-env will use pip (slower)"

@@ -1,5 +1,24 @@
 # Sourced by bootstrap.sh for `./bootstrap.sh --bundle OUT`: sd-env's own venv from
-# the bundle's wheels, with no network. Defines bundle_arg, bundle_manifest, bundle_tool.
+# the bundle's wheels, with no network. Defines bundle_arg, bundle_manifest, bundle_tool,
+# and run_or_die (bootstrap.sh's own install uses it too).
+
+# run_or_die FOLDER ERROR HINT CMD...: runs CMD (which writes into FOLDER: a venv, a pip install);
+# when it fails, shows its output and stops with ERROR and HINT, or with a full disk's own
+# message when that is what stopped it (HINT would send the user after the wrong thing).
+run_or_die() {
+  local folder=$1 error=$2 hint=$3 out
+  shift 3
+  if out=$("$@" 2>&1); then
+    [ -z "$out" ] || printf '%s\n' "$out" >&2
+    return 0
+  fi
+  printf '%s\n' "$out" >&2
+  case $out in
+    *"No space left on device"*|*"Disk quota exceeded"*)
+      die "$error: the disk is full" "free space on the disk that holds $folder (df -h $folder) and run again" 1 ;;
+  esac
+  die "$error" "$hint" 1
+}
 
 # bundle_arg ARGS...: prints the value of --bundle (or --bundle=) among ARGS, if any.
 bundle_arg() {
@@ -44,12 +63,11 @@ for m in json.loads((root / "index.json").read_text())["members"]:
 CHECK
   say "installing sd-env into $tool from the bundle (no index, with $py)"
   rm -rf "$tool"
-  "$py" -m venv "$tool"
-  (
-    for var in $(compgen -e); do case $var in PIP_*|UV_*) unset "$var" ;; esac; done
-    export PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1
-    "$tool/bin/python" -m pip install -q --no-index --find-links "$bundle/tool" \
-      --find-links "$bundle/packages" sd-env uv
-  ) || die "pip could not install sd-env from $bundle/tool" "run \`sd-env bundle verify $bundle\`" 1
+  run_or_die "$tool" "could not create the venv $tool" "$py needs its venv module (Debian: sudo apt install python3-venv)" \
+    "$py" -m venv "$tool"
+  run_or_die "$tool" "pip could not install sd-env from $bundle/tool" "run \`sd-env bundle verify $bundle\`" \
+    env $(compgen -e | grep -E '^(PIP|UV)_' | sed 's/^/--unset=/') PIP_CONFIG_FILE=/dev/null \
+      PIP_DISABLE_PIP_VERSION_CHECK=1 "$tool/bin/python" -m pip install -q --no-index \
+      --find-links "$bundle/tool" --find-links "$bundle/packages" sd-env uv
   echo "$stamp" > "$tool/.sd-env-stamp"
 }

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from sd_env import fsutil
+from sd_env import closure, fsutil, lockfile
 from sd_env import runner as runner_module
 from sd_env.errors import CommandError, StepError
 from sd_env.runner import Runner
+from tests.conftest import ROOT
 
 
 def test_failure_carries_exit_code_and_output_tail(tmp_path):
@@ -22,6 +25,34 @@ def test_failure_carries_exit_code_and_output_tail(tmp_path):
     assert info.value.returncode == 3 and "last" in info.value.message and info.value.hint == "try again"
     log = (tmp_path / "run.log").read_text()
     assert "$ sh -c" in log and "first" in log and "# exit 3" in log
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A 64 KB tmpfs: whatever writes more gets ENOSPC, as on a full disk."""
+    if os.geteuid() != 0:
+        pytest.skip("skipped: mounting a small tmpfs needs root")
+    where = tmp_path / "full"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], check=True, timeout=30)
+    yield where
+    subprocess.run(["umount", str(where)], check=True, timeout=30)
+
+
+@pytest.mark.parametrize("writer", [
+    ["dd", "if=/dev/zero", "of={where}/blob", "bs=16k", "count=8"],  # a C tool: "No space left on device"
+    [sys.executable, "-c", "open('{where}/blob', 'wb').write(bytes(1 << 20))"],  # Python: "[Errno 28]"
+])
+def test_a_full_disk_is_said_instead_of_the_commands_hint(full_disk, writer):
+    argv = [a.format(where=full_disk) for a in writer]
+    with pytest.raises(CommandError) as info:
+        Runner().run(argv, hint="check the package index")
+    assert info.value.message.startswith(f"`{argv[0]}") and ": the disk is full\n" in info.value.message
+    assert "No space left on device" in info.value.message
+    assert info.value.hint.startswith("free space on the disk it writes to")
+    # The lock installer's reading of a failed install keeps it as it is.
+    lock = lockfile.read(ROOT / "manifests" / "sc7-sd14-lora.pypi.lock.txt")
+    assert closure.explain_hash_mismatch(info.value, lock) is info.value
 
 
 def test_timeout_kills_and_says_so():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class SdEnvError(Exception):
     """Root of every error sd-env reports to the user.
@@ -36,6 +38,10 @@ class StepError(SdEnvError):
     """A step (clone, patch, build, probe) failed (exit 1)."""
 
 
+# What a child process prints when a write failed for lack of space (C, Python, Rust and git).
+DISK_FULL = re.compile(r"No space left on device|Disk quota exceeded|\[Errno 28\]|os error 28")
+
+
 class CommandError(StepError):
     """A subprocess failed or timed out; carries its exit code and output tail."""
 
@@ -44,6 +50,10 @@ class CommandError(StepError):
         how = "timed out" if returncode is None else f"exited with {returncode}"
         tail = "\n".join(output.strip().splitlines()[-15:])
         message = f"`{shown}` {how}" + (f"\n{tail}" if tail else "")
+        if returncode is not None and DISK_FULL.search(output):
+            # The command's own hint would send the user after the wrong thing (the index, the bundle).
+            message = f"`{shown}` {how}: the disk is full" + (f"\n{tail}" if tail else "")
+            hint = "free space on the disk it writes to (the target environment, the home, or $TMPDIR) and run again"
         super().__init__(message, hint)
         self.argv = argv
         self.returncode = returncode
