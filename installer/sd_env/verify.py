@@ -122,15 +122,14 @@ def run(ctx: Context, started: Callable[[str], None] = _nothing,
     # Sophgo's torch_tpu can only run on the CPU, so the LoRA step starts at once and the
     # inference probe, which imports torch anyway, also gives the device and Linear rows.
     shared = not ctx.quick and not google and not trainenv.sophgo_installed(inv)
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    tail: tuple[Check, Check] | None = None
+    with ThreadPoolExecutor(max_workers=1) as pool:
         torch_probe = pool.submit(_torch_checks, ctx) if not google and not shared else None
         rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python, inv)
         environment_checks(ctx, inv, rows, started, done)
-        early = pool.submit(_lora_and_inference, ctx, rows, shared) if shared else None
-        tail: tuple[Check, Check] | None = None
-        if early is not None:
+        if shared:
             started("lora step (the torch_tpu, Linear and inference rows come with it)")
-            step, inference, torch_got = early.result()
+            step, inference, torch_got = _lora_and_inference(ctx, rows, True)
             tail = (step, inference)
             if torch_got is None:  # the inference probe did not run or died: ask on its own
                 torch_got = _torch_checks(ctx)
