@@ -303,8 +303,8 @@ def test_a_store_without_room_is_refused_before_the_build(full_store, base, tiny
     small, store = full_store
     _image, bundle, _log = tiny_image
     got, _ = build(small, bundle, base, "localhost/sd-env-test:full", expect=3)
-    assert re.search(rf"error: not enough free space for the build in {store}: about 1\.1GB needed "
-                     r"\(8 times the bundle\), \d+(\.\d)?[kM]B free\n", got.stderr), got.stderr
+    assert re.search(rf"error: not enough free space for the build in {store}: about 1\.\dGB needed "
+                     r"\(8 times the bundle plus 1 GiB\), \d+(\.\d)?[kM]B free\n", got.stderr), got.stderr
     assert "hint: free some space there (`podman system prune`)" in got.stderr and "STEP" not in got.stdout
     assert small("image", "exists", "localhost/sd-env-test:full").returncode == 1
 
@@ -319,7 +319,7 @@ def test_a_build_that_fills_the_disk_says_so(full_store, base, tiny_image):
     got, _ = build(small, bundle, base, "localhost/sd-env-test:full", "--no-space-check", expect=3)
     assert re.search(r"no space left on device", got.stdout + got.stderr, re.I), got.stdout[-2000:]
     assert re.search(rf"error: podman build ran out of disk space \(see above\): \S+ free now in {store}\n"
-                     r"hint: the build needs about 1\.1GB there", got.stderr), got.stderr[-2000:]
+                     r"hint: the build needs about 1\.\dGB there", got.stderr), got.stderr[-2000:]
     assert "hint: check the bundle" not in got.stderr
     # Inside the RUN, the bundle's own bootstrap said it first (not "run sd-env bundle verify").
     assert re.search(r"error: (could not create the venv|pip could not install sd-env from) \S+: the disk is full\n"
