@@ -5,10 +5,15 @@
 # run_or_die FOLDER ERROR HINT CMD...: runs CMD (which writes into FOLDER: a venv, a pip install);
 # when it fails, shows its output and stops with ERROR and HINT, or with a full disk's own
 # message when that is what stopped it (HINT would send the user after the wrong thing).
+# CMD gets a TMPDIR of its own, removed after: Python 3.9's ensurepip leaves the CA bundle it
+# extracted there (tmpXXXXcacert.pem, 275 KB per venv).
 run_or_die() {
-  local folder=$1 error=$2 hint=$3 out
+  local folder=$1 error=$2 hint=$3 out scratch status=0
   shift 3
-  if out=$("$@" 2>&1); then
+  scratch=$(mktemp -d 2>/dev/null || true)  # none on a full disk: CMD then says why it failed
+  out=$(env ${scratch:+TMPDIR="$scratch"} "$@" 2>&1) || status=$?
+  [ -z "$scratch" ] || rm -rf "$scratch"
+  if [ "$status" = 0 ]; then
     [ -z "$out" ] || printf '%s\n' "$out" >&2
     return 0
   fi

@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 py=$(find_python 9 9 || find_python 9) || { echo "error: no Python >= 3.9 found" >&2; exit 2; }
 if [ ! -x .venv/bin/python ]; then
   echo "* creating .venv with $py"
-  "$py" -m venv .venv
+  scratch=$(mktemp -d)  # Python 3.9's ensurepip leaves its CA bundle in TMPDIR
+  TMPDIR=$scratch "$py" -m venv .venv
+  rm -rf "$scratch"
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 export PATH="$PWD/.venv/bin:$PATH"

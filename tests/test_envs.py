@@ -22,9 +22,12 @@ def no_active_env(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-def test_bare_interpreter_becomes_base_of_a_new_venv_once(tmp_path):
+def test_bare_interpreter_becomes_base_of_a_new_venv_once(tmp_path, subprocess_tmpdir):
     runner = Runner()
+    leftovers = set(subprocess_tmpdir.glob("*cacert.pem"))
     made = envs.resolve(runner, str(BASE), tmp_path, HERE)
+    # Python 3.9's ensurepip leaves its CA bundle in TMPDIR: the venv got a TMPDIR of its own.
+    assert set(subprocess_tmpdir.glob("*cacert.pem")) == leftovers
     assert made.python == tmp_path / "venv" / "bin" / "python"
     assert made.how == "new venv from --python" and made.created and made.inventory is None
     assert (tmp_path / "venv" / COMPLETE).exists()

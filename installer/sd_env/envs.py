@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -148,8 +149,11 @@ def _create_venv(runner: Runner, base: Path, where: Path, want: str, source: str
     _check_version(runner, base, want, source, inv)
     progress(f"creating the target venv {where} with {base}")
     shutil.rmtree(where, ignore_errors=True)  # only ever a half-made one (see COMPLETE)
-    runner.run([str(base), "-m", "venv", str(where)], timeout=600,
-               hint=f"on Debian/Ubuntu: sudo apt install python{want}-venv", label=f"creating {where}")
+    # Python 3.9's ensurepip leaves the CA bundle it extracted in $TMPDIR (tmpXXXXcacert.pem,
+    # 275 KB per venv): given a folder of its own, which goes away after.
+    with tempfile.TemporaryDirectory(prefix="sd-env-venv-") as scratch:
+        runner.run([str(base), "-m", "venv", str(where)], env={"TMPDIR": scratch}, timeout=600,
+                   hint=f"on Debian/Ubuntu: sudo apt install python{want}-venv", label=f"creating {where}")
     (where / COMPLETE).write_text(f"created from {base}\n")
     return where / "bin" / "python"
 
