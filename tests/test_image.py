@@ -4,8 +4,11 @@ run with `--network none`, `sd-env verify --quick` as its health check.
 The base image is a Debian bullseye rootfs (Python 3.9) made once per session by
 deploy/image/make-base.sh (debootstrap: about a minute, from the Debian mirror). Default
 suite: a bundle of a small manifest (no torch in its lock, so the image installs and patches
-for real and its health check fails exactly at the Linear smoke test). Slow suite: the default
-manifest's real bundle, shared with test_e2e_bundle, gives a healthy image.
+for real and its health check fails exactly at the Linear smoke test); the same manifest for
+Python 3.11 with the CPU build of torch 2.13.0 (pip's local wheel here) on a Debian bookworm
+base, whose health check passes (a 1.1 GB image); a store too small for a build. Slow suite:
+the default manifest's real bundle, shared with test_e2e_bundle, gives a healthy image; it
+needs about 24 GB free (build.sh checks, and the test says skipped where there is less).
 
 Podman's state stays in a session folder: a containers.conf (runc, and open-file and process
 limits this kind of machine allows: podman's default nofile is above its hard limit) and a
@@ -269,6 +272,73 @@ def test_a_hand_made_build_without_the_bundle_index_stops_at_once(podman, base, 
                  "-f", str(IMAGE_DIR / "Containerfile"), "-t", "localhost/sd-env-test:noindex", str(bundle))
     assert got.returncode != 0 and "error: pass --build-arg BUNDLE_INDEX=" in got.stdout + got.stderr, got.stderr
     assert "installing sd-env" not in got.stdout + got.stderr
+
+
+# -- a small image with torch: healthy --------------------------------------------------------------------
+# torch 2.13.0's CPU build for Python 3.11 lies in pip's find-links folder on machines of this
+# kind (PyPI's Linux torch is the CUDA build, several GB): with it and what it needs, a small
+# manifest's image passes its health check on Debian bookworm (Python 3.11).
+TORCH_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
+TORCH_LOCK = {  # name==version -> sha256 of the one artifact bundled
+    "torch==2.13.0+cpu": "6746dbcbeb526eb61330b76b41ff1b4eb848951103a892eeb080dfa2b264667b",
+    "filelock==4.3.1": "79e43df8e9fe509cd83a3899a7c186c8077cbbe4d200a1ed3705c2f3bb6bc487",
+    "fsspec==2026.9.0": "8dd6e646e99ea382bd85f97a45e6b526a442d79423a7dc673f1e2756d05fcb5f",
+    "jinja2==3.1.6": "85ece4451f492d0c13c5dd7c13a64681a86afae63a5f347908daf103ce6d2f67",
+    "markupsafe==3.0.4": "6da83a088f8ef93b2d483a8232a4dbf4d69d3d8496b568a03c56becac43e1808",
+    "mpmath==1.3.0": "a0b2b9fe80bbcd81a6647ff13108738cfb482d481d826cc0e02f5b35e5c88d2c",
+    "networkx==3.6.1": "d47fbf302e7d9cbbb9e2555a0d267983d2aa476bac30e90dfbe5669bd57f3762",
+    "sympy==1.14.0": "e091cc3e99d2141a0ba2847328f5479b05d94a6635cb96148ccb3f34671bd8f5",
+    "typing-extensions==4.16.0": "481caa481374e813c1b176ada14e97f1f67a4539ce9cfeb3f350d78d6370c2e8",
+    "six==1.16.0": "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254",
+    "idna==3.4": "90b77e79eaa3eba6de819a0c442c0b4ceefc341a7a2ab77d7562bf49f425c5c2",
+    # the editable build's tools (torch asks for setuptools >= 77)
+    "pip==23.2.1": "7ccf472345f20d35bdc9d1841ff5f313260c2c33fe417f48c30ac46cccabf5be",
+    "setuptools==80.9.0": "062d34222ad13e0cc312a4c02d73f059e86a4acbfbdea8f8f76b28c99f306922",
+    "wheel==0.41.2": "75909db2664838d015e3d9139004ee16711748a52c8f336b52882266540215d8",
+}
+BOOKWORM = "localhost/sd-env-test-base:bookworm"
+
+
+@pytest.fixture(scope="session")
+def torch_image(podman: Engine, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, float]:
+    if not TORCH_WHEEL.is_file():
+        pytest.skip(f"skipped: no {TORCH_WHEEL} here (the CPU build of torch for Python 3.11)")
+    started = time.monotonic()
+    got = podman.script(MAKE_BASE, BOOKWORM, "--suite", "bookworm", "--engine", "podman")
+    assert got.returncode == 0, got.stdout[-2000:] + got.stderr[-3000:]
+    print(f"make-base.sh --suite bookworm: {time.monotonic() - started:.0f} s")
+    root = tmp_path_factory.mktemp("torch-image")
+    project, _commit = make_project(root, "torch")
+    text = project.manifest.read_text()
+    project.manifest.write_text(re.sub(r'python = "[0-9.]+"', 'python = "3.11"', text)
+                                .replace("torch==2.1.0", "torch==2.13.0+cpu"))
+    folder = project.manifest.parent
+    (folder / "test.pypi.lock.txt").write_text("".join(f"{pin} \\\n    --hash=sha256:{digest}\n"
+                                                       for pin, digest in TORCH_LOCK.items()))
+    (folder / "requirements.in").write_text("torch==2.13.0+cpu\nsix\nidna\npip\nsetuptools\nwheel\n")
+    bundle = root / "bundle"
+    assert main(["bundle", "create", str(bundle), "-m", str(project.manifest), "--home", str(project.home),
+                 "--reuse", str(TORCH_WHEEL.parent)]) == 0
+    _got, seconds = build(podman, bundle, BOOKWORM, "localhost/sd-env-test:torch")
+    return "localhost/sd-env-test:torch", bundle, seconds
+
+
+@pytest.mark.network
+@needs_podman
+def test_an_image_with_torch_is_healthy(podman, torch_image):
+    image, _bundle, seconds = torch_image
+    started = time.monotonic()
+    health = podman.healthcheck(image)
+    health_seconds = time.monotonic() - started
+    assert health == (0, "", "healthy"), health
+    code, checks = podman.verify_quick(image)
+    assert code == 0, checks
+    assert {name: c["status"] for name, c in checks.items()} == {
+        "interpreter": "ok", "pins": "ok", "sources+patches": "ok", "torch_tpu": "skipped", "ulimit -n": "warn",
+        "linear smoke": "ok", "lora step": "skipped", "inference": "skipped"}
+    assert checks["interpreter"]["detail"].startswith("Python 3.11.")
+    size = int(podman.inspect(image)["Size"])
+    print(f"torch image: built in {seconds:.0f} s, {size / 1e9:.2f} GB; health check {health_seconds:.1f} s")
 
 
 # -- a store without room ----------------------------------------------------------------------------------
