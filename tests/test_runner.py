@@ -23,6 +23,7 @@ def test_failure_carries_exit_code_and_output_tail(tmp_path):
     with pytest.raises(CommandError) as info:
         run.run(["sh", "-c", "echo first; echo last >&2; exit 3"], hint="try again")
     assert info.value.returncode == 3 and "last" in info.value.message and info.value.hint == "try again"
+    assert not info.value.disk_full
     log = (tmp_path / "run.log").read_text()
     assert "$ sh -c" in log and "first" in log and "# exit 3" in log
 
@@ -49,7 +50,7 @@ def test_a_full_disk_is_said_instead_of_the_commands_hint(full_disk, writer):
         Runner().run(argv, hint="check the package index")
     assert info.value.message.startswith(f"`{argv[0]}") and ": the disk is full\n" in info.value.message
     assert "No space left on device" in info.value.message
-    assert info.value.hint.startswith("free space on the disk it writes to")
+    assert info.value.hint.startswith("free space on the disk it writes to") and info.value.disk_full
     # The lock installer's reading of a failed install keeps it as it is.
     lock = lockfile.read(ROOT / "manifests" / "sc7-sd14-lora.pypi.lock.txt")
     assert closure.explain_hash_mismatch(info.value, lock) is info.value

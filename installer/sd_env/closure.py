@@ -15,7 +15,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from sd_env.envs import Inventory
-from sd_env.errors import DISK_FULL, CommandError, StepError
+from sd_env.errors import CommandError, StepError
 from sd_env.lockfile import PYPI, Lock
 from sd_env.runner import Runner
 from sd_env.tools import find_uv
@@ -70,7 +70,7 @@ def install(runner: Runner, python: Path, lock: Lock, *, index: str | None, use_
 
 
 def explain_hash_mismatch(exc: CommandError, lock: Lock) -> StepError:
-    if DISK_FULL.search(exc.output):
+    if exc.disk_full:
         return exc  # it says so, with its own hint
     for pattern in (_UV_MISMATCH, _PIP_MISMATCH):
         match = pattern.search(exc.output)

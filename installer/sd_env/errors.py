@@ -49,12 +49,13 @@ class CommandError(StepError):
         shown = " ".join(argv)
         how = "timed out" if returncode is None else f"exited with {returncode}"
         tail = "\n".join(output.strip().splitlines()[-15:])
-        message = f"`{shown}` {how}" + (f"\n{tail}" if tail else "")
-        if returncode is not None and DISK_FULL.search(output):
+        # Callers that re-word a failure (a missing tag, a hash mismatch) leave this one as it is.
+        self.disk_full = returncode is not None and DISK_FULL.search(output) is not None
+        if self.disk_full:
             # The command's own hint would send the user after the wrong thing (the index, the bundle).
-            message = f"`{shown}` {how}: the disk is full" + (f"\n{tail}" if tail else "")
+            how += ": the disk is full"
             hint = "free space on the disk it writes to (the target environment, the home, or $TMPDIR) and run again"
-        super().__init__(message, hint)
+        super().__init__(f"`{shown}` {how}" + (f"\n{tail}" if tail else ""), hint)
         self.argv = argv
         self.returncode = returncode
         self.output = output

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sd_env import faults, fsutil, gitcmd
-from sd_env.errors import DISK_FULL, CommandError, InputError, StepError
+from sd_env.errors import CommandError, InputError, StepError
 from sd_env.manifest import Component
 from sd_env.report import progress
 from sd_env.runner import Runner
@@ -142,7 +142,7 @@ def fetch(comp: Component, dest: Path, work: Path, runner: Runner, *, mirror: st
     try:
         return fetch_git(comp, dest, work, runner, mirror=mirror, expect=expect)
     except CommandError as exc:
-        if DISK_FULL.search(exc.output):
+        if exc.disk_full:
             raise  # not a missing tag: it says the disk is full
         if not unreachable(exc):
             raise StepError(f"{comp.name}: tag {comp.tag} not found at {url}",
