@@ -292,7 +292,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
     progress(f"target: {python} ({found.how})")
     opts = install.Options(python, mirror=args.git_mirror, sdist_fallback=not args.no_sdist_fallback,
                            index_url=args.index_url, torch_tpu_wheel=args.torch_tpu_wheel,
-                           use_uv=not args.no_uv, bundle=args.bundle)
+                           use_uv=not args.no_uv, bundle=args.bundle, inventory=found.inventory)
     outcome = install.run(man, paths, runner, opts)
     if args.sync and outcome.error is None:
         try:

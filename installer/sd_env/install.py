@@ -47,6 +47,7 @@ class Options:
     torch_tpu_wheel: str | None = None  # overrides the manifest's wheel location
     use_uv: bool = True
     bundle: Path | None = None  # hook (bundle_install): a checked offline bundle is the only source
+    inventory: envs.Inventory | None = None  # the target as envs.resolve read it (else read here)
 
 
 class LocalEdits(StepError):
@@ -80,7 +81,7 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
     outcome = Outcome([])
     where = "env"
     try:
-        inv = envs.inventory(runner, opts.python)
+        inv = opts.inventory or envs.inventory(runner, opts.python)
         torchtpu.refuse_installed_google(inv)
         where = "torch_tpu"
         _wheel_fits(manifest, paths, runner, opts)  # a wheel for another Python or torch: refused before any install
