@@ -27,20 +27,10 @@ import time
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-IMAGE = ROOT / "deploy" / "image"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.test_image import IMAGE_DIR, podman_env  # the image tests' podman setup
+
 BASE = "localhost/sd-env-bench-base:bullseye"
-
-
-def podman_env(work: Path, run: Path) -> dict[str, str]:
-    """podman with its configuration and store in `work` (as tests/test_image.py sets it up)."""
-    (work / "containers.conf").write_text(
-        '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n'
-        f'[engine]\nruntime = "runc"\ntmp_dir = "{run / "libpod"}"\n')
-    (work / "storage.conf").write_text(
-        f'[storage]\ndriver = "overlay"\ngraphroot = "{work / "graph"}"\nrunroot = "{run / "storage"}"\n')
-    return {**os.environ, "CONTAINERS_CONF": str(work / "containers.conf"),
-            "CONTAINERS_STORAGE_CONF": str(work / "storage.conf"), "TMPDIR": str(work)}
 
 
 def unpacked(bundle: Path) -> int:
@@ -91,8 +81,7 @@ def main() -> int:
         return 2
     work = args.work or Path(tempfile.mkdtemp(prefix="image-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    run = Path(tempfile.mkdtemp(prefix="sd-env-podman-", dir="/run"))  # short: see tests/test_image.py
-    env = podman_env(work, run)
+    env, run = podman_env(work)
     try:
         if args.base:
             subprocess.run(["podman", "load", "-i", str(args.base)], env=env, check=True, capture_output=True)
@@ -100,12 +89,12 @@ def main() -> int:
                                     check=True, capture_output=True, text=True).stdout.split()[0]
             subprocess.run(["podman", "tag", loaded, BASE], env=env, check=True)
         else:
-            subprocess.run([str(IMAGE / "make-base.sh"), BASE, "--engine", "podman"], env=env, check=True,
+            subprocess.run([str(IMAGE_DIR / "make-base.sh"), BASE, "--engine", "podman"], env=env, check=True,
                            capture_output=True)
         tag = "localhost/sd-env-bench:image"
         started = time.monotonic()
         with Peak(work) as peak:
-            built = subprocess.run(["unshare", "-n", str(IMAGE / "build.sh"), str(args.bundle), "--base", BASE,
+            built = subprocess.run(["unshare", "-n", str(IMAGE_DIR / "build.sh"), str(args.bundle), "--base", BASE,
                                     "--tag", tag, "--engine", "podman", "--no-space-check"],
                                    env=env, capture_output=True, text=True)
         seconds = time.monotonic() - started
