@@ -11,7 +11,7 @@ run_or_die() {
   local folder=$1 error=$2 hint=$3 out scratch status=0
   shift 3
   scratch=$(mktemp -d 2>/dev/null || true)  # none on a full disk: CMD then says why it failed
-  out=$(env ${scratch:+TMPDIR="$scratch"} "$@" 2>&1) || status=$?
+  out=$(env ${scratch:+"TMPDIR=$scratch"} "$@" 2>&1) || status=$?
   [ -z "$scratch" ] || rm -rf "$scratch"
   if [ "$status" = 0 ]; then
     [ -z "$out" ] || printf '%s\n' "$out" >&2

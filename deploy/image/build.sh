@@ -91,7 +91,7 @@ start=$(date +%s)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 if ! { { "$engine" build "${flags[@]}" "$bundle" | tee -a "$log"; } 2>&1 1>&3 | tee -a "$log" >&2; } 3>&1; then
-  if grep -qi "no space left on device" "$log"; then
+  if grep -qiE "no space left on device|disk quota exceeded" "$log"; then
     die "$engine build ran out of disk space (see above): $(numfmt --to=si --suffix=B "$(free_bytes "$store")") free now in $store" \
       "the build needs about $(numfmt --to=si --suffix=B "$need") there; free some space (\`$engine system prune\`) or move the engine's storage" 3
   fi
