@@ -258,6 +258,15 @@ def bootstrap(home: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
+def made(tmp_path_factory: pytest.TempPathFactory):
+    """The small project's bundle, made once per session (tests/bundlekit.py; downloads six, idna,
+    sd-env's dependencies and uv through the configured index)."""
+    from tests.bundlekit import make_bundle
+
+    return make_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="session")
 def bootstrapped(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """The real environment of the default manifest (2.8 GB on a cold machine), built once per session."""
     home = tmp_path_factory.mktemp("e2e") / "home"

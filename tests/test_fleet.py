@@ -20,8 +20,8 @@ import pytest
 
 from sd_env.cli import main
 from tests import fleetkit
+from tests.bundlekit import make_project
 from tests.conftest import run_in
-from tests.test_bundle import make_project
 
 why_not = fleetkit.available()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(why_not is not None, reason=f"skipped: {why_not}")]

@@ -22,6 +22,7 @@ from sd_env import (
     bundle,
     bundle_create,
     bundle_install,
+    bundle_trust,
     config,
     emulation,
     envs,
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-uv", action="store_true", help="install the lock with pip even when uv is available")
     p.add_argument("--bundle", metavar="OUT", type=Path, help="install from an offline bundle only (no index, "
                    "no git remote); the manifest defaults to the bundle's own")
+    anchors(p)
     p.add_argument("--sync", action="store_true", help="also remove packages the lock does not name "
                    "(asks first on a terminal)")
     p.add_argument("-y", "--yes", action="store_true", help="with --sync: remove without asking")
@@ -114,10 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--from-home", type=Path, metavar="HOME",
                    help="take checkouts from this finished home (read only; default: --home)")
     b.add_argument("--reuse", type=Path, action="append", default=[], metavar="DIR",
-                   help="take locked artifacts from this folder of wheels before downloading; repeatable")
+                   help="take locked artifacts (and pinned sdists) from this folder before downloading; repeatable")
+    b.add_argument("--sign", type=Path, metavar="KEY", help="sign index.json with this SSH private key "
+                   "(ssh-keygen -Y sign, namespace sd-env-bundle) into index.json.sig")
     b.set_defaults(func=_cmd_bundle_create)
-    b = bsub.add_parser("verify", help="check every member of a bundle and its completeness")
+    b = bsub.add_parser("verify", help="check a bundle's anchor, every member and its completeness")
     b.add_argument("out", type=Path, metavar="OUT")
+    b.add_argument("-m", "--manifest", type=Path, help="a trusted checkout's manifest: its lock and patches "
+                   "must be the bundle's byte for byte")
+    anchors(b)
     b.add_argument("--json", action="store_true", help="print a JSON summary")
     b.set_defaults(func=_cmd_bundle_verify)
 
@@ -208,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def anchors(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--expect", metavar="ID", help="refuse any bundle but this one (the bundle id that `bundle "
+                   "create` printed: the sha256 of its index.json)")
+    p.add_argument("--allowed-signers", type=Path, metavar="FILE", help="refuse a bundle whose index.json.sig "
+                   "does not verify against a key in FILE (OpenSSH's allowed-signers format)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -292,7 +306,8 @@ def _cmd_install(args: argparse.Namespace) -> int:
     progress(f"target: {python} ({found.how})")
     opts = install.Options(python, mirror=args.git_mirror, sdist_fallback=not args.no_sdist_fallback,
                            index_url=args.index_url, torch_tpu_wheel=args.torch_tpu_wheel,
-                           use_uv=not args.no_uv, bundle=args.bundle, inventory=found.inventory)
+                           use_uv=not args.no_uv, bundle=getattr(args, "_checked", None),
+                           inventory=found.inventory)
     outcome = install.run(man, paths, runner, opts)
     if args.sync and outcome.error is None:
         try:
@@ -302,22 +317,28 @@ def _cmd_install(args: argparse.Namespace) -> int:
         except SdEnvError as exc:
             outcome.error = exc
     changed = outcome.changed or found.created  # a new venv or conda env is a change too
+    anchor = getattr(args, "_anchor", None)
+    said = {"bundle": {"id": anchor.id, "anchored": anchor.how, "signer": anchor.signer}} if anchor else {}
     return _report("install", outcome.results, outcome.error, args, paths,
-                   title=f"sd-env install ({man.name} -> {python})", python=str(python), changed=changed)
+                   title=f"sd-env install ({man.name} -> {python})", python=str(python), changed=changed, **said)
 
 
 def _use_bundle(args: argparse.Namespace) -> None:
-    """Check the whole bundle before anything is written; its manifest unless one is named
-    (which must then be the very one the bundle was made for)."""
+    """The bundle's anchor, then every member, before anything is written; its manifest unless one
+    is named (a trusted checkout's, which must then match the bundle's byte for byte)."""
     args.bundle = args.bundle.resolve()
-    checked = bundle_install.open_checked(args.bundle)
-    own = args.bundle / checked.index.manifest_path
+    home = args.home or (Path(os.environ[ENV_HOME]) if os.environ.get(ENV_HOME) else Path.cwd() / ".sd-env")
+    home = home.expanduser().resolve()
+    if home == args.bundle or args.bundle in home.parents:
+        raise InputError(f"the install folder {home} is inside the bundle {args.bundle}",
+                         "run from another folder, or pass --home (or SD_ENV_HOME) outside the bundle: its files "
+                         "would be members the index does not list")
     named = args.manifest or (Path(os.environ["SD_ENV_MANIFEST"]) if os.environ.get("SD_ENV_MANIFEST") else None)
-    if named is not None:
-        bundle.same_manifest(checked.index, named)
-    args.manifest = own  # patches and lock are read from the checked copies
-    if args.home is None and not os.environ.get(ENV_HOME):
-        args.home = Path.cwd() / ".sd-env"  # never inside the bundle
+    checked = bundle_install.open_checked(args.bundle, Runner(), args.expect, args.allowed_signers, named)
+    args._anchor = checked.anchor
+    args._checked = checked
+    args.manifest = args.bundle / checked.index.manifest_path  # the checked copies of lock and patches
+    args.home = home
     if not args.torch_tpu_wheel and checked.index.torch_tpu:
         args.torch_tpu_wheel = str(args.bundle / checked.index.torch_tpu)
     elif not args.torch_tpu_wheel:
@@ -336,34 +357,37 @@ def _cmd_bundle_create(args: argparse.Namespace) -> int:
             raise InputError(f"--include {name} given twice", "give each extra folder its own NAME")
         includes[name] = Path(path)
     opts = bundle_create.CreateOptions(args.out, torch_tpu_wheel=args.torch_tpu_wheel, includes=includes,
-                                       mirror=args.git_mirror, from_home=args.from_home, reuse=tuple(args.reuse))
+                                       mirror=args.git_mirror, from_home=args.from_home, reuse=tuple(args.reuse),
+                                       sign=args.sign)
     index = bundle_create.create(man, paths, runner, opts)
     if args.json:
         args._reported = True
-        dump_json("bundle create", 0, {"out": str(args.out.resolve()), "members": len(index.members),
+        dump_json("bundle create", 0, {"out": str(args.out.resolve()), "id": bundle_create.bundle_id(args.out),
+                                       "signed": args.sign is not None, "members": len(index.members),
                                        "bytes": index.size, "log": str(args._log)})
     return 0
 
 
 def _cmd_bundle_verify(args: argparse.Namespace) -> int:
-    checked = bundle.verify(args.out)
-    index = checked.index
+    checked = bundle_trust.verify(args.out, Runner(), args.expect, args.allowed_signers, args.manifest)
+    index, anchor = checked.index, checked.anchor
     kinds: dict[str, int] = {}
     for m in index.members:
         kinds[m.kind] = kinds.get(m.kind, 0) + 1
     if args.json:
         args._reported = True
-        dump_json("bundle verify", 0, {"ok": True, "manifest": index.manifest_name,
-                                       "manifest_sha256": index.manifest_sha256, "members": len(index.members),
-                                       "bytes": index.size, "kinds": kinds})
+        dump_json("bundle verify", 0, {"ok": True, "id": anchor.id, "anchored": anchor.how, "signer": anchor.signer,
+                                       "manifest": index.manifest_name, "manifest_sha256": index.manifest_sha256,
+                                       "members": len(index.members), "bytes": index.size, "kinds": kinds})
         return 0
     pins = len(checked.lock.pins) if checked.lock else 0
     shown = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
     wheel = f", torch_tpu {index.torch_tpu}" if index.torch_tpu else ", no torch_tpu wheel"
     say(f"bundle {args.out} ok: {len(index.members)} members, {bundle.human(index.size)}, all sha256 match the "
         f"index; complete for manifest {index.manifest_name} (sha256 {index.manifest_sha256[:12]}): {pins} locked "
-        f"packages, {len(index.components)} git histories{wheel}"
+        f"packages, {len(index.components)} component sources{wheel}"
         + "".join(f", extra {n}" for n in index.extras) + f" [{shown}]")
+    say(anchor.said())
     return 0
 
 

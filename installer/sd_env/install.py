@@ -8,6 +8,7 @@ no pip call.
 
 from __future__ import annotations
 
+import datetime
 import shutil
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from sd_env import (
     bundle_install,
+    bundle_trust,
     closure,
     envs,
     faults,
@@ -46,7 +48,7 @@ class Options:
     index_url: str | None = None  # for the lock install; pip also reads its own config
     torch_tpu_wheel: str | None = None  # overrides the manifest's wheel location
     use_uv: bool = True
-    bundle: Path | None = None  # hook (bundle_install): a checked offline bundle is the only source
+    bundle: bundle_trust.Checked | None = None  # hook (bundle_install): a checked offline bundle is the only source
     inventory: envs.Inventory | None = None  # the target as envs.resolve read it (else read here)
 
 
@@ -88,7 +90,7 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
         where = "env"
         changed = False
         if manifest.lock is not None:
-            result, changed = _closure(manifest, runner, opts, inv)
+            result, changed = _closure(manifest, paths, runner, opts, inv)
             outcome.results.append(result)
             faults.point("lock-installed")
         # The lock holds no component, so this inventory still tells how each one is installed.
@@ -110,6 +112,9 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
         outcome.changed |= tpu_changed
         if changed or built or tpu_changed:
             outcome.results.append(_pip_check(runner, opts.python))
+        if opts.bundle is not None:
+            anchor = opts.bundle.anchor
+            record.bundle = state.BundleRecord(anchor.id, str(opts.bundle.root), utc_now(), anchor.how)
     except SdEnvError as exc:
         outcome.results.append(Result(where, "error", FAIL, exc.message.splitlines()[0]))
         outcome.error = exc
@@ -119,7 +124,12 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
     return outcome
 
 
-def _closure(man: Manifest, runner: Runner, opts: Options, inv: envs.Inventory) -> tuple[Result, bool]:
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _closure(man: Manifest, paths: Paths, runner: Runner, opts: Options,
+             inv: envs.Inventory) -> tuple[Result, bool]:
     """Install whatever of the lock is missing or at another version; nothing when all is there.
     Also says whether anything was installed."""
     assert man.lock is not None
@@ -138,7 +148,7 @@ def _closure(man: Manifest, runner: Runner, opts: Options, inv: envs.Inventory) 
                  "\"cpu\" flavour (`sd-env lock --flavour cpu` where the PyTorch CPU index is reachable)")
     progress(f"installing {len(wrong)} of {len(lock.pins)} locked packages (hash-checked, no resolution)")
     if opts.bundle is not None:  # hook: sd-env install --bundle
-        tool = bundle_install.install_lock(runner, opts.python, lock, opts.bundle, use_uv=opts.use_uv)
+        tool = bundle_install.install_lock(runner, opts.python, opts.bundle, paths.work, use_uv=opts.use_uv)
     else:
         tool = closure.install(runner, opts.python, lock, index=opts.index_url, use_uv=opts.use_uv)
     shown = ", ".join(f"{n}=={v[0]}" for n, v in sorted(wrong.items())[:4])
@@ -168,6 +178,9 @@ def _torch_tpu(man: Manifest, paths: Paths, runner: Runner, opts: Options, recor
                       f"no wheel at {location}: the environment is CPU-only. Get "
                       f"{Path(location).name} from {torchtpu.SOPHGO_RELEASES}, put it there "
                       "(or pass --torch-tpu-wheel PATH) and run `sd-env install` again"), False
+    wheel = opts.bundle.index.torch_tpu if opts.bundle is not None else None
+    if opts.bundle is not None and wheel and path == opts.bundle.root / wheel:  # what is hashed is what installs
+        path = bundle_install.private_copy(opts.bundle, wheel, paths.work)
     digest, meta = torchtpu.check_wheel(spec, path)
     version = meta["version"]
     have = target.installed(inv, [torchtpu.NAME])[torchtpu.NAME].versions

@@ -41,6 +41,8 @@ class Component:
     patches: tuple[Path, ...]
     build: str
     sdist: bool  # may fall back to the PyPI sdist of `version`
+    # The sha256 of that sdist: a fallback (or a bundle carrying the sdist) must be exactly this file.
+    sdist_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,7 @@ def _wheel(t: _Table, base: Path) -> WheelSpec:
 
 
 def _component(t: _Table, patches_dir: Path, pending: frozenset[str]) -> Component:
-    t.allow("name", "git", "tag", "version", "commit", "patches", "build", "sdist")
+    t.allow("name", "git", "tag", "version", "commit", "patches", "build", "sdist", "sdist_sha256")
     name = t.get("name", str)
     if not _NAME.match(name):
         raise ManifestError(t.path, t.key("name"), f"{name!r} is not a distribution name",
@@ -235,8 +237,12 @@ def _component(t: _Table, patches_dir: Path, pending: frozenset[str]) -> Compone
     if build not in BUILD_MODES:
         raise ManifestError(t.path, t.key("build"), f"unknown build mode {build!r}",
                             f"write one of: {', '.join(BUILD_MODES)}")
+    sdist_sha256 = t.get("sdist_sha256", str, default=None)
+    if sdist_sha256 is not None and not _SHA256.match(sdist_sha256):
+        raise ManifestError(t.path, t.key("sdist_sha256"), "not a sha256 (64 lowercase hex digits)",
+                            f"paste the sha256 PyPI lists for {name}-{version}.tar.gz, or delete the key")
     return Component(name, git, t.get("tag", str), version, commit, tuple(patches), build,
-                     t.get("sdist", bool, default=True))
+                     t.get("sdist", bool, default=True), sdist_sha256)
 
 
 def _pinned(t: _Table, key: str, req: object) -> None:

@@ -117,9 +117,32 @@ def fetch_sdist(comp: Component, dest: Path, work: Path, runner: Runner, *, pyth
         archives = sorted(download.glob("*.tar.gz"))
         if len(archives) != 1:
             raise StepError(f"{comp.name}: expected one sdist from pip download, got {archives}")
-        digest = fsutil.sha256_file(archives[0])
+        return import_sdist(comp, archives[0], dest, tmp, runner)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_sdist(comp: Component, archive: Path) -> str:
+    """The archive's sha256, which must be the manifest's `sdist_sha256` when it pins one."""
+    digest = fsutil.sha256_file(archive)
+    if comp.sdist_sha256 and digest != comp.sdist_sha256:
+        raise StepError(f"{comp.name}: {archive.name} has sha256 {digest}, the manifest pins sdist_sha256 = "
+                        f"{comp.sdist_sha256}",
+                        "the index (or bundle) serves another file than the one pinned: use PyPI or a faithful "
+                        "mirror; change the pin only after checking the file's origin")
+    return digest
+
+
+def import_sdist(comp: Component, archive: Path, dest: Path, work: Path, runner: Runner) -> Fetched:
+    """The sdist `archive` (checked against the manifest's pin) as one local commit in `dest`.
+
+    The commit's author, committer and dates are fixed, so the same sdist always gives the same commit.
+    """
+    digest = check_sdist(comp, archive)
+    tmp = scratch(work, f"{comp.name}-import")
+    try:
         tree = tmp / "tree"
-        _extract(archives[0], tree)
+        _extract(archive, tree)
         gitcmd.git(runner, tree, "init", "-q")
         gitcmd.git(runner, tree, "add", "-A")
         message = f"{comp.name} {comp.version} from its PyPI sdist\n\nsha256 {digest}\n"
@@ -127,7 +150,7 @@ def fetch_sdist(comp: Component, dest: Path, work: Path, runner: Runner, *, pyth
         exclude_build_leftovers(tree)
         commit = gitcmd.head(runner, tree)
         move_into_place(tree, dest)
-        return Fetched("sdist", commit, sdist_sha256=digest, url=archives[0].name)
+        return Fetched("sdist", commit, sdist_sha256=digest, url=archive.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
