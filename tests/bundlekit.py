@@ -38,6 +38,27 @@ class Made:
     project: Project
     out: Path
     commit: str
+    key: Path | None = None  # the SSH key it was signed with (None: no ssh-keygen here)
+    allowed_signers: Path | None = None  # an allowed-signers file naming that key's principal
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256((self.out / "index.json").read_bytes()).hexdigest()
+
+
+SIGNER = "builder@example.org"
+has_ssh_keygen = shutil.which("ssh-keygen") is not None
+needs_ssh_keygen = pytest.mark.skipif(not has_ssh_keygen, reason="skipped: no ssh-keygen (OpenSSH's client) here")
+
+
+def make_key(where: Path, principal: str) -> tuple[Path, Path]:
+    """An ed25519 key without passphrase, and an allowed-signers file naming it for `principal`."""
+    where.mkdir(parents=True, exist_ok=True)
+    key = where / principal.split("@")[0]
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", principal, "-f", str(key)], check=True)
+    allowed = where / f"{key.name}.allowed_signers"
+    allowed.write_text(f"{principal} {' '.join(key.with_suffix('.pub').read_text().split()[:2])}\n")
+    return key, allowed
 
 
 def make_project(root: Path, name: str = "test") -> tuple[Project, str]:
@@ -64,10 +85,11 @@ def make_bundle(root: Path) -> Made:
     (weights / "unet" / "model.bin").write_bytes(os.urandom(4096))
     (weights / "model_index.json").write_text("{}\n")
     out = root / "out"
+    key, allowed = make_key(root / "keys", SIGNER) if has_ssh_keygen else (None, None)
     code = main(["bundle", "create", str(out), "-m", str(project.manifest), "--home", str(project.home),
-                 "--include", f"weights={weights}"])
+                 "--include", f"weights={weights}", *(["--sign", str(key)] if key else [])])
     assert code == 0
-    return Made(project, out, commit)
+    return Made(project, out, commit, key, allowed)
 
 
 def copy_of(made: Made, tmp_path: Path) -> Path:
