@@ -79,7 +79,8 @@ def _purge_standin() -> None:
 
 @pytest.fixture(scope="module")
 def variables(fleet, small_bundle, tmp_path_factory) -> dict:
-    return {"sd_env_bundle": str(small_bundle), "sd_env_home": str(fleet.mount / "home"),
+    return {"sd_env_bundle": str(small_bundle), "sd_env_bundle_id": sha256_of(small_bundle / "index.json"),
+            "sd_env_home": str(fleet.mount / "home"),
             "sd_env_reports": str(tmp_path_factory.mktemp("reports")),
             "sd_env_python": str(fleet.mount / "target" / "bin" / "python"), "sd_env_verify": "quick"}
 
@@ -119,6 +120,18 @@ def results(output: str, task: str) -> list[str]:
     """The result lines (ok/changed/skipping/fatal) of the task named `task` in a playbook's output."""
     section = output.split(f"TASK [sd_env : {task}")[-1].split("TASK [")[0]
     return [line for line in section.splitlines() if line.startswith(("ok:", "changed:", "skipping:", "fatal:"))]
+
+
+def test_a_bundle_with_another_id_is_refused_by_every_host_with_nothing_installed(ansible_bin, fleet, variables):
+    """Runs before the first real run: nothing may reach or be installed on any host."""
+    wrong = {**variables, "sd_env_bundle_id": "0" * 64}
+    got = play(ansible_bin, fleet, wrong)
+    assert got.code != 0 and got.recap["node1"]["failed"] == got.recap["node2"]["failed"] == 1, got.output[-6000:]
+    assert f"is bundle {variables['sd_env_bundle_id']}, not sd_env_bundle_id {'0' * 64}: refused" in got.output
+    unanchored = play(ansible_bin, fleet, {**variables, "sd_env_bundle_id": ""})
+    assert unanchored.code != 0 and "the bundle is unanchored: set sd_env_bundle_id" in unanchored.output
+    for host in fleet.hosts:
+        assert not (host.private / "home").exists()
 
 
 def test_the_first_run_installs_every_host_from_the_bundle(first, fleet, variables, capsys):
@@ -186,7 +199,7 @@ def test_a_damaged_bundle_copy_is_named_then_only_its_bad_file_is_sent_again(fir
     assert failed.recap["node2"]["failed"] == 1 and failed.recap["node1"]["failed"] == 0
     said = "node2 is not ready: the install failed (bootstrap.sh exit 1): error: bundle member"
     assert f"{said} {wheel}" in failed.output, failed.output[-6000:]
-    assert not (node2.private / "home" / "bundle.copied").exists()  # so the next run compares every file
+    assert (node2.private / "home" / "bundle.copied").read_text() == "damaged\n"  # the next run compares every file
 
     healed = play(ansible_bin, fleet, variables)
     assert healed.code == 0, healed.output[-6000:]
@@ -194,6 +207,23 @@ def test_a_damaged_bundle_copy_is_named_then_only_its_bad_file_is_sent_again(fir
     assert sorted(results(healed.output, "Copy the tar to the host")) == ["changed: [node2]", "skipping: [node1]"]
     assert healed.changed()["node1"] == 0
     assert sha256_of(copy) == next(m["sha256"] for m in index["members"] if m["path"] == wheel)
+
+
+def test_the_bundle_is_never_copied_into_a_folder_of_someone_elses(first, ansible_bin, fleet, variables):
+    """Pruning deletes what the bundle does not list: a destination holding a user's files (and no
+    mark of the role's) is refused with those files untouched; the home itself is refused at once."""
+    for host in fleet.hosts:
+        (host.private / "data" / "datasets").mkdir(parents=True)
+        (host.private / "data" / "state.json").write_text("{}")
+        (host.private / "data" / "datasets" / "captions.jsonl").write_text('{"text": "mine"}\n')
+    got = play(ansible_bin, fleet, {**variables, "sd_env_bundle_dest": str(fleet.mount / "data")}, "--tags", "bundle")
+    assert got.recap["node1"]["failed"] == got.recap["node2"]["failed"] == 1, got.output[-6000:]
+    assert "holds files and was not made by this role" in got.output
+    for host in fleet.hosts:
+        assert sorted(p.name for p in (host.private / "data").rglob("*")) == ["captions.jsonl", "datasets",
+                                                                             "state.json"]
+    home = play(ansible_bin, fleet, {**variables, "sd_env_bundle_dest": variables["sd_env_home"]}, "--tags", "bundle")
+    assert home.code != 0 and "not the home, nor a folder above it" in home.output
 
 
 def standin_deb(where: Path) -> Path:
