@@ -115,6 +115,8 @@ def test_another_bundle_than_the_expected_one_is_refused_before_use(made, tmp_pa
     assert untouched(fresh_target, home, before) and not home.exists()
     assert install(made.out, home, fresh_target, "--expect", "12ab") == 2
     assert "--expect '12ab' is not a bundle id" in capsys.readouterr().err
+    assert main(["install", "--expect", made.id, "--home", str(home), "--python", str(fresh_target)]) == 2
+    assert "they need --bundle OUT" in capsys.readouterr().err
 
 
 # -- 1: bootstrap runs only listed wheels, by hash --------------------------------------------------------

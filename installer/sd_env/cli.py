@@ -299,6 +299,9 @@ def _setup(args: argparse.Namespace, command: str) -> tuple[manifest.Manifest, P
 def _cmd_install(args: argparse.Namespace) -> int:
     if args.bundle is not None:
         _use_bundle(args)
+    elif args.expect or args.allowed_signers:
+        raise InputError("--expect and --allowed-signers anchor an offline bundle: they need --bundle OUT",
+                         "add --bundle OUT, or drop them (an install from git and PyPI checks commits and hashes)")
     man, paths, runner = _setup(args, "install")
     found = envs.resolve(runner, args.python, paths.home, man.python)
     python = found.python
