@@ -5,8 +5,9 @@ The bundle is test_bundle.py's small manifest (a tiny upstream in git + a patch,
 lock of six and idna). verify --quick needs torch for its Linear row: each host's
 target (sd_env_python) is a venv of its own that sees the torch 2.1 environment's
 site-packages through a .pth file (conftest's emulator_target), hence `slow`.
-The tests run in order and share the fleet: first run, second run, a broken host
-and its repair, then the driver stand-in.
+The tests run in order and share the fleet: first run, second run, a host off the network
+(its old report forgotten, listed missing), a broken host and its repair, then the driver
+stand-in.
 """
 
 from __future__ import annotations
@@ -108,10 +109,10 @@ def first(ansible_bin, fleet, variables) -> fleetkit.Played:
     return play(ansible_bin, fleet, variables)
 
 
-def fleet_report(variables: dict, capsys) -> tuple[int, dict[str, dict]]:
+def fleet_report(variables: dict, capsys, *extra: str) -> tuple[int, dict[str, dict]]:
     """`sd-env fleet-report REPORTS --json` on the control machine: its exit code and its hosts by name."""
     capsys.readouterr()
-    code = main(["fleet-report", variables["sd_env_reports"], "--json"])
+    code = main(["fleet-report", variables["sd_env_reports"], "--json", *extra])
     doc = json.loads(capsys.readouterr().out)
     return code, {h["name"]: h for h in doc["hosts"]}
 
@@ -162,6 +163,29 @@ def test_a_second_run_changes_nothing(first, ansible_bin, fleet, variables):
     assert again.changed() == {"node1": 0, "node2": 0}, again.output[-6000:]
     # the host's copy of this bundle is marked complete: not one file is compared or sent
     assert sorted(results(again.output, "Copy the tar to the host")) == ["skipping: [node1]", "skipping: [node2]"]
+
+
+def test_a_host_that_is_down_keeps_no_ready_report(first, ansible_bin, fleet, variables, capsys):
+    """node2 off the network: the play forgets its previous report before contacting it, so the
+    fleet report lists it as missing, never with its last "ready"; and node1's report, already some
+    seconds old, is stale for a --max-age shorter than that."""
+    node2 = fleet.hosts[1]
+    report = Path(variables["sd_env_reports"]) / "node2.json"
+    assert json.loads(report.read_text())["exit_code"] == 0  # the runs above left it ready
+    fleet.set_link(node2, up=False)
+    try:
+        # a new ssh connection (not the runs' shared one, which would hang on the dead link), given up after 3 s
+        down = play(ansible_bin, fleet, {**variables, "ansible_ssh_args": "-o ControlMaster=no -o ConnectTimeout=3"},
+                    "--tags", "verify", "--limit", "node2")
+    finally:
+        fleet.set_link(node2, up=True)
+    assert down.recap["node2"]["unreachable"] == 1, down.output[-3000:]
+    assert not report.exists()
+    code, hosts = fleet_report(variables, capsys, "--inventory", str(fleet.inventory))
+    assert code == 1 and hosts["node1"]["ready"]
+    assert (hosts["node2"]["ready"], hosts["node2"]["missing"], hosts["node2"]["report"]) == (False, True, "missing")
+    code, hosts = fleet_report(variables, capsys, "--max-age", "1")
+    assert code == 1 and hosts["node1"]["stale"] and not hosts["node1"]["ready"]
 
 
 def test_a_broken_host_is_reported_and_the_next_run_repairs_it(first, ansible_bin, fleet, variables, capsys):
@@ -226,20 +250,20 @@ def test_the_bundle_is_never_copied_into_a_folder_of_someone_elses(first, ansibl
     assert home.code != 0 and "not the home, nor a folder above it" in home.output
 
 
-def standin_deb(where: Path) -> Path:
+def standin_deb(where: Path, version: str = STANDIN_VERSION) -> Path:
     """A tiny .deb standing in for Sophgo's driver package: only a bm-smi that prints a version."""
-    root = where / "standin"
+    root = where / f"standin-{version}"
     (root / "DEBIAN").mkdir(parents=True)
     (root / "DEBIAN" / "control").write_text(
-        f"Package: {STANDIN}\nVersion: {STANDIN_VERSION}\nArchitecture: all\nMaintainer: sd-env tests "
+        f"Package: {STANDIN}\nVersion: {version}\nArchitecture: all\nMaintainer: sd-env tests "
         "<tests@sd-env.invalid>\nDescription: stand-in for Sophgo's libsophon driver (sd-env's fleet test)\n"
         " Not a driver: installs only a bm-smi script that prints a made-up driver version.\n")
     smi = root / "usr" / "local" / "bin" / "bm-smi"
     smi.parent.mkdir(parents=True)
     smi.write_text("#!/bin/sh\n# stand-in: the line `bm-smi --noloop --text_format` prints on a card's host\n"
-                   f"echo '| SDK Version: 0.0.0    Driver Version: {STANDIN_VERSION} |'\n")
+                   f"echo '| SDK Version: 0.0.0    Driver Version: {version} |'\n")
     smi.chmod(0o755)
-    deb = where / f"{STANDIN}_{STANDIN_VERSION}_all.deb"
+    deb = where / f"{STANDIN}_{version}_all.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(deb)], check=True,
                    capture_output=True, timeout=60)
     return deb

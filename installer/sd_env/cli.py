@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sd_env import (
     __version__,
+    ansible_inventory,
     bundle,
     bundle_create,
     bundle_install,
@@ -176,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "files, as the Ansible role fetches them): ready or not, and who differs")
     p.add_argument("reports", type=Path, metavar="REPORT_DIR")
     p.add_argument("--json", action="store_true", help="print a versioned JSON report")
+    p.add_argument("--max-age", type=_age, default=fleet.DEFAULT_MAX_AGE, metavar="AGE",
+                   help="a report that finished longer ago is stale, its host not ready: 90m, 12h, 2d or seconds "
+                   "(default: 1d)")
+    p.add_argument("--inventory", type=Path, metavar="FILE", help="the playbook's Ansible INI inventory: its "
+                   "hosts without a report are listed as missing (not ready)")
     p.set_defaults(func=_cmd_fleet_report)
     p = sub.add_parser("stacks", help="list the shipped stacks (manifests) and what each is for")
     p.add_argument("--json", action="store_true", help="print a versioned JSON report")
@@ -416,7 +422,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         dump_json("verify", code, {"host": socket.gethostname(), "python": str(python), "device": ctx.device,
                                    "emulated": ctx.emulated, "checks": [dataclasses.asdict(c) for c in checks],
                                    "facts": hostfacts.collect(ctx), "environment": block.splitlines(),
-                                   "log": str(args._log)})
+                                   **hostfacts.provenance(paths), "log": str(args._log)})
         return code
     say("\nFor bug reports (copy and paste):\n" + block)
     failed = [c.name for c in checks if c.status == "fail"]
@@ -586,8 +592,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _age(text: str) -> float:
+    try:
+        return fleet.parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _cmd_fleet_report(args: argparse.Namespace) -> int:
-    return fleet.render(args.reports, fleet.read(args.reports), args.json)
+    inventory = ansible_inventory.hosts(args.inventory) if args.inventory else None
+    hosts = fleet.read(args.reports, args.max_age, inventory)
+    return fleet.render(args.reports, hosts, args.json, args.max_age)
 
 
 def _cmd_stacks(args: argparse.Namespace) -> int:

@@ -8,7 +8,6 @@ no pip call.
 
 from __future__ import annotations
 
-import datetime
 import shutil
 import time
 from dataclasses import dataclass
@@ -114,7 +113,7 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
             outcome.results.append(_pip_check(runner, opts.python))
         if opts.bundle is not None:
             anchor = opts.bundle.anchor
-            record.bundle = state.BundleRecord(anchor.id, str(opts.bundle.root), utc_now(), anchor.how)
+            record.bundle = state.BundleRecord(anchor.id, str(opts.bundle.root), state.utc_now(), anchor.how)
     except SdEnvError as exc:
         outcome.results.append(Result(where, "error", FAIL, exc.message.splitlines()[0]))
         outcome.error = exc
@@ -122,10 +121,6 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
         state.save(record, paths.state)
         shutil.rmtree(paths.work, ignore_errors=True)
     return outcome
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _closure(man: Manifest, paths: Paths, runner: Runner, opts: Options,

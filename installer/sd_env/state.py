@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,11 @@ class State:
     def to_json(self) -> dict[str, Any]:
         return {"version": VERSION, "components": {k: asdict(v) for k, v in self.components.items()},
                 "wheels": self.wheels, "bundle": asdict(self.bundle) if self.bundle else None}
+
+
+def utc_now() -> str:
+    """Now in UTC, ISO 8601 to the second (2026-12-05T09:30:00+00:00): what reports and records carry."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def read_record(path: Path, version: int, what: str, fix: str) -> dict[str, Any] | None:

@@ -10,13 +10,12 @@ is never changed. No row claims a card.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sd_env import emulation, envs, precision, probe, status, verify
+from sd_env import emulation, envs, placement, precision, probe, status, verify
 from sd_env.errors import SdEnvError
 from sd_env.report import progress
 from sd_env.runner import Completed, Runner
@@ -115,12 +114,10 @@ def lora_step(ctx: Context, rows: list[status.ComponentStatus], inputs: tuple[Pa
     """verify's LoRA step at one precision, with the precision watcher on the training run's path
     (only there: it imports torch at start-up, which the light probes around it avoid)."""
     out = ctx.paths.cache / f"precision-{label}.jsonl"
-    out.unlink(missing_ok=True)
     assert isinstance(ctx.runner, EnvRunner)
-    watch = {"PYTHONPATH": os.pathsep.join(filter(None, [str(precision.watcher_dir()),
-                                                         ctx.runner.extra.get("PYTHONPATH")])),
-             precision.ENV_OUT: str(out)}
-    step = verify.check_lora_step(dataclasses.replace(ctx, mixed_precision=mixed), rows, inputs, env_extra=watch)
+    # check_lora_step puts the watcher first on the run's PYTHONPATH, ahead of the emulation's.
+    step = verify.check_lora_step(dataclasses.replace(ctx, mixed_precision=mixed), rows, inputs,
+                                  env_extra={"PYTHONPATH": ctx.runner.extra["PYTHONPATH"]}, watch=out)
     step = _label(dataclasses.replace(step, name=f"lora step ({label})"))
     got = precision.read(out)
     said = precision.summary(mixed, got)
@@ -140,17 +137,23 @@ def check_tutorial_inference(ctx: Context, step: Check) -> Check:
                     ["--model", str(ctx.model or ctx.paths.tiny_sd / "model"), "--lora", str(ctx.paths.lora_out),
                      "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"], env=verify.hf_env())
     where = "ran on tpu (emulated), the tutorial's 2.1 and 2.2"
+    placed = placement.measure(ctx.device, got.data, placement.INFERENCE, "the inference probe reported none")
+    if placed.problem or placed.device is None:
+        where = f"{verify._asked(ctx)}, the tutorial's 2.1 and 2.2"
     if got.data is None or not got.ok:
         d = got.data or {}
         facts = ", ".join(f"{k}={d[k]}" for k in ("same_image_twice", "same_lora_image_twice", "finite",
                                                    "lora_processors") if k in d)
         return Check("inference", FAIL, f"{where}: {verify._problem(got)}" + (f" ({facts})" if facts else ""),
-                     got.seconds, _emulated(ctx.device))
+                     got.seconds, _emulated(placed.device))
+    if placed.problem:
+        return Check("inference", FAIL, f"{where}: {placed.problem}", got.seconds,
+                     _emulated(placed.device))
     d = got.data
     return Check("inference", OK, f"{where}: {d['dtype']} pipeline on {d['device']}, seeded by torch.manual_seed "
                  f"-> image {d['shape']}, the same image twice with and without the LoRA ({d['lora_processors']} "
-                 f"LoRA processors, LoRA vs base max diff {d['lora_vs_base_max_diff']:.1e})", got.seconds,
-                 _emulated(d.get("device", ctx.device)))
+                 f"LoRA processors, LoRA vs base max diff {d['lora_vs_base_max_diff']:.1e}); measured: "
+                 f"{placed.said()}", got.seconds, _emulated(placed.device))
 
 
 def _emulated(device: str | None) -> str | None:
