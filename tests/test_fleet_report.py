@@ -227,4 +227,5 @@ def test_verify_json_names_the_bundle_the_environment_came_from(project, upstrea
     capsys.readouterr()
     project.cli("verify", "--quick", "--json", python=fresh_target)
     doc = json.loads(capsys.readouterr().out)
-    assert doc["bundle"] == {"id": "ab" * 32, "path": "/srv/bundles/sd14", "installed": "2026-12-01T08:00:00+00:00"}
+    assert doc["bundle"] == {"id": "ab" * 32, "path": "/srv/bundles/sd14", "installed": "2026-12-01T08:00:00+00:00",
+                             "anchored": "none"}
