@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import errno
 import os
 import socket
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("shell", parents=[common, device], help="a shell in the target environment with "
                        "the training variables set ($SHELL, else bash)")
     p.set_defaults(func=_cmd_shell)
+    parser.set_defaults(_commands=list(sub.choices))
     return parser
 
 
@@ -212,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     try:
+        _known_command(parser, argv)
         args = parser.parse_args(argv)
     except SystemExit as exc:
         if "--json" not in argv or exc.code in (0, None):
@@ -248,6 +251,17 @@ def main(argv: list[str] | None = None) -> int:
         error = SdEnvError(f"internal error: {type(exc).__name__}: {exc}",
                            "this is a bug in sd-env: please report it with the traceback above and the log")
         return _fail(args, error, INTERNAL_ERROR)
+
+
+def _known_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A mistyped command gets the one it resembles (`verfy`: did you mean verify?), as git does."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    commands = parser.get_default("_commands")
+    if word is None or word in commands:
+        return
+    close = difflib.get_close_matches(word, list(commands), n=1)
+    parser.error(f"unknown command {word!r}" + (f": did you mean {close[0]}?" if close else
+                                                 f" (commands: {', '.join(commands)})"))
 
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: an exception sd-env did not expect (a bug), not bad input or a failed step
