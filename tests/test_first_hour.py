@@ -4,10 +4,13 @@ true, each piece of advice one that can be followed, bad input an error."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 
-from sd_env import sources
+from sd_env import sources, verify
 from sd_env.cli import main
 from tests.conftest import TPU_PATCH, git, tiny_component
 from tests.test_install import make_sdist
@@ -70,3 +73,21 @@ def test_a_mistyped_command_gets_the_one_it_resembles(capsys):
     with pytest.raises(SystemExit):
         main(["zzzz"])
     assert "did you mean" not in capsys.readouterr().err
+
+
+def test_the_ulimit_advice_can_be_followed_under_a_lower_hard_limit():
+    """verify's advice, run as it says in a shell whose hard limit is below the tutorial's 65535
+    (20000 where the issue was seen; 4000 here, since an ordinary user can lower it too)."""
+    code = ("import json, resource; resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4000)); "
+            "from sd_env import verify; print(json.dumps(verify.check_ulimit().detail))")
+    detail = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                       text=True).stdout)
+    advised = re.findall(r"`(ulimit -n \d+)`", detail)
+    assert advised == ["ulimit -n 4000"], detail
+    shell = subprocess.run(["bash", "-c", f"ulimit -Sn 1024 && ulimit -Hn 4000 && {advised[0]} && ulimit -Sn"],
+                           capture_output=True, text=True)
+    assert shell.returncode == 0 and shell.stdout.strip() == "4000", shell.stderr
+    assert "the hard limit is 4000" in detail and "* hard nofile 65535" in detail and "limits.conf" in detail
+    # With room under the hard limit, the tutorial's own command.
+    assert "`ulimit -n 65535`" in verify.check_ulimit((1024, 65535)).detail
+    assert verify.check_ulimit((65535, 65535)).status == "ok"

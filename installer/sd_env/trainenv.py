@@ -56,6 +56,11 @@ def choose_device(wanted: str, inv: Inventory, override: str | None, inherited: 
                    f"--device {wanted} forces it")
 
 
+# How a user gets past a hard limit below the tutorial's (an ordinary user cannot raise it).
+RAISE_HARD = (f"raise the hard limit: a `* hard nofile {NOFILE}` line in /etc/security/limits.conf (then log in "
+              f"again), LimitNOFILE={NOFILE} for a systemd service, or `ulimit -Hn {NOFILE}` in a root shell")
+
+
 def nofile_limit(soft: int, hard: int) -> tuple[int | None, str]:
     """The soft limit to set (None: leave it) and a note; a hard limit below the need is a warning."""
     inf = resource.RLIM_INFINITY
@@ -66,7 +71,17 @@ def nofile_limit(soft: int, hard: int) -> tuple[int | None, str]:
     raised = f"raised from {soft} as far as it allows" if soft < hard else "already at the hard limit"
     return (hard if soft < hard else None), (
         f"WARNING: ulimit -n {hard}, not the {NOFILE} the tutorial asks for ({raised}): the hard limit is "
-        f"{hard}. Raise it with a `nofile` line in /etc/security/limits.conf (or `ulimit -Hn {NOFILE}` as root)")
+        f"{hard}. To {RAISE_HARD}")
+
+
+def nofile_advice(hard: int) -> str:
+    """What to run for the tutorial's open-files limit, given the hard limit (no higher)."""
+    done = "`sd-env shell`, `run` and `train` do it for their command"
+    if hard == resource.RLIM_INFINITY or hard >= NOFILE:
+        return (f"run `ulimit -n {NOFILE}` in the training shell ({done}; permanently: a `nofile` line in "
+                "/etc/security/limits.conf)")
+    return (f"the hard limit is {hard}, so `ulimit -n {hard}` is as far as the training shell can go ({done}); "
+            f"to reach {NOFILE}, {RAISE_HARD}")
 
 
 def build(inv: Inventory, wanted_device: str, override: str | None = None,
