@@ -3,16 +3,22 @@ true, each piece of advice one that can be followed, bad input an error."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
 
 import pytest
 
-from sd_env import sources, verify
+from sd_env import manifest, probe, readiness, sources, state, verify
 from sd_env.cli import main
-from tests.conftest import TPU_PATCH, git, tiny_component
+from sd_env.paths import Paths
+from sd_env.runner import Runner
+from tests.conftest import ROOT, SETUP, TPU_PATCH, Upstream, git, tiny_component
 from tests.test_install import make_sdist
 
 # pip download's own words for accelerate==9.9.9 with Python 3.9 (PyPI, 2026).
@@ -91,3 +97,125 @@ def test_the_ulimit_advice_can_be_followed_under_a_lower_hard_limit():
     # With room under the hard limit, the tutorial's own command.
     assert "`ulimit -n 65535`" in verify.check_ulimit((1024, 65535)).detail
     assert verify.check_ulimit((65535, 65535)).status == "ok"
+
+
+def fake_diffusers(tmp_path: Path) -> tuple[Upstream, str]:
+    """A package named diffusers whose git tag has the training script and whose sdist has not."""
+    repo = tmp_path / "upstream" / "diffusers"
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    up = Upstream(repo)
+    up.write("setup.py", SETUP.replace('name="tinypkg"', 'name="diffusers"'))
+    up.write("src/diffusers/__init__.py", '__version__ = "1.0"\n')
+    up.write(str(readiness.EXAMPLE), "print('training')\n")
+    commit = up.release("v1.0")
+    index = tmp_path / "index"
+    index.mkdir()
+    with tarfile.open(index / "diffusers-1.0.tar.gz", "w:gz") as tar:  # as PyPI serves it: no examples/
+        for rel in ("setup.py", "src/diffusers/__init__.py"):
+            tar.add(repo / rel, f"diffusers-1.0/{rel}")
+    return up, commit
+
+
+def tool_from_this_checkout(home: Path) -> None:
+    """bootstrap.sh's tool venv, stamped as current: bootstrap then uses the sd-env under test
+    (the real tool install is exercised by the end-to-end bootstrap)."""
+    (home / "tool" / "bin").mkdir(parents=True)
+    tool = home / "tool" / "bin" / "sd-env"
+    tool.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m sd_env "$@"\n')
+    tool.chmod(0o755)
+    stamp = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    (home / "tool" / ".sd-env-stamp").write_text(stamp + "\n")
+
+
+def test_bootstrap_ends_with_what_train_lacks_and_takes_git_mirror(project, fresh_target, tmp_path):
+    """Without GitHub diffusers comes from its sdist: bootstrap's last lines say train is not ready
+    and how to fix it; `./bootstrap.sh --git-mirror PREFIX` then makes it ready."""
+    up, commit = fake_diffusers(tmp_path)
+    project.write_manifest([{"name": "diffusers", "git": "https://github.com/sd-env-test/diffusers.git",
+                             "tag": "v1.0", "version": "1.0", "commit": commit}])
+    tool_from_this_checkout(project.home)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "SD_ENV_GIT_MIRROR")}
+    env.update(SD_ENV_HOME=str(project.home), SD_ENV_PYTHON=str(fresh_target.parents[1]), HOME=str(tmp_path),
+               PIP_NO_INDEX="1", PIP_FIND_LINKS=str(tmp_path / "index"), COLUMNS="200")
+
+    def bootstrap(mirror: Path) -> list[str]:
+        got = subprocess.run([str(ROOT / "bootstrap.sh"), "-m", str(project.manifest), "--no-verify",
+                              "--git-mirror", str(mirror)], env=env, capture_output=True, text=True, timeout=600)
+        assert got.returncode == 0, got.stdout[-2000:] + got.stderr[-3000:]
+        return got.stderr.strip().splitlines()
+
+    last = bootstrap(tmp_path / "no-such-mirror")
+    home, tool = project.home, project.home / "tool" / "bin" / "sd-env"
+    assert last[-3] == (f"* sd-env is {tool} (./bootstrap.sh --link puts it on your PATH): `SD_ENV_HOME={home} "
+                        f"{tool} shell` enters the environment")
+    assert last[-2].startswith(f"* NOT ready to train: no training script: diffusers in {home} came from its "
+                               "PyPI sdist")
+    assert last[-1].startswith(f"* fix: get the script from a git mirror of github.com/huggingface/diffusers: "
+                               f"`SD_ENV_HOME={home} {tool} install --git-mirror PREFIX` (PREFIX/huggingface/"
+                               "diffusers.git with tag v1.0); or pass --script PATH")
+
+    mirror = tmp_path / "mirror"
+    subprocess.run(["git", "clone", "-q", "--bare", str(up.repo), str(mirror / "sd-env-test" / "diffusers.git")],
+                   check=True)
+    last = bootstrap(mirror)
+    assert last[-1].endswith(f"`SD_ENV_HOME={home} {tool} train --model DIR --data DIR` trains a LoRA")
+    assert (home / "src" / "diffusers" / readiness.EXAMPLE).is_file()
+
+
+def test_train_check_says_what_train_lacks(project, upstream, fresh_target, tmp_path, capsys):
+    project.write_manifest([tiny_component(upstream, None)])
+    paths = Paths(project.home)
+    state.save(state.State({"diffusers": state.ComponentState("sdist", "v0.20.0", "0" * 40, version="0.20.0")}),
+               paths.state)
+    assert project.cli("train", "--check", python=fresh_target) == 2
+    err = capsys.readouterr().err
+    assert "error: no training script: diffusers" in err and "--git-mirror PREFIX" in err
+    assert project.cli("train", python=fresh_target) == 2  # no --model/--data: bad input, not a crash
+    assert "train needs --model DIR and --data DIR" in capsys.readouterr().err
+    script = tmp_path / "train_text_to_image_lora.py"
+    script.write_text("print('training')\n")
+    capsys.readouterr()
+    assert project.cli("train", "--check", "--script", str(script), python=fresh_target) == 0
+    assert f"ready to train: {script}" in capsys.readouterr().out
+
+
+def cpu_checks(paths: Paths, mixed_precision: str) -> list[verify.Check]:
+    """verify's rows as a CPU host gives them: the real LoRA and inference checks, which for fp16
+    on the CPU decide before running anything."""
+    man = manifest.load(ROOT / "manifests" / "sc7-sd14-lora.toml")
+    ctx = verify.Context(man, paths, Runner(), Path(sys.executable), mixed_precision=mixed_precision)
+    rows = [verify.Check("interpreter", "ok", "Python 3.9"),
+            verify.Check("torch_tpu", "skipped", "skipped: no SC7 card here (torch_tpu is not installed; no "
+                         "driver); the checks below run on the CPU"), verify.check_ulimit((65535, 65535)),
+            verify.Check("linear smoke", "ok", "ran on cpu")]
+    if mixed_precision != "fp16":
+        return [*rows, verify.Check("lora step", "ok", "ran on cpu"), verify.Check("inference", "ok", "ran on cpu")]
+    step = verify.check_lora_step(ctx, [])
+    return [*rows, step, verify.check_inference(ctx, step, probe.ProbeResult({}, None, 0.0))]
+
+
+def test_verify_fp16_on_the_cpu_says_what_was_not_checked(tmp_path):
+    paths = Paths(tmp_path / "home")
+    (paths.checkout("diffusers") / readiness.EXAMPLE).parent.mkdir(parents=True)
+    (paths.checkout("diffusers") / readiness.EXAMPLE).write_text("")
+    lines = readiness.verify_summary(cpu_checks(paths, "fp16"), paths, quick=False, emulated=False)
+    assert "all checks passed" not in " ".join(lines)
+    assert lines == ["no check failed, but not everything was checked: not checked: torch_tpu (no SC7 card "
+                     "here), lora step (not applicable on the CPU: fp16 needs the card), inference (the LoRA "
+                     "step did not pass)",
+                     "the fp16 LoRA step runs without a card on the emulated tpu: `sd-env verify --emulate`"]
+    fp32 = readiness.verify_summary(cpu_checks(paths, "no"), paths, quick=False, emulated=False)
+    assert fp32 == ["no check failed, but not everything was checked: not checked: torch_tpu (no SC7 card here)"]
+    # Every row ran (a card): the only case that says so.
+    ran = [c for c in cpu_checks(paths, "no") if c.status != "skipped"]
+    assert readiness.verify_summary(ran, paths, quick=False, emulated=False) == ["all checks passed"]
+
+
+def test_verify_says_train_is_not_ready_when_diffusers_came_from_its_sdist(tmp_path):
+    paths = Paths(tmp_path / "home")
+    state.save(state.State({"diffusers": state.ComponentState("sdist", "v0.20.0", "0" * 40, version="0.20.0")}),
+               paths.state)
+    lines = readiness.verify_summary(cpu_checks(paths, "no"), paths, quick=False, emulated=False)
+    assert lines[-1].startswith("not ready for `sd-env train`: no training script: diffusers")
+    assert "`sd-env install --git-mirror PREFIX` (PREFIX/huggingface/diffusers.git with tag v0.20.0)" in lines[-1]

@@ -33,6 +33,7 @@ from sd_env import (
     install,
     lockfile,
     manifest,
+    readiness,
     repatch,
     run,
     sources,
@@ -185,9 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common, device], help="the tutorial's LoRA fine-tuning on a local "
                        "model and dataset, then pictures (sd-env train --model DIR --data DIR [-- SCRIPT ARGS])")
-    p.add_argument("--model", required=True, help="a diffusers Stable Diffusion folder (model_index.json)")
-    p.add_argument("--data", type=Path, required=True, help="images + metadata.jsonl (file_name, text), "
-                   "or a saved Hugging Face dataset")
+    p.add_argument("--model", help="a diffusers Stable Diffusion folder (model_index.json); required")
+    p.add_argument("--data", type=Path, help="images + metadata.jsonl (file_name, text), "
+                   "or a saved Hugging Face dataset; required")
+    p.add_argument("--check", action="store_true", help="only check that train can start (the training script, "
+                   "the target, and --model/--data when given) and say what is missing; trains nothing")
     p.add_argument("--output", type=Path, default=Path("sd-env-lora"), help="the LoRA output folder "
                    "(default: ./sd-env-lora)")
     p.add_argument("--mixed-precision", choices=("no", "fp16"), help="the tutorial's fp32 (no) or fp16 run")
@@ -406,8 +409,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                                    "log": str(args._log)})
         return code
     say("\nFor bug reports (copy and paste):\n" + block)
-    failed = [c.name for c in checks if c.status == "fail"]
-    say(f"\n{'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'} (log: {args._log})")
+    verdict, *more = readiness.verify_summary(checks, paths, quick=args.quick, emulated=args.emulate)
+    say("\n".join([f"\n{verdict} (log: {args._log})", *more]))
     return code
 
 
@@ -537,7 +540,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "train")
+    if not args.check and (not args.model or args.data is None):
+        raise InputError("train needs --model DIR and --data DIR", "sd-env train --model DIR --data DIR "
+                         "(--check only checks that it can start)")
     python, inv = _target(args, runner, paths, man)
+    if args.check:
+        say(train.check(paths, args.script, args.model, args.data))
+        return 0
     flags = {"--mixed_precision": args.mixed_precision, "--resolution": args.resolution,
              "--max_train_steps": args.max_train_steps, "--validation_prompt": args.validation_prompt,
              "--seed": args.seed}

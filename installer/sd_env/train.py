@@ -13,13 +13,12 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sd_env import envs, probe, state, trainenv
+from sd_env import envs, probe, readiness, trainenv
 from sd_env.errors import InputError, StepError
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
 from sd_env.report import progress
 from sd_env.runner import Runner
-from sd_env.verify import EXAMPLE
 
 # The tutorial's command line (section 3.3.1), in its order; values are strings, None for a switch.
 TUTORIAL: list[tuple[str, str | None]] = [
@@ -93,18 +92,20 @@ def find_script(paths: Paths, explicit: Path | None) -> Path:
         if not explicit.is_file():
             raise InputError(f"--script {explicit}: no such file", "give the path of train_text_to_image_lora.py")
         return explicit.resolve()
-    script = paths.checkout("diffusers") / EXAMPLE
-    if script.is_file():
-        return script
-    rec = state.load(paths.state).components.get("diffusers")
-    if rec is not None and rec.source == "sdist":
-        raise InputError(
-            f"no training script: diffusers in {paths.home} came from its PyPI sdist (git was unreachable), "
-            f"which has no examples/ folder",
-            "get the script from a git mirror of github.com/huggingface/diffusers: `sd-env install "
-            "--git-mirror PREFIX` (PREFIX/huggingface/diffusers.git with tag v0.20.0); or pass "
-            "--script PATH to train_text_to_image_lora.py of diffusers v0.20.0 (e.g. from a bundle)")
-    raise InputError(f"no training script at {script}", "run `sd-env install` (or ./bootstrap.sh) first")
+    script, problem = readiness.training_script(paths)
+    if problem is not None:
+        raise problem
+    return script
+
+
+def check(paths: Paths, script: Path | None, model: str | None, data: Path | None) -> str:
+    """`train --check`: what train would start from; the error naming what it lacks otherwise."""
+    said = [f"ready to train: {find_script(paths, script)}"]
+    if model:
+        said.append(f"model {_model(model)}")
+    if data is not None:
+        said.append(f"data {data.resolve()} ({dataset_kind(data)})")
+    return ", ".join(said)
 
 
 def _model(value: str) -> str:

@@ -37,11 +37,11 @@ from sd_env import driver as libsophon
 from sd_env.errors import InputError
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
+from sd_env.readiness import EXAMPLE
 from sd_env.report import FAIL, NA, OK, SKIPPED, WARN
 from sd_env.runner import Runner
 
 _STEP_LOSS = re.compile(r"step_loss=([0-9.eE+-]+|nan|inf)")  # the script's progress bar postfix
-EXAMPLE = Path("examples") / "text_to_image" / "train_text_to_image_lora.py"
 # The Hub settings a user gives (a mirror endpoint, offline mode, a cache) reach the training and
 # inference probes as they are; offline mode is the default since every input is a local folder.
 HF_PASSTHROUGH = ("HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HOME")
