@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_lock)
 
     p = sub.add_parser("emulate", parents=[common], help="run a command in the target with an emulated tpu device")
-    p.add_argument("--device", default="tpu:0", help="ACCELERATE_TORCH_DEVICE for the command (default: tpu:0)")
+    p.add_argument("--device", help="ACCELERATE_TORCH_DEVICE for the command (default: tpu:0)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command and its arguments")
     p.set_defaults(func=_cmd_emulate)
 
@@ -487,10 +487,11 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
         raise InputError("no command to run", "write it after --, e.g. sd-env emulate -- python train.py")
     python, inv = _target(args, runner, paths, man)
     emu = emulation.build(runner, python, paths)
-    target = trainenv.build(inv, man.device, args.device)
-    target.env.update(emulation.environment(emu, args.device))
+    device = args.device or "tpu:0"
+    target = trainenv.build(inv, man.device, device, why="--device" if args.device else "sd-env emulate's default")
+    target.env.update(emulation.environment(emu, device))
     built = "cached" if emu.cached else f"built in {emu.seconds:.0f} s"
-    target.notes.append(f"{args.device} is emulated: torch_tpu on the CPU ({built}, {emu.key}); only a card "
+    target.notes.append(f"{device} is emulated: torch_tpu on the CPU ({built}, {emu.key}); only a card "
                         "shows the real device")
     run.exec_in(target, cmd, args._log)
     return 0  # not reached: exec_in replaces this process
