@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import manifest, probe, readiness, sources, state, verify
+from sd_env import envs, manifest, probe, readiness, sources, state, verify
 from sd_env.cli import main
+from sd_env.errors import InputError
 from sd_env.paths import Paths
 from sd_env.runner import Runner
 from tests.conftest import ROOT, SETUP, TPU_PATCH, Upstream, git, tiny_component
@@ -286,3 +287,20 @@ def test_bootstrap_leaves_no_ca_bundle_in_tmpdir(tmp_path):
     assert got.returncode == 2 and "no manifest 'no-such-stack'" in got.stderr, got.stderr[-3000:]
     assert (tmp_path / "home" / "tool" / "bin" / "sd-env").exists()
     assert sorted(p.name for p in tmpdir.iterdir()) == []
+
+
+def test_no_python_for_the_stack_names_the_stack_for_the_python_there_is(tmp_path, monkeypatch):
+    """Debian 12 has Python 3.11 and no 3.9: the hint names the shipped stack made for 3.11."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "python3.11"  # only its name is read: no other Python, pyenv or conda on PATH
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    for var in ("VIRTUAL_ENV", "CONDA_PREFIX", "SD_ENV_PYTHON"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(InputError, match=r"no Python 3\.10 found") as info:
+        envs.resolve(Runner(), None, tmp_path / "home", "3.10")
+    assert ("or take the shipped stack made for the Python 3.11 this machine has: `-m sc7-sd15-lora` "
+            "(./bootstrap.sh -m sc7-sd15-lora)") in info.value.hint
+    assert "sc7-sd14-lora-py310" not in info.value.hint  # the stack that wants the missing 3.10
