@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import envs, manifest, probe, readiness, sources, state, verify
+from sd_env import envs, manifest, probe, readiness, sources, state, train, verify
 from sd_env.cli import main
 from sd_env.errors import InputError
 from sd_env.paths import Paths
@@ -304,3 +304,67 @@ def test_no_python_for_the_stack_names_the_stack_for_the_python_there_is(tmp_pat
     assert ("or take the shipped stack made for the Python 3.11 this machine has: `-m sc7-sd15-lora` "
             "(./bootstrap.sh -m sc7-sd15-lora)") in info.value.hint
     assert "sc7-sd14-lora-py310" not in info.value.hint  # the stack that wants the missing 3.10
+
+
+@pytest.fixture
+def pictures(monkeypatch):
+    """probes/lora_pictures.py as a module (its helpers without Pillow need nothing of the target)."""
+    monkeypatch.syspath_prepend(str(probe.script("lora_pictures.py").parent))
+    import lora_pictures
+
+    return lora_pictures
+
+
+def test_the_pictures_say_what_a_short_run_shows(pictures):
+    note = pictures.difference_note(1, 0.04, 4)
+    assert note == ("the two images differ by at most 1/255 per pixel (mean 0.04/255): nearly identical, the LoRA "
+                    "barely changed the image after 4 training steps")
+    assert pictures.difference_note(0, 0.0, 4).startswith("the two images are identical (pixel difference 0/255)")
+    assert "nearly identical" not in pictures.difference_note(40, 5.1, 400)
+    # The issue's curve: 4 losses between 1.047 and 1.147 on an axis from 0, with 4 labelled ticks.
+    assert pictures.y_ticks(1.147) == [0.0, 0.5, 1.0, 1.5]
+    assert pictures.curve_title(4, 1) == ("train_loss over 4 steps (a dot per step); a short run: so few steps "
+                                          "say little about training")
+    means, window = pictures.smooth([1.0, 2.0, float("nan"), 4.0] * 25)
+    assert window == 25 and all(m == m for m in means)  # a nan step does not blank the line
+
+
+@pytest.mark.slow
+def test_the_pictures_are_drawn_with_the_difference_on_them(emulator_target, tmp_path):
+    """Drawn with the target's Pillow: two renders 1/255 apart, and a 4-step loss curve."""
+    python, _paths = emulator_target
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(probe.script("lora_pictures.py").parent)!r})
+import lora_pictures as p
+from PIL import Image
+a, b = Image.new("RGB", (32, 32), (100, 100, 100)), Image.new("RGB", (32, 32), (100, 100, 100))
+b.putpixel((3, 3), (101, 100, 100))
+largest, mean = p.difference(a, b)
+plain, noted = p.side_by_side(a, b, "a red square", 42), p.side_by_side(a, b, "a red square", 42, p.difference_note(
+    largest, mean, 4))
+p.loss_curve([1.147, 1.047, 1.05, 1.147]).save({str(tmp_path / "curve.png")!r})
+print(json.dumps([largest, mean, plain.size, noted.size]))
+"""
+    got = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=600)
+    assert got.returncode == 0, got.stderr[-2000:]
+    largest, mean, plain, noted = json.loads(got.stdout)
+    assert largest == 1 and 0 < mean < 0.01
+    assert noted[0] == plain[0] and noted[1] >= plain[1] + 2 * 14  # the note, wrapped on two lines or more
+    assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_the_scripts_own_validation_can_be_shortened_or_skipped():
+    base = {"model": "M", "data": Path("D"), "output": Path("O")}
+    settings, prompt = train.script_settings(train.Options(**base))
+    assert "--num_validation_images" not in settings and settings["--validation_prompt"] == "cute dragon creature"
+    settings, prompt = train.script_settings(train.Options(**base, validation_images=1))
+    assert settings["--num_validation_images"] == "1" and settings["--validation_prompt"] == prompt
+    # None at all: no --validation_prompt for the script (v0.20.0 cannot log zero images), the
+    # prompt still goes to sd-env's own picture.
+    settings, prompt = train.script_settings(train.Options(**base, validation_images=0,
+                                                           settings={"--validation_prompt": "a red square"}))
+    assert "--validation_prompt" not in settings and settings["--num_validation_images"] == "0"
+    assert prompt == "a red square"
+    with pytest.raises(InputError, match="--validation-images -1"):
+        train.script_settings(train.Options(**base, validation_images=-1))

@@ -201,7 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--script", type=Path, help="train_text_to_image_lora.py to run (default: the managed "
                    "diffusers checkout's)")
     p.add_argument("--no-pictures", action="store_true", help="skip the with/without image and loss curve")
-    p.add_argument("--inference-steps", type=int, default=30, help="steps for the with/without image (30)")
+    p.add_argument("--inference-steps", type=int, default=30, help="steps for sd-env's with/without image (30); "
+                   "the script's own validation always takes 30 (see --validation-images)")
+    p.add_argument("--validation-images", type=int, metavar="N", help="images the script draws for validation "
+                   "after each epoch and at the end (default: its 4, of 30 steps each); 0: no validation")
     p.add_argument("extra", nargs=argparse.REMAINDER, metavar="-- SCRIPT ARGS",
                    help="more script arguments; they replace the tutorial's")
     p.set_defaults(func=_cmd_train)
@@ -554,6 +557,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
     opts = train.Options(args.model, args.data, args.output, device=args.device, script=args.script,
                          pictures=not args.no_pictures, inference_steps=args.inference_steps,
+                         validation_images=args.validation_images,
                          settings={k: v for k, v in flags.items() if v}, extra=extra)
     outcome = train.run(man, paths, runner, python, opts, inv)
     say(train.summary(outcome))

@@ -40,6 +40,9 @@ class Options:
     script: Path | None = None
     pictures: bool = True
     inference_steps: int = 30  # for the pictures (the tutorial's section 2.2 uses 30)
+    # The script's own validation: this many images of 30 steps after each epoch and at the end
+    # (None: the script's 4; 0: none, the pictures still draw the prompt).
+    validation_images: int | None = None
     settings: dict[str, str] = field(default_factory=dict)  # sd-env flags: script flag -> value
     extra: list[str] = field(default_factory=list)  # after `--`: replace the tutorial's flags
 
@@ -50,6 +53,7 @@ class Outcome:
     compare: Path | None
     loss_curve: Path | None
     steps: int
+    note: str = ""  # how far apart the with/without renders are
 
 
 def dataset_kind(folder: Path) -> str:
@@ -135,12 +139,15 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
                          "(torch 2.1 has no Half conv2d there)", "train with --mixed-precision no on the CPU")
     output = opts.output.resolve()
     data_flag, data = _dataset(runner, python, opts.data.resolve(), output)
-    settings = dict(TUTORIAL)
-    settings.update(opts.settings)
+    settings, prompt = script_settings(opts)
     defaults = [("--pretrained_model_name_or_path", model), (data_flag, data), *settings.items(),
                 ("--output_dir", str(output))]
     argv = [str(python), str(script), *merged_args(defaults, opts.extra)]
     progress("training: " + shlex.join(["python", *argv[1:]]))
+    if _arg(argv, "--validation_prompt"):
+        count = _arg(argv, "--num_validation_images") or "4"
+        progress(f"the script draws {count} validation images of 30 steps after each epoch and at the end "
+                 "(often most of a short run): --validation-images N draws fewer, 0 none")
     code = runner.attached(argv, env=target.env, preexec=lambda: trainenv.apply_nofile(target.nofile))
     if code != 0:
         raise StepError(f"the training script exited with {code} (its output is above)",
@@ -150,7 +157,7 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
         raise StepError(f"the training script wrote no pytorch_lora_weights.* into {output}")
     if not opts.pictures:
         return Outcome(weights[0], None, None, 0)
-    prompt = _arg(argv, "--validation_prompt") or "cute dragon creature"
+    prompt = _arg(argv, "--validation_prompt") or prompt
     seed = _arg(argv, "--seed") or "42"
     progress(f"rendering \"{prompt}\" without and with the LoRA (seed {seed}), and the loss curve")
     got = probe.run(runner, python, probe.script("lora_pictures.py"),
@@ -160,7 +167,25 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
     if not got.ok or got.data is None:
         raise StepError(f"the LoRA was trained ({weights[0]}), but drawing the pictures failed: "
                         f"{got.problem or (got.data or {}).get('error')}\n{got.stderr_tail}")
-    return Outcome(weights[0], Path(got.data["compare"]), Path(got.data["loss_curve"]), got.data["steps"])
+    return Outcome(weights[0], Path(got.data["compare"]), Path(got.data["loss_curve"]), got.data["steps"],
+                   got.data.get("note", ""))
+
+
+def script_settings(opts: Options) -> tuple[dict[str, str | None], str]:
+    """The tutorial's script flags with sd-env's own applied, and the prompt for the pictures.
+
+    No validation (0 images) drops --validation_prompt: v0.20.0's per-epoch validation cannot
+    log zero images (np.stack of an empty list), and without a prompt it draws none."""
+    settings = dict(TUTORIAL)
+    settings.update(opts.settings)
+    prompt = settings.get("--validation_prompt") or "cute dragon creature"
+    if opts.validation_images is not None:
+        if opts.validation_images < 0:
+            raise InputError(f"--validation-images {opts.validation_images}", "give 0 (no validation) or more")
+        settings["--num_validation_images"] = str(opts.validation_images)
+        if opts.validation_images == 0:
+            settings.pop("--validation_prompt", None)
+    return settings, prompt
 
 
 def _arg(argv: list[str], flag: str) -> str | None:
@@ -197,7 +222,7 @@ def _dataset(runner: Runner, python: Path, data: Path, output: Path) -> tuple[st
 def summary(outcome: Outcome) -> str:
     lines = [f"LoRA weights: {outcome.weights}"]
     if outcome.compare is not None:
-        lines.append(f"without | with the LoRA: {outcome.compare}")
+        lines.append(f"without | with the LoRA: {outcome.compare}" + (f"\n  {outcome.note}" if outcome.note else ""))
         lines.append(f"loss curve ({outcome.steps} steps): {outcome.loss_curve}")
     return "\n".join(lines)
 
