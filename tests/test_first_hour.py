@@ -264,7 +264,7 @@ def test_readme_names_what_the_tests_keep_and_read():
     assert sorted(v for v in read if v not in text) == []
 
 
-@pytest.mark.slow  # 47 s: pip installs sd-env and uv into bootstrap's tool venv
+@pytest.mark.slow  # 14-47 s: pip installs sd-env and uv into bootstrap's tool venv
 @pytest.mark.network
 @pytest.mark.skipif(sys.version_info[:2] != (3, 9), reason="skipped: needs Python 3.9 (whose ensurepip leaves "
                     "the CA bundle in TMPDIR); the test venv is another version")
