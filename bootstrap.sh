@@ -6,6 +6,10 @@
 # --no-verify: stop after the install (a caller that runs its own `sd-env verify`).
 # --json: stdout is exactly one JSON document, `sd-env install --json`'s (its
 # "changed" says whether anything was done); everything else goes to stderr.
+# Every other flag goes to `sd-env install`: -m NAME (also what verify checks),
+# --git-mirror PREFIX (github.com/OWNER/NAME.git from PREFIX/OWNER/NAME.git; without
+# GitHub, diffusers otherwise comes from its sdist, which has no training script),
+# --python, --torch-tpu-wheel, --bundle, ...
 #
 # On a fresh machine: finds a Python >= 3.9 for sd-env itself, installs sd-env
 # into its own venv (.sd-env/tool), then runs `sd-env install` (which finds or
@@ -146,5 +150,17 @@ prefix=""
 [ "$home" = "$here/.sd-env" ] || prefix="SD_ENV_HOME=$home "
 hint=""
 [ "$link" = 1 ] || hint=" (./bootstrap.sh --link puts it on your PATH)"
-say "sd-env is $tool/bin/sd-env$hint: \`$prefix$cmd shell\` enters the environment, \`$prefix$cmd train --model DIR --data DIR\` trains a LoRA"
+# The last lines say what `train` still lacks (diffusers from its sdist has no training script)
+# and the command that fixes it, rather than suggest a train that fails at once.
+if missing=$("$tool/bin/sd-env" train --check ${verify_args[@]+"${verify_args[@]}"} 2>&1 >/dev/null); then
+  say "sd-env is $tool/bin/sd-env$hint: \`$prefix$cmd shell\` enters the environment, \`$prefix$cmd train --model DIR --data DIR\` trains a LoRA"
+else
+  say "sd-env is $tool/bin/sd-env$hint: \`$prefix$cmd shell\` enters the environment"
+  while IFS= read -r line; do  # sd-env's error and hint, its commands as this home needs them
+    case $line in
+      "error: "*) say "NOT ready to train: ${line#error: }" ;;
+      "hint: "*) line=${line#hint: }; say "fix: ${line//\`sd-env /\`$prefix$cmd }" ;;
+    esac
+  done <<< "$missing"
+fi
 exit "$rc"

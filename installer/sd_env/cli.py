@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import errno
 import os
 import socket
@@ -34,6 +35,7 @@ from sd_env import (
     install,
     lockfile,
     manifest,
+    readiness,
     repatch,
     run,
     sources,
@@ -164,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_lock)
 
     p = sub.add_parser("emulate", parents=[common], help="run a command in the target with an emulated tpu device")
-    p.add_argument("--device", default="tpu:0", help="ACCELERATE_TORCH_DEVICE for the command (default: tpu:0)")
+    p.add_argument("--device", help="ACCELERATE_TORCH_DEVICE for the command (default: tpu:0)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command and its arguments")
     p.set_defaults(func=_cmd_emulate)
 
@@ -197,9 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common, device], help="the tutorial's LoRA fine-tuning on a local "
                        "model and dataset, then pictures (sd-env train --model DIR --data DIR [-- SCRIPT ARGS])")
-    p.add_argument("--model", required=True, help="a diffusers Stable Diffusion folder (model_index.json)")
-    p.add_argument("--data", type=Path, required=True, help="images + metadata.jsonl (file_name, text), "
-                   "or a saved Hugging Face dataset")
+    p.add_argument("--model", help="a diffusers Stable Diffusion folder (model_index.json); required")
+    p.add_argument("--data", type=Path, help="images + metadata.jsonl (file_name, text), "
+                   "or a saved Hugging Face dataset; required")
+    p.add_argument("--check", action="store_true", help="only check that train can start (the training script, "
+                   "the target, and --model/--data when given) and say what is missing; trains nothing")
     p.add_argument("--output", type=Path, default=Path("sd-env-lora"), help="the LoRA output folder "
                    "(default: ./sd-env-lora)")
     p.add_argument("--mixed-precision", choices=("no", "fp16"), help="the tutorial's fp32 (no) or fp16 run")
@@ -210,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--script", type=Path, help="train_text_to_image_lora.py to run (default: the managed "
                    "diffusers checkout's)")
     p.add_argument("--no-pictures", action="store_true", help="skip the with/without image and loss curve")
-    p.add_argument("--inference-steps", type=int, default=30, help="steps for the with/without image (30)")
+    p.add_argument("--inference-steps", type=int, default=30, help="steps for sd-env's with/without image (30); "
+                   "the script's own validation always takes 30 (see --validation-images)")
+    p.add_argument("--validation-images", type=int, metavar="N", help="images the script draws for validation "
+                   "after each epoch and at the end (default: its 4, of 30 steps each); 0: no validation")
     p.add_argument("extra", nargs=argparse.REMAINDER, metavar="-- SCRIPT ARGS",
                    help="more script arguments; they replace the tutorial's")
     p.set_defaults(func=_cmd_train)
@@ -218,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("shell", parents=[common, device], help="a shell in the target environment with "
                        "the training variables set ($SHELL, else bash)")
     p.set_defaults(func=_cmd_shell)
+    parser.set_defaults(_commands=list(sub.choices))
     return parser
 
 
@@ -232,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     try:
+        _known_command(parser, argv)
         args = parser.parse_args(argv)
     except SystemExit as exc:
         if "--json" not in argv or exc.code in (0, None):
@@ -268,6 +277,17 @@ def main(argv: list[str] | None = None) -> int:
         error = SdEnvError(f"internal error: {type(exc).__name__}: {exc}",
                            "this is a bug in sd-env: please report it with the traceback above and the log")
         return _fail(args, error, INTERNAL_ERROR)
+
+
+def _known_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A mistyped command gets the one it resembles (`verfy`: did you mean verify?), as git does."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    commands = parser.get_default("_commands")
+    if word is None or word in commands:
+        return
+    close = difflib.get_close_matches(word, list(commands), n=1)
+    parser.error(f"unknown command {word!r}" + (f": did you mean {close[0]}?" if close else
+                                                 f" (commands: {', '.join(commands)})"))
 
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: an exception sd-env did not expect (a bug), not bad input or a failed step
@@ -425,8 +445,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                                    **hostfacts.provenance(paths), "log": str(args._log)})
         return code
     say("\nFor bug reports (copy and paste):\n" + block)
-    failed = [c.name for c in checks if c.status == "fail"]
-    say(f"\n{'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'} (log: {args._log})")
+    verdict, *more = readiness.verify_summary(checks, paths, quick=args.quick, emulated=args.emulate)
+    say("\n".join([f"\n{verdict} (log: {args._log})", *more]))
     return code
 
 
@@ -503,10 +523,11 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
         raise InputError("no command to run", "write it after --, e.g. sd-env emulate -- python train.py")
     python, inv = _target(args, runner, paths, man)
     emu = emulation.build(runner, python, paths)
-    target = trainenv.build(inv, man.device, args.device)
-    target.env.update(emulation.environment(emu, args.device))
+    device = args.device or "tpu:0"
+    target = trainenv.build(inv, man.device, device, why="--device" if args.device else "sd-env emulate's default")
+    target.env.update(emulation.environment(emu, device))
     built = "cached" if emu.cached else f"built in {emu.seconds:.0f} s"
-    target.notes.append(f"{args.device} is emulated: torch_tpu on the CPU ({built}, {emu.key}); only a card "
+    target.notes.append(f"{device} is emulated: torch_tpu on the CPU ({built}, {emu.key}); only a card "
                         "shows the real device")
     run.exec_in(target, cmd, args._log)
     return 0  # not reached: exec_in replaces this process
@@ -556,13 +577,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "train")
+    if not args.check and (not args.model or args.data is None):
+        raise InputError("train needs --model DIR and --data DIR", "sd-env train --model DIR --data DIR "
+                         "(--check only checks that it can start)")
     python, inv = _target(args, runner, paths, man)
+    if args.check:
+        say(train.check(paths, args.script, args.model, args.data))
+        return 0
     flags = {"--mixed_precision": args.mixed_precision, "--resolution": args.resolution,
              "--max_train_steps": args.max_train_steps, "--validation_prompt": args.validation_prompt,
              "--seed": args.seed}
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
     opts = train.Options(args.model, args.data, args.output, device=args.device, script=args.script,
                          pictures=not args.no_pictures, inference_steps=args.inference_steps,
+                         validation_images=args.validation_images,
                          settings={k: v for k, v in flags.items() if v}, extra=extra)
     outcome = train.run(man, paths, runner, python, opts, inv)
     say(train.summary(outcome))

@@ -31,7 +31,7 @@ from sd_env import (
     wheeltags,
 )
 from sd_env.checkouts import APPLIED_DIR, applicable, pinned_commit, record_applied
-from sd_env.errors import SdEnvError, StepError
+from sd_env.errors import InputError, SdEnvError, StepError
 from sd_env.manifest import Component, Manifest
 from sd_env.paths import Paths
 from sd_env.plan import BUILD, CHECKOUT, FETCH, PATCH, RESTORE, Observed, plan
@@ -155,6 +155,12 @@ def _closure(man: Manifest, paths: Paths, runner: Runner, opts: Options,
 def _wheel_fits(man: Manifest, paths: Paths, runner: Runner, opts: Options) -> None:
     location = opts.torch_tpu_wheel or (man.torch_tpu.location if man.torch_tpu else None)
     path = torchtpu.local_wheel(runner, location, paths.wheels) if location else None
+    if path is None and opts.torch_tpu_wheel:
+        # A path the user gave is a typo or a missing file, not a CPU-only choice (the manifest's
+        # default path, absent, is that choice: a warn row below).
+        raise InputError(f"no torch_tpu wheel at {opts.torch_tpu_wheel}: no such file (given with "
+                         "--torch-tpu-wheel, $SD_ENV_TORCH_TPU_WHEEL or a config file: `sd-env config` says which)",
+                         "fix the path; nothing was installed")
     if path is not None:
         wheeltags.check_fit(man, path)
 

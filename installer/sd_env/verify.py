@@ -39,12 +39,11 @@ from sd_env import driver as libsophon
 from sd_env.errors import InputError
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
+from sd_env.readiness import EXAMPLE
 from sd_env.report import FAIL, NA, OK, SKIPPED, WARN
 from sd_env.runner import Runner
 
-NOFILE_MIN = 65535
 _STEP_LOSS = re.compile(r"step_loss=([0-9.eE+-]+|nan|inf)")  # the script's progress bar postfix
-EXAMPLE = Path("examples") / "text_to_image" / "train_text_to_image_lora.py"
 # The Hub settings a user gives (a mirror endpoint, offline mode, a cache) reach the training and
 # inference probes as they are; offline mode is the default since every input is a local folder.
 HF_PASSTHROUGH = ("HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HOME")
@@ -333,14 +332,14 @@ def check_torch_tpu(ctx: Context, inv: envs.Inventory, got: probe.ProbeResult | 
 
 
 # 5 ---------------------------------------------------------------------------
-def check_ulimit() -> Check:
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+def check_ulimit(limits: tuple[int, int] | None = None) -> Check:
+    """`limits`: (soft, hard), this process's when not given (the training shell inherits them)."""
+    soft, hard = limits or resource.getrlimit(resource.RLIMIT_NOFILE)
     shown = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
-    if soft == resource.RLIM_INFINITY or soft >= NOFILE_MIN:
-        return Check("ulimit -n", OK, f"open files limit {shown} (>= {NOFILE_MIN})")
-    return Check("ulimit -n", WARN, f"open files limit {shown} < {NOFILE_MIN}, as the tutorial requires: run "
-                 f"`ulimit -n {NOFILE_MIN}` in the training shell (permanently: a `nofile` line in "
-                 "/etc/security/limits.conf)")
+    if soft == resource.RLIM_INFINITY or soft >= trainenv.NOFILE:
+        return Check("ulimit -n", OK, f"open files limit {shown} (>= {trainenv.NOFILE})")
+    return Check("ulimit -n", WARN, f"open files limit {shown} < {trainenv.NOFILE}, as the tutorial requires: "
+                 + trainenv.nofile_advice(hard))
 
 
 # 6 ---------------------------------------------------------------------------
