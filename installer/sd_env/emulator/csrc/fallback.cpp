@@ -8,9 +8,11 @@
 #include "emu.h"
 
 #include <c10/core/CPUAllocator.h>
+#include <ATen/core/enum_tag.h>
 #include <c10/util/intrusive_ptr.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -80,9 +82,10 @@ struct Call {
                 op.schema().operator_name(), ")");
   }
 
-  std::string pending_cpu;  // the first argument that is a non-scalar CPU tensor
+  std::string pending_cpu;  // the first argument that is a CPU tensor where CUDA takes none
 
-  void check(const at::Tensor& t, const std::string& arg, bool write, bool cpu_ok) {
+  // `cpu_ok`: CPU tensors are fine for this argument (indices); `scalar_ok`: a 0-dim one is.
+  void check(const at::Tensor& t, const std::string& arg, bool write, bool cpu_ok, bool scalar_ok) {
     if (!t.defined()) return;
     if (t.device().type() == kTpu) {
       if (device.index() < 0)
@@ -90,8 +93,10 @@ struct Call {
       else if (t.device() != device)
         mixed(t.device(), arg);
     } else if (t.device().type() == c10::kCPU) {
-      // A CPU scalar is fine, as on CUDA; any other CPU tensor is a placement bug.
-      if ((write || !(cpu_ok || t.dim() == 0)) && pending_cpu.empty()) pending_cpu = arg;
+      // As on CUDA: a Python number is fine anywhere, a 0-dim CPU tensor only where the op
+      // is elementwise; any other CPU tensor is a placement bug.
+      bool scalar = t.dim() == 0 && (scalar_ok || t.unsafeGetTensorImpl()->is_wrapped_number());
+      if ((write || !(cpu_ok || scalar)) && pending_cpu.empty()) pending_cpu = arg;
     }
   }
 
@@ -121,8 +126,8 @@ struct Call {
   void sync_written() {
     for (auto& [host_impl, device] : device_of) {
       if (host_impl->data() == device.data()) continue;
-      c10::DataPtr data = host_impl->set_data_ptr(c10::DataPtr(nullptr, c10::Device(c10::kCPU)));
-      data.unsafe_set_device(c10::Device(kTpu, device.device().index()));
+      c10::DataPtr data = emu::adopt(host_impl->set_data_ptr(c10::DataPtr(nullptr, c10::Device(c10::kCPU))),
+                                     host_impl->nbytes(), device.device().index());
       device.unsafeGetStorageImpl()->set_data_ptr_noswap(std::move(data));
       device.unsafeGetStorageImpl()->set_nbytes(host_impl->nbytes());
     }
@@ -142,18 +147,25 @@ struct Call {
     c10::StorageImpl* impl = t.storage().unsafeGetStorageImpl();
     auto alias = device_of.find(impl);
     if (alias != device_of.end()) return tensor_on(alias->second, kTpuKeys, t);  // a view of an argument
+    if (t.scalar_type() == at::kLong && strict().int64_to_int32) {
+      // The card's results reach the device as int32 (its CPU fallback's copy, its native kernels).
+      at::Tensor narrow = t.to(at::kInt);
+      return tensor_on(adopt(narrow.storage().unsafeGetStorageImpl(), true), kTpuKeys, narrow);
+    }
+    if (t.scalar_type() == at::kLong) check_dtype_alloc(at::kLong);
     auto done = adopted.find(impl);
-    if (done == adopted.end()) done = adopted.emplace(impl, adopt(impl)).first;
+    if (done == adopted.end()) done = adopted.emplace(impl, adopt(impl, false)).first;
     return tensor_on(done->second, kTpuKeys, t);
   }
 
-  // A new result: take over its memory when nothing else holds it, else copy.
-  c10::Storage adopt(c10::StorageImpl* impl) {
+  // A new result: take over its memory when nothing else holds it (`fresh`: a
+  // temporary of ours), else copy. Either way the device's allocator counts it.
+  c10::Storage adopt(c10::StorageImpl* impl, bool fresh) {
     c10::Device where(kTpu, device.index() < 0 ? current_device() : device.index());
     size_t nbytes = impl->nbytes();
-    if (c10::raw::intrusive_ptr::use_count(impl) == return_refs[impl] && impl->data() != nullptr) {
-      c10::DataPtr data = impl->set_data_ptr(c10::DataPtr(nullptr, c10::Device(c10::kCPU)));
-      data.unsafe_set_device(where);
+    if ((fresh || c10::raw::intrusive_ptr::use_count(impl) == return_refs[impl]) && impl->data() != nullptr) {
+      c10::DataPtr data = emu::adopt(impl->set_data_ptr(c10::DataPtr(nullptr, c10::Device(c10::kCPU))), nbytes,
+                                     where.index());
       return c10::Storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data), allocator(), true);
     }
     c10::DeviceGuard guard(where);
@@ -201,7 +213,28 @@ bool any_half(const torch::jit::Stack& args) {
   return found;
 }
 
-// CPU kernels of torch 2.1 lacking Half: compute in float, round to Half.
+// Outputs CUDA gives in float for a Half input (its accumulate type) where the CPU kernel,
+// or computing in float and rounding back, gives Half: the statistics of layer_norm.
+const std::vector<size_t>* float_outputs(const c10::OperatorHandle& op) {
+  static const std::unordered_map<std::string, std::vector<size_t>> table = {{"aten::native_layer_norm", {1, 2}}};
+  auto found = table.find(op.schema().name());
+  return found == table.end() ? nullptr : &found->second;
+}
+
+// Their backward's CPU kernel wants those statistics in the input's dtype (torch 2.8's Half layer_norm).
+void statistics_as_input(const c10::OperatorHandle& op, torch::jit::Stack& args) {
+  if (op.schema().name() != "aten::native_layer_norm_backward" || args.size() < 5 || !args[1].isTensor()) return;
+  at::ScalarType input = args[1].toTensor().scalar_type();
+  if (input != at::kHalf && input != at::kBFloat16) return;
+  for (size_t i : {3, 4})
+    if (args[i].isTensor() && args[i].toTensor().scalar_type() != input) args[i] = args[i].toTensor().to(input);
+}
+
+bool kept(const std::vector<size_t>* outputs, size_t i) {
+  return outputs && std::find(outputs->begin(), outputs->end(), i) != outputs->end();
+}
+
+// CPU kernels lacking Half (many in torch 2.1): compute in float, round to Half.
 torch::jit::Stack run_in_float(const c10::OperatorHandle& op, const torch::jit::Stack& args) {
   std::vector<std::pair<at::Tensor, at::Tensor>> widened;  // (float copy, half original)
   torch::jit::Stack stack;
@@ -237,11 +270,12 @@ torch::jit::Stack run_in_float(const c10::OperatorHandle& op, const torch::jit::
       }
     });
   }
-  for (IValue& v : stack) {
-    v = map_tensors(v, [&](const at::Tensor& t) {
+  const std::vector<size_t>* stay_float = float_outputs(op);
+  for (size_t i = 0; i < stack.size(); ++i) {
+    stack[i] = map_tensors(stack[i], [&](const at::Tensor& t) {
       auto found = t.defined() ? back.find(t.unsafeGetTensorImpl()) : back.end();
       if (found != back.end()) return found->second;
-      return t.defined() && t.scalar_type() == at::kFloat ? t.to(at::kHalf) : t;
+      return t.defined() && t.scalar_type() == at::kFloat && !kept(stay_float, i) ? t.to(at::kHalf) : t;
     });
   }
   return stack;
@@ -268,6 +302,28 @@ bool allows_cpu_indices(const c10::OperatorHandle& op, const c10::Argument& arg)
   return arg.name() == "indices" && (name.rfind("aten::index", 0) == 0 || name == "aten::_index_put_impl_");
 }
 
+// Where CUDA takes a 0-dim CPU tensor: elementwise ops (TensorIterator's CPU scalars), the
+// foreach ops' scalar tensor, and the fill value of the ops that read it with item().
+bool allows_cpu_scalars(const c10::OperatorHandle& op, const c10::Argument& arg) {
+  static const std::unordered_set<std::string> value_ops = {
+      "aten::fill", "aten::fill_", "aten::masked_fill", "aten::masked_fill_", "aten::index_fill",
+      "aten::index_fill_", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_"};
+  const std::string& name = op.schema().name();
+  return op.hasTag(at::Tag::pointwise) || name.rfind("aten::_foreach_", 0) == 0 ||
+         (arg.name() == "value" && value_ops.count(name) > 0);
+}
+
+// A tpu device argument (a factory's device=): where the results go, index kept.
+c10::optional<c10::Device> device_argument(const torch::jit::Stack& stack, size_t first, size_t count) {
+  for (size_t i = first; i < first + count; ++i) {
+    if (stack[i].isDevice() && stack[i].toDevice().type() == kTpu) {
+      c10::Device d = stack[i].toDevice();
+      return c10::Device(kTpu, d.has_index() ? d.index() : current_device());
+    }
+  }
+  return c10::nullopt;
+}
+
 }  // namespace
 
 at::Tensor cpu_view(const at::Tensor& t) {
@@ -280,14 +336,18 @@ void cpu_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   const auto& arguments = schema.arguments();
   const size_t first = stack->size() - arguments.size();
   Call call(op);
+  count_if_cpu_op(op);
 
   for (size_t i = 0; i < arguments.size(); ++i) {
     bool write = is_write(arguments[i]);
     bool cpu_ok = allows_cpu_indices(op, arguments[i]);
-    each_tensor((*stack)[first + i], [&](const at::Tensor& t) { call.check(t, arguments[i].name(), write, cpu_ok); });
+    bool scalar_ok = allows_cpu_scalars(op, arguments[i]);
+    each_tensor((*stack)[first + i],
+                [&](const at::Tensor& t) { call.check(t, arguments[i].name(), write, cpu_ok, scalar_ok); });
   }
-  if (call.device.index() < 0) call.device = c10::Device(kTpu, current_device());
   if (!call.pending_cpu.empty()) call.mixed(c10::Device(c10::kCPU), call.pending_cpu);
+  if (auto explicit_device = device_argument(*stack, first, arguments.size())) call.device = *explicit_device;
+  if (call.device.index() < 0) call.device = c10::Device(kTpu, current_device());
 
   torch::jit::Stack host;
   host.reserve(arguments.size());
@@ -306,11 +366,19 @@ void cpu_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
     results = run_in_float(op, host);
   } else {
     try {
+      statistics_as_input(op, results);
       op.redispatchBoxed(kCpuKeys, &results);
     } catch (const c10::Error& e) {
       if (std::string(e.what()).find("for 'Half'") == std::string::npos || !any_half(host)) throw;
       remember_lacks_half(op);
       results = run_in_float(op, host);
+    }
+  }
+  const std::vector<size_t>* stay_float = float_outputs(op);
+  if (stay_float && any_half(host)) {
+    for (size_t i : *stay_float) {
+      if (i < results.size() && results[i].isTensor() && results[i].toTensor().scalar_type() == at::kHalf)
+        results[i] = results[i].toTensor().to(at::kFloat);
     }
   }
   host.clear();
