@@ -57,7 +57,8 @@ def main():
     pipeline.set_progress_bar_config(disable=True)
     pipeline = pipeline.to(device)
     base = draw(pipeline)
-    pipeline.load_lora_weights(args.lora)
+    # The demo passes the folder alone; offline (HF_HUB_OFFLINE=1) diffusers 0.29 needs the file named.
+    pipeline.load_lora_weights(args.lora, weight_name="pytorch_lora_weights.safetensors")
     pipeline = pipeline.to(device)  # the demo loads the LoRA before moving; the adapters must be on the device too
     lora_layers = sum(1 for name, _ in pipeline.unet.named_parameters() if "lora" in name)
     images = [draw(pipeline), draw(pipeline)]

@@ -43,6 +43,8 @@ class _PerDevice:
 
 
 class _GradScaler21(_CudaGradScaler):
+    """torch 2.1: the CUDA scaler, on "tpu"."""
+
     def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
                  growth_interval: int = 2000, enabled: bool = True) -> None:
         super().__init__(init_scale, growth_factor, backoff_factor, growth_interval, enabled=False)
@@ -120,6 +122,8 @@ class _GradScaler21(_CudaGradScaler):
 
 
 class _GradScaler28(torch.amp.GradScaler if _era.TORCH_28 else object):  # type: ignore[misc]
+    """torch 2.8: torch.amp.GradScaler("tpu"), with the 2.8-era plugin's allow_fp16."""
+
     def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
                  growth_interval: int = 2000, enabled: bool = True, allow_fp16: bool = False) -> None:
         super().__init__("tpu", init_scale=init_scale, growth_factor=growth_factor, backoff_factor=backoff_factor,
@@ -143,3 +147,4 @@ class _GradScaler28(torch.amp.GradScaler if _era.TORCH_28 else object):  # type:
 
 
 GradScaler = _GradScaler28 if _era.TORCH_28 else _GradScaler21
+GradScaler.__name__ = GradScaler.__qualname__ = "GradScaler"  # as users and logs see it: torch_tpu...GradScaler
