@@ -324,8 +324,10 @@ def sd15_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("sd15") / "home"
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "SD_ENV_PYTHON")}
     mirrors = shared_mirrors()
-    if mirrors is not None:
-        env["SD_ENV_GIT_MIRROR"] = str(mirrors)
+    # A mirror without the stack's tags is an error (a moved tag, for sd-env); no mirror at all sends git to
+    # GitHub, which CI cannot reach. An empty folder as the mirror makes git fail at once: the PyPI sdists.
+    has_tags = mirror_has(mirrors, "accelerate", "v0.30.1") and mirror_has(mirrors, "diffusers", "v0.29.2")
+    env["SD_ENV_GIT_MIRROR"] = str(mirrors if has_tags else tmp_path_factory.mktemp("no-git-mirror"))
     got = subprocess.run([sys.executable, "-m", "sd_env", "install", "-m", str(SD15_MANIFEST), "--home", str(home)],
                          env=env, capture_output=True, text=True, timeout=3600)
     if got.returncode == 2 and "3.11" in got.stderr:

@@ -67,12 +67,24 @@ def proof(python: Path, env: dict[str, str]) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
+def verify(home: Path, capsys, *flags: str) -> tuple[int, dict, dict]:
+    capsys.readouterr()
+    code = main(["verify", "--json", "-m", str(SD15_MANIFEST), "--home", str(home), "--emulate", *flags])
+    doc = json.loads(capsys.readouterr().out)
+    return code, doc, {c["name"]: c for c in doc["checks"]}
+
+
+def test_verify_emulate_quick_on_the_current_stack(sd15_home, sd15_emulator, capsys) -> None:
+    """Runs wherever the stack installs (the example script is not needed for --quick)."""
+    code, _, rows = verify(sd15_home, capsys, "--quick")
+    assert code == 0 and rows["linear smoke"]["device"] == "tpu:0 (emulated)", json.dumps(rows, indent=2)
+    assert "torch_tpu 2.8 (CPU-backed)" in rows["emulator"]["detail"]
+    assert "strict profile torch_tpu-2.8" in rows["emulator"]["detail"]
+
+
 def test_verify_emulate_on_the_current_stack(sd15_home, sd15_emulator, capsys) -> None:
     needs_example(sd15_home)
-    capsys.readouterr()
-    code = main(["verify", "--json", "-m", str(SD15_MANIFEST), "--home", str(sd15_home), "--emulate"])
-    doc = json.loads(capsys.readouterr().out)
-    rows = {c["name"]: c for c in doc["checks"]}
+    code, doc, rows = verify(sd15_home, capsys)
     assert code == 0 and doc["emulated"] is True, json.dumps(rows, indent=2)
     assert "torch_tpu 2.8 (CPU-backed)" in rows["emulator"]["detail"]
     assert "strict profile torch_tpu-2.8" in rows["emulator"]["detail"]  # the manifest names it
