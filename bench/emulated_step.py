@@ -6,13 +6,14 @@
 Runs each home's patched example script (v0.20.0 on the torch 2.1 stack, v0.29.2 on
 the torch 2.8 one) on sd-env's tiny model, without validation images, once per
 variant with --steps steps and sd-env's precision watcher, which records what
-dtype the UNet's matmuls ran in and when each training forward began: a step's
-time is the median from one to the next, so start-up and model loading do not
-count. Variants: CPU fp32, emulated tpu fp32, emulated tpu fp16; with
---accelerate-autocast DIR (a folder holding a scratch copy of the `accelerate`
-package that autocasts fp16 on "tpu"), that too. The losses are the TensorBoard
-`train_loss`; the peak is the emulated device's allocator peak (its counters,
-written at the run's exit), with --strict under the era's strict profile.
+dtype the UNet's matmuls ran in. A step's time is the median interval between
+the steps the script logs to TensorBoard (the first left out), so start-up, model
+loading and warm-up do not count. Variants: CPU fp32, emulated tpu fp32, emulated
+tpu fp16; with --accelerate-autocast DIR (a folder holding a scratch copy of the
+`accelerate` package that autocasts fp16 on "tpu"), that too. The losses are the
+TensorBoard `train_loss`; the peak is the emulated device's allocator peak (its
+counters, written at the run's exit); --strict runs under the era's strict
+profile. The emulator is built into a scratch folder: the homes are only read.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ def run_script(python: Path, script: Path, tiny: Path, out: Path, steps: int, mi
     return seconds
 
 
-def losses(python: Path, out: Path) -> list[float]:
+def logged(python: Path, out: Path) -> dict:
+    """The run's TensorBoard losses and the seconds between its logged steps."""
     got = subprocess.run([str(python), str(probe_script("lora_weights.py")), str(out)], capture_output=True,
                          text=True, check=True)
-    return json.loads(got.stdout.splitlines()[-1])["losses"]
+    return json.loads(got.stdout.splitlines()[-1])
 
 
 def peak(stats: Path) -> str:
@@ -66,7 +68,7 @@ def peak(stats: Path) -> str:
 def bench_home(home: Path, steps: int, autocast_dir: Path | None, strict: bool, scratch: Path) -> list[tuple]:
     python = home / "venv" / "bin" / "python"
     script = home / "src" / "diffusers" / EXAMPLE
-    emu = emulation.build(Runner(), python, Paths(home))
+    emu = emulation.build(Runner(), python, Paths(scratch / "cache"))  # the home is only read
     print(f"emulator {emu.era}: {'cached' if emu.cached else f'built in {emu.seconds:.1f} s'} ({emu.pythonpath})")
     tiny = scratch / "tiny"
     subprocess.run([str(python), str(probe_script("tiny_sd.py")), "--out", str(tiny)], check=True,
@@ -86,10 +88,10 @@ def bench_home(home: Path, steps: int, autocast_dir: Path | None, strict: bool, 
                    "PYTHONPATH": os.pathsep.join(filter(None, [str(precision.watcher_dir()), env.get("PYTHONPATH")]))}
         out = scratch / f"out-{n}"
         wall = run_script(python, script, tiny, out, steps, mixed, watched)
-        seen = precision.read(watch)
-        step = statistics.median(seen.step_seconds)
-        rows.append((emu.era, device, label, step, losses(python, out), peak(stats), precision.summary(mixed, seen)))
-        print(f"torch_tpu {emu.era} {device} {label}: {step:.3f} s/step (median of {len(seen.step_seconds)}; "
+        seen, run = precision.read(watch), logged(python, out)
+        step = statistics.median(run["step_seconds"][1:])  # the first step carries warm-up
+        rows.append((emu.era, device, label, step, run["losses"], peak(stats), precision.summary(mixed, seen)))
+        print(f"torch_tpu {emu.era} {device} {label}: {step:.3f} s/step (median of {len(run['step_seconds']) - 1}; "
               f"{wall:.1f} s in all)", flush=True)
     return rows
 

@@ -287,7 +287,17 @@ torch::jit::Stack run_in_float(const c10::OperatorHandle& op, const torch::jit::
 std::mutex lacks_half_mutex;
 std::unordered_set<c10::OperatorName> lacks_half_ops;
 
+// The matmul family in Half: the CPU kernels that have it (torch 2.8's conv2d, mm) are 30-100x
+// slower than float ones on a CPU without fp16 arithmetic, so a Half step took 4x a float one.
+// Computed in float and rounded once, as a device's fp16 units accumulate in float anyway.
+bool matmul_family(const c10::OperatorHandle& op) {
+  static const std::unordered_set<std::string> names = {
+      "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution", "aten::convolution_backward"};
+  return names.count(op.schema().name()) > 0;
+}
+
 bool lacks_half(const c10::OperatorHandle& op) {
+  if (matmul_family(op)) return true;
   std::lock_guard<std::mutex> lock(lacks_half_mutex);
   return lacks_half_ops.count(op.operator_name()) > 0;
 }
