@@ -172,3 +172,13 @@ def test_sophgos_own_patch_applied_in_place_is_recognised_and_trains(sd15_home, 
     got = proof(python, strict_env(emu, PYTHONPATH=ahead(emu, site)))
     assert got["accelerate_file"].startswith(str(site)), got
     assert got["ok"] and got["trained"] and got["skipped_on_inf"] and got["torch_tpu_scaler"], got
+
+
+def test_repatch_proof_on_a_torch_28_target(sd15_target, sd15_emulator) -> None:
+    """`sd-env repatch`'s proof of an accelerate port runs on the torch 2.8 stack's emulator as on 2.1."""
+    from sd_env import proof
+    from sd_env.runner import Runner
+
+    python, paths = sd15_target
+    (row,) = proof.after_port(Runner(), python, paths, "accelerate")
+    assert row.status == "ok" and row.detail.startswith("ported and proven (emulated)"), row
