@@ -55,6 +55,10 @@ del x, y
 out["after_free"] = stats()["current"] - base
 out["peak"] = stats()["peak"] - base
 emulator_peak = emulator.stats()["devices"][0]["peak_bytes"]
+storage = torch.empty(4, device="tpu").untyped_storage()  # resize_ grows it through the device's allocator
+before = stats()["current"]
+storage.resize_(3 * 2**20)
+out["resized"] = stats()["current"] - before
 if hasattr(torch.tpu, "memory_allocated"):  # the 2.8-era functions read the same counters
     out["api"] = [torch.tpu.memory_allocated(), torch.tpu.max_memory_allocated() == emulator_peak]
     torch.tpu.reset_peak_memory_stats()
@@ -65,6 +69,7 @@ if hasattr(torch.tpu, "memory_allocated"):  # the 2.8-era functions read the sam
     n = 3 * MIB + 5
     live, peak = rounded(era, n) + rounded(era, 4 * n), rounded(era, n) + 2 * rounded(era, 4 * n)
     assert (got["after_alloc"], got["after_free"], got["peak"]) == (live, 0, peak), got
+    assert got["resized"] == rounded(era, 3 * MIB) - rounded(era, 16), got
     if era == "2.8":
         assert got["api"][1] and got["peak_after_reset"], got
         assert got["flat"] == [f"allocated_bytes.all.{k}" for k in ("allocated", "current", "freed", "peak")]
