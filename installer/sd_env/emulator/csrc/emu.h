@@ -65,6 +65,9 @@ at::Tensor cpu_view(const at::Tensor& t);
 const at::Generator& default_generator(c10::DeviceIndex index);
 at::Generator cpu_generator_of(const at::Generator& tpu_generator);
 
+// The CPU kernel of `op` on host arguments, Half computed in float where it must be (half.cpp).
+torch::jit::Stack run_on_cpu(const c10::OperatorHandle& op, const torch::jit::Stack& host);
+
 // Boxed fallback: the CPU kernel on zero-copy views, results mapped back to "tpu".
 void cpu_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack);
 void route_composites_to_cpu();
