@@ -121,7 +121,7 @@ def test_sd_envs_own_step_names_the_device_it_measured(verify_home, emulator):
 def test_verify_emulate_reuses_the_cached_build(verify_home, capsys):
     code, doc = verify_json(verify_home, capsys, "--emulate", "--quick")
     rows = by_name(doc)
-    assert code == 0 and rows["emulator"]["detail"].startswith("sd-env's emulated torch_tpu (CPU-backed), cached")
+    assert code == 0 and rows["emulator"]["detail"].startswith("sd-env's emulated torch_tpu 2.1 (CPU-backed), cached")
     assert rows["linear smoke"]["status"] == "ok" and rows["lora step (fp16)"]["status"] == "skipped"
 
 

@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emulate", action="store_true",
                    help="run the smoke test, the LoRA step (fp16 and fp32) and inference on sd-env's emulated "
                    "torch_tpu (no card needed; built on first use, never installed)")
+    p.add_argument("--strict", action="store_true",
+                   help="with --emulate: the device refuses what the real plugin of the target's era refuses "
+                   "(its strict profile, e.g. int64 on torch_tpu 2.8; default: the manifest's [emulator] profile)")
     p.add_argument("--model", type=Path, metavar="DIR", help="a local diffusers model folder for the LoRA step "
                    "and inference (default: a tiny model built locally)")
     p.add_argument("--data", type=Path, metavar="DIR", help="a local imagefolder (images + metadata.jsonl) for "
@@ -167,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("emulate", parents=[common], help="run a command in the target with an emulated tpu device")
     p.add_argument("--device", help="ACCELERATE_TORCH_DEVICE for the command (default: tpu:0)")
+    p.add_argument("--strict", action="store_true", help="the device refuses what the real plugin of the target's "
+                   "era refuses (its strict profile; default: the manifest's [emulator] profile)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command and its arguments")
     p.set_defaults(func=_cmd_emulate)
 
@@ -424,8 +429,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "verify")
     model, data = verify.local_inputs(args.model, args.data)
     python, inv = _target(args, runner, paths, man, "nothing to verify")
+    if args.strict and not args.emulate:
+        raise InputError("--strict is for the emulated device", "add --emulate")
     ctx = verify.Context(man, paths, runner, python, quick=args.quick, mixed_precision=args.mixed_precision,
-                         model=model, data=data, inventory=inv)
+                         model=model, data=data, inventory=inv, strict=args.strict)
     title = f"sd-env verify ({man.name}, {python})" + (" on the emulated tpu" if args.emulate else "")
     if args.emulate:
         from sd_env import verify_emulated  # builds a C++ extension: only loaded when asked for
@@ -524,11 +531,13 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     python, inv = _target(args, runner, paths, man)
     emu = emulation.build(runner, python, paths)
     device = args.device or "tpu:0"
+    setup = emulation.settings(man, emu, args.strict)
     target = trainenv.build(inv, man.device, device, why="--device" if args.device else "sd-env emulate's default")
-    target.env.update(emulation.environment(emu, device))
+    target.env.update(emulation.environment(emu, device, setup))
     built = "cached" if emu.cached else f"built in {emu.seconds:.0f} s"
-    target.notes.append(f"{device} is emulated: torch_tpu on the CPU ({built}, {emu.key}); only a card "
-                        "shows the real device")
+    target.notes.append(f"{device} is emulated: torch_tpu {emu.era} on the CPU ({built}, {emu.key}); only a "
+                        "card shows the real device")
+    target.notes.extend(emulation.describe(setup))
     run.exec_in(target, cmd, args._log)
     return 0  # not reached: exec_in replaces this process
 

@@ -27,6 +27,7 @@ else:  # pragma: no cover - exercised on the 3.9 target
 SCHEMA = 1
 BUILD_MODES = ("editable",)
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_SIZE = re.compile(r"[0-9]+(\.[0-9]+)?\s*[KMGTkmgt]?(i?[Bb])?")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -70,6 +71,14 @@ class LockSpec:
 
 
 @dataclass(frozen=True)
+class EmulatorSpec:
+    """[emulator]: how `sd-env emulate` / `verify --emulate` set up the emulated device."""
+
+    memory: str | None = None  # per-device capacity, "16G"; None: no limit
+    profile: str | None = None  # a strict profile: a shipped name ("torch_tpu-2.8") or a JSON file's path
+
+
+@dataclass(frozen=True)
 class Manifest:
     path: Path
     name: str
@@ -80,6 +89,7 @@ class Manifest:
     lock: LockSpec | None
     components: tuple[Component, ...]
     description: str = ""  # what the stack is for, shown by `sd-env stacks`
+    emulator: EmulatorSpec = EmulatorSpec()
 
     def component(self, name: str) -> Component:
         for comp in self.components:
@@ -114,7 +124,7 @@ def parse(data: dict[str, Any], path: Path, pending: frozenset[str] = frozenset(
     """`pending`: patch file names about to be written, taken as present (repatch checks its edit early)."""
     t = _Table(data, path, "")
     t.allow("schema", "name", "description", "python", "device", "torch", "torch_tpu", "lock", "patches_dir",
-            "component")
+            "component", "emulator")
     schema = t.get("schema", int)
     if schema != SCHEMA:
         raise ManifestError(path, "schema", f"schema {schema} is not supported",
@@ -135,6 +145,7 @@ def parse(data: dict[str, Any], path: Path, pending: frozenset[str] = frozenset(
     torch = _torch(t.table("torch"))
     wheel = _wheel(t.table("torch_tpu"), base) if "torch_tpu" in data else None
     lock = _lock(t.table("lock"), base) if "lock" in data else None
+    emulator = _emulator(t.table("emulator"), base) if "emulator" in data else EmulatorSpec()
 
     comps = [_component(c, patches_dir, pending) for c in t.tables("component")]
     seen: dict[str, str] = {}
@@ -146,7 +157,18 @@ def parse(data: dict[str, Any], path: Path, pending: frozenset[str] = frozenset(
             raise ManifestError(path, f"component[{i}].name", f"{comp.name!r} is declared twice{also}",
                                 "give each [[component]] its own name, or delete the copy")
         seen[canonicalize_name(comp.name)] = comp.name
-    return Manifest(path, name, python, device, torch, wheel, lock, tuple(comps), description)
+    return Manifest(path, name, python, device, torch, wheel, lock, tuple(comps), description, emulator)
+
+
+def _emulator(t: _Table, base: Path) -> EmulatorSpec:
+    t.allow("memory", "profile")
+    memory = t.get("memory", str, default=None)
+    if memory is not None and not _SIZE.fullmatch(memory):
+        raise ManifestError(t.path, t.key("memory"), f"{memory!r} is not a size", 'write it like "16G" or "512M"')
+    profile = t.get("profile", str, default=None)
+    if profile is not None and profile.endswith(".json"):
+        profile = str(base / profile)  # a file of the user's, relative to the manifest
+    return EmulatorSpec(memory, profile)
 
 
 def _torch(t: _Table) -> TorchSpec:

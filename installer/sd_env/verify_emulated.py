@@ -10,10 +10,13 @@ is never changed. No row claims a card.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
 
 from sd_env import emulation, envs, placement, precision, probe, status, verify
 from sd_env.errors import SdEnvError
@@ -63,7 +66,8 @@ def run(ctx: Context, started: Callable[[str], None] = verify._nothing,
             done(Check(n, SKIPPED, "skipped: the emulated torch_tpu is not available (see the emulator row)"))
         return checks
     ctx.device = DEVICE
-    on_emu = dataclasses.replace(ctx, runner=EnvRunner.around(ctx.runner, emulation.environment(emu, DEVICE)))
+    setup = emulation.settings(ctx.man, emu, ctx.strict)
+    on_emu = dataclasses.replace(ctx, runner=EnvRunner.around(ctx.runner, emulation.environment(emu, DEVICE, setup)))
     started("linear smoke")
     done(_label(verify.check_linear(on_emu)))
     if ctx.quick:
@@ -76,12 +80,24 @@ def run(ctx: Context, started: Callable[[str], None] = verify._nothing,
         started(f"lora step ({label})")
         steps.append(done(lora_step(on_emu, rows, inputs, mixed, label)))
     started("inference")
-    done(check_tutorial_inference(on_emu, steps[-1]))
+    done(check_inference(on_emu, steps[-1]))
     return checks
 
 
 def build(ctx: Context) -> tuple[emulation.Emulator | None, Check]:
-    """The emulation for the target's torch, from the home's cache or compiled now (about 30 s)."""
+    """The emulation for the target's torch, from the home's cache or compiled now, and its settings."""
+    emu, row = _build(ctx)
+    if emu is None:
+        return emu, row
+    try:
+        said = emulation.describe(emulation.settings(ctx.man, emu, ctx.strict))
+    except SdEnvError as exc:  # a profile the manifest names that does not exist
+        return None, Check("emulator", FAIL, f"{exc.message} -> {exc.hint}", row.seconds)
+    ctx.facts["emulator settings"] = "; ".join(said) or "lenient (no strict profile), no capacity limit"
+    return emu, dataclasses.replace(row, detail="; ".join([row.detail, *said]))
+
+
+def _build(ctx: Context) -> tuple[emulation.Emulator | None, Check]:
     progress("emulated torch_tpu: loading it from the cache, or compiling it (the first build takes about 30 s)")
     started = time.monotonic()
     try:
@@ -92,8 +108,8 @@ def build(ctx: Context) -> tuple[emulation.Emulator | None, Check]:
                            time.monotonic() - started)
     how = "cached" if emu.cached else f"built in {emu.seconds:.1f} s"
     ctx.facts["emulator"] = f"{emu.pythonpath} ({how}, key {emu.key})"
-    return emu, Check("emulator", OK, f"sd-env's emulated torch_tpu (CPU-backed), {how}: {emu.pythonpath}; on "
-                      "PYTHONPATH for the probe runs below only, never installed", emu.seconds)
+    return emu, Check("emulator", OK, f"sd-env's emulated torch_tpu {emu.era} (CPU-backed), {how}: {emu.pythonpath}; "
+                      "on PYTHONPATH for the probe runs below only, never installed", emu.seconds)
 
 
 def torch_tpu_row(ctx: Context, real: Check, emu: emulation.Emulator | None) -> Check:
@@ -114,13 +130,17 @@ def lora_step(ctx: Context, rows: list[status.ComponentStatus], inputs: tuple[Pa
     """verify's LoRA step at one precision, with the precision watcher on the training run's path
     (only there: it imports torch at start-up, which the light probes around it avoid)."""
     out = ctx.paths.cache / f"precision-{label}.jsonl"
+    stats = ctx.paths.cache / f"emulator-stats-{label}.jsonl"
+    for old in (out, stats):
+        old.unlink(missing_ok=True)
     assert isinstance(ctx.runner, EnvRunner)
     # check_lora_step puts the watcher first on the run's PYTHONPATH, ahead of the emulation's.
     step = verify.check_lora_step(dataclasses.replace(ctx, mixed_precision=mixed), rows, inputs,
-                                  env_extra={"PYTHONPATH": ctx.runner.extra["PYTHONPATH"]}, watch=out)
+                                  env_extra={"PYTHONPATH": ctx.runner.extra["PYTHONPATH"],
+                                             "SD_ENV_EMULATOR_STATS": str(stats)}, watch=out)
     step = _label(dataclasses.replace(step, name=f"lora step ({label})"))
     got = precision.read(out)
-    said = precision.summary(mixed, got)
+    said = "; ".join(filter(None, [precision.summary(mixed, got), peak_memory(stats)]))
     ctx.facts[f"precision {label}"] = said
     if step.status != OK:
         return dataclasses.replace(step, detail=f"{step.detail}; {said}")
@@ -128,6 +148,46 @@ def lora_step(ctx: Context, rows: list[status.ComponentStatus], inputs: tuple[Pa
         return dataclasses.replace(step, status=FAIL, detail=f"{step.detail}; but the UNet's matmuls ran on "
                                    f"{', '.join(sorted(got.devices))}, not only on tpu: {said}")
     return dataclasses.replace(step, detail=f"{step.detail}; {said}")
+
+
+def peak_memory(stats: Path) -> str:
+    """The training run's peak "tpu" memory, from the emulator's counters (written at its exit)."""
+    try:
+        last = json.loads(stats.read_text(encoding="utf-8").splitlines()[-1])
+    except (OSError, IndexError, ValueError):
+        return ""
+    dev = last["devices"][0]
+    cap = f" of {dev['capacity_bytes'] / 2**20:.0f} MiB" if dev.get("capacity_bytes") else ""
+    return (f"peak tpu memory {dev['peak_bytes'] / 2**20:.1f} MiB{cap} ({dev['peak_requested_bytes'] / 2**20:.1f} "
+            f"MiB requested, {dev['allocations']} allocations)")
+
+
+def check_inference(ctx: Context, step: Check) -> Check:
+    """Inference as the stack's own instructions do it: the tutorial's sections 2.1 and 2.2 for the
+    diffusers 0.20 stack, the final validation of Sophgo's SD 1.5 demo for diffusers >= 0.26 (peft LoRA)."""
+    if step.status != OK:
+        return Check("inference", SKIPPED, f"skipped: the LoRA step did not pass ({step.status})")
+    try:
+        version = Version(ctx.man.component("diffusers").version)
+    except (KeyError, InvalidVersion):
+        version = Version("0.20.0")
+    return check_demo_inference(ctx) if version >= Version("0.26") else check_tutorial_inference(ctx, step)
+
+
+def check_demo_inference(ctx: Context) -> Check:
+    got = probe.run(ctx.runner, ctx.python, probe.script("demo_infer.py"),
+                    ["--model", str(ctx.model or ctx.paths.tiny_sd / "model"), "--lora", str(ctx.paths.lora_out),
+                     "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"], env=verify.hf_env())
+    where = "ran on tpu (emulated), as Sophgo's SD 1.5 demo validates"
+    d = got.data or {}
+    if got.data is None or not got.ok:
+        facts = ", ".join(f"{k}={d[k]}" for k in ("same_image_twice", "finite", "lora_parameters") if k in d)
+        return Check("inference", FAIL, f"{where}: {verify._problem(got)}" + (f" ({facts})" if facts else ""),
+                     got.seconds, _emulated(ctx.device))
+    return Check("inference", OK, f"{where}: {d['dtype']} pipeline on {d['device']}, load_lora_weights "
+                 f"({d['lora_parameters']} LoRA parameters), torch.Generator(device).manual_seed under "
+                 f"torch.autocast -> image {d['shape']}, the same image twice (LoRA vs base max diff "
+                 f"{d['lora_vs_base_max_diff']:.1e})", got.seconds, _emulated(d.get("device", ctx.device)))
 
 
 def check_tutorial_inference(ctx: Context, step: Check) -> Check:

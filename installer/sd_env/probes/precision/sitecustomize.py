@@ -29,7 +29,7 @@ MATMUL = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "convolution", "_
           "scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
           "_scaled_dot_product_efficient_attention", "_scaled_dot_product_attention_math"}
 UNET = "UNet2DConditionModel"
-LORA = ("LoRALinearLayer", "LoRAConv2dLayer")
+LORA = ("LoRALinearLayer", "LoRAConv2dLayer")  # diffusers' own (0.20); peft's (0.29) are marked in pre()
 
 
 def _run_shadowed():
@@ -119,8 +119,11 @@ def _install(out):
                     autocast_seen.add(autocast_state())
                 mode.__enter__()
             state["depth"] += 1
-        elif cls in LORA and state["depth"]:
+        elif state["depth"] and (cls in LORA or getattr(module, "_sd_env_lora", False)):
             state["lora"] += 1
+        if isinstance(getattr(module, "lora_A", None), torch.nn.ModuleDict):  # a peft LoRA layer: its A and B
+            for part in (*module.lora_A.values(), *module.lora_B.values()):
+                part._sd_env_lora = True
 
     def post(module, args, output):
         cls = type(module).__name__
@@ -128,7 +131,7 @@ def _install(out):
             state["depth"] -= 1
             if state["depth"] == 0:
                 mode.__exit__(None, None, None)
-        elif cls in LORA and state["lora"]:
+        elif state["lora"] and (cls in LORA or getattr(module, "_sd_env_lora", False)):
             state["lora"] -= 1
 
     torch.nn.modules.module.register_module_forward_pre_hook(pre)
