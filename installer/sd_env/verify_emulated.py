@@ -179,15 +179,21 @@ def check_demo_inference(ctx: Context) -> Check:
                     ["--model", str(ctx.model or ctx.paths.tiny_sd / "model"), "--lora", str(ctx.paths.lora_out),
                      "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"], env=verify.hf_env())
     where = "ran on tpu (emulated), as Sophgo's SD 1.5 demo validates"
+    placed = placement.measure(ctx.device, got.data, placement.INFERENCE, "the inference probe reported none")
+    if placed.problem or placed.device is None:
+        where = f"{verify._asked(ctx)}, as Sophgo's SD 1.5 demo validates"
     d = got.data or {}
     if got.data is None or not got.ok:
         facts = ", ".join(f"{k}={d[k]}" for k in ("same_image_twice", "finite", "lora_parameters") if k in d)
         return Check("inference", FAIL, f"{where}: {verify._problem(got)}" + (f" ({facts})" if facts else ""),
-                     got.seconds, _emulated(ctx.device))
+                     got.seconds, _emulated(placed.device))
+    if placed.problem:
+        return Check("inference", FAIL, f"{where}: {placed.problem}", got.seconds, _emulated(placed.device))
     return Check("inference", OK, f"{where}: {d['dtype']} pipeline on {d['device']}, load_lora_weights "
                  f"({d['lora_parameters']} LoRA parameters), torch.Generator(device).manual_seed under "
                  f"torch.autocast -> image {d['shape']}, the same image twice (LoRA vs base max diff "
-                 f"{d['lora_vs_base_max_diff']:.1e})", got.seconds, _emulated(d.get("device", ctx.device)))
+                 f"{d['lora_vs_base_max_diff']:.1e}); measured: {placed.said()}", got.seconds,
+                 _emulated(placed.device))
 
 
 def check_tutorial_inference(ctx: Context, step: Check) -> Check:

@@ -17,6 +17,7 @@ Prints one JSON object on its last stdout line; logs go to stderr.
 import argparse
 import time
 
+from _placed import Placed, device_plugin
 from _result import report
 
 PROMPT = "cute dragon creature"  # the demo's train.sh --validation_prompt
@@ -39,10 +40,7 @@ def main():
     import numpy as np
     import torch
 
-    if args.device != "cpu":
-        import torch_tpu  # the demo's `import torch_tpu`: registers the "tpu" device
-    else:
-        torch_tpu = None
+    torch_tpu = device_plugin(args.device)  # the demo's `import torch_tpu`
     from diffusers import DiffusionPipeline
 
     device = torch.device(args.device)
@@ -61,7 +59,8 @@ def main():
     pipeline.load_lora_weights(args.lora, weight_name="pytorch_lora_weights.safetensors")
     pipeline = pipeline.to(device)  # the demo loads the LoRA before moving; the adapters must be on the device too
     lora_layers = sum(1 for name, _ in pipeline.unet.named_parameters() if "lora" in name)
-    images = [draw(pipeline), draw(pipeline)]
+    placed = Placed()  # measured: where the work really ran
+    images = [draw(placed.watch(pipeline)), draw(pipeline)]
     unet_device = str(next(pipeline.unet.parameters()).device)
 
     finite = all(bool(np.isfinite(image).all()) for image in [base, *images])
@@ -69,6 +68,7 @@ def main():
     return {
         "ok": finite and same and lora_layers > 0 and unet_device.startswith(device.type),
         "device": unet_device,
+        **placed.as_dict(),
         "emulated": bool(getattr(torch_tpu, "EMULATED", False)),
         "dtype": str(pipeline.unet.dtype).replace("torch.", ""),
         "shape": list(images[0].shape),

@@ -15,6 +15,7 @@ import argparse
 import os
 import time
 
+from _placed import Placed
 from _result import report
 
 PROMPT = "a red square"
@@ -35,14 +36,6 @@ def parse_args():
     parser.add_argument("--tolerance", type=float, default=1e-5,
                         help="largest allowed difference between the base and the scale 0.0 images")
     return parser.parse_args()
-
-
-def parameter_devices(pipe):
-    """The devices of every parameter of the pipeline's models (the LoRA layers' too)."""
-    import torch
-
-    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
-    return sorted({str(p.device) for m in modules for p in m.parameters()})
 
 
 def main():
@@ -66,8 +59,8 @@ def main():
 
     pipe = StableDiffusionPipeline.from_pretrained(args.model).to(args.device)
     pipe.set_progress_bar_config(disable=True)
-    output_devices = set()  # where the UNet's forwards really produced their output
-    pipe.unet.register_forward_hook(lambda module, inputs, out: output_devices.add(str(out[0].device)))
+    placed = Placed()  # where the UNet's forwards really produced their output, and the parameters were
+    placed.watch(pipe)
 
     def generate(**kwargs):
         # A CPU generator: the same noise on every device, and no need for the
@@ -98,11 +91,11 @@ def main():
     scale0 = float(np.abs(off - base).max())
     scale1 = float(np.abs(on - base).max())
     finite = bool(np.isfinite(base).all() and np.isfinite(on).all())
+    placed.parameters(pipe)  # the LoRA layers' too
     return {
         "ok": finite and loaded > 0 and scale0 <= args.tolerance,
         "device": str(pipe.device),
-        "parameter_devices": parameter_devices(pipe),
-        "output_devices": sorted(output_devices),
+        **placed.as_dict(),
         "torch_tpu": torch_tpu is not None,
         "shape": list(base.shape),
         "lora_processors": loaded,

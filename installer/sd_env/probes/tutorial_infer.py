@@ -18,6 +18,7 @@ Prints one JSON object on its last stdout line; logs go to stderr.
 import argparse
 import time
 
+from _placed import Placed, device_plugin
 from _result import report
 
 PROMPT = "cute dragon creature"  # the tutorial's
@@ -39,10 +40,7 @@ def main():
     import numpy as np
     import torch
 
-    if args.device != "cpu":
-        import torch_tpu  # the tutorial's `import torch_tpu`: registers the "tpu" device
-    else:
-        torch_tpu = None
+    torch_tpu = device_plugin(args.device)  # the tutorial's `import torch_tpu`
     from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
     device = torch.device(args.device)
@@ -56,13 +54,8 @@ def main():
         torch.manual_seed(args.seed)
         return pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=7.5, output_type="np").images[0]
 
-    output_devices, parameter_devices = set(), set()  # measured: where the work really ran
-
-    def measured(pipe):
-        pipe.unet.register_forward_hook(lambda module, inputs, out: output_devices.add(str(out[0].device)))
-        models = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
-        parameter_devices.update(str(p.device) for m in models for p in m.parameters())
-        return pipe
+    placed = Placed()  # measured: where the work really ran
+    measured = placed.watch
 
     pipe = DiffusionPipeline.from_pretrained(args.model, revision=None, torch_dtype=torch.float16)
     pipe.to(device)
@@ -85,8 +78,7 @@ def main():
     return {
         "ok": finite and same_base and same_lora and loaded > 0 and unet_device.startswith(device.type),
         "device": unet_device,
-        "parameter_devices": sorted(parameter_devices),
-        "output_devices": sorted(output_devices),
+        **placed.as_dict(),
         "emulated": bool(getattr(torch_tpu, "EMULATED", False)),
         "dtype": dtype,
         "shape": list(base[0].shape),
