@@ -300,7 +300,11 @@ def _source(comp: Component, source_home: Paths, paths: Paths, members: _Members
 
 
 def _sdist(comp: Component, members: _Members, runner: Runner, reuse: tuple[Path, ...]) -> GitHistory:
-    """The component's PyPI sdist, checked against the manifest's sdist_sha256 (a --reuse folder first)."""
+    """The component's PyPI sdist, checked against the manifest's sdist_sha256 (a --reuse folder first).
+
+    pip prepares the sdist's metadata to download it; with build isolation, because sd-env's own venv may
+    have no setuptools or an old one without bdist_wheel (uv makes venvs without either).
+    """
     folder = members.root / SDIST
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{comp.name}-{comp.version}.tar.gz"
@@ -313,7 +317,7 @@ def _sdist(comp: Component, members: _Members, runner: Runner, reuse: tuple[Path
         download = members.root / "tmp" / f"sdist-{comp.name}"
         shutil.rmtree(download, ignore_errors=True)
         runner.run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
-                    "--no-binary", ":all:", "--no-build-isolation", "-d", str(download),
+                    "--no-binary", ":all:", "-d", str(download),
                     f"{comp.name}=={comp.version}"], timeout=1200,
                    label=f"pip: downloading the sdist of {comp.name}=={comp.version}",
                    hint="downloading needs the package index (PIP_INDEX_URL / pip.conf)")
