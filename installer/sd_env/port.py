@@ -52,7 +52,7 @@ def port(runner: Runner, repo: Path, patch: Patch, *, blobs_from: Path | None, f
         method = OFFSET if _OFFSET.search(trial.stderr) else EXACT
         return _checked(repo, patch, PortResult(patch, method, _offset_note(trial.stderr)))
     failed_at = _failures(repo, patch, trial.stderr)
-    missing = _ensure_blobs(runner, repo, patch, blobs_from)
+    missing = ensure_blobs(runner, repo, patch, blobs_from)
     if not missing:
         merge = _git_apply(runner, repo, patch, "-3")
         unmerged = gitcmd.out(runner, repo, "diff", "--name-only", "--diff-filter=U")
@@ -125,8 +125,9 @@ def _offset_note(stderr: str) -> str:
                                                 ((h, at, int(o)) for h, at, o in offsets))
 
 
-def _ensure_blobs(runner: Runner, repo: Path, patch: Patch, blobs_from: Path | None) -> list[str]:
-    """Copy the patch's pre-image blobs into `repo` from the old checkout; the ids still missing."""
+def ensure_blobs(runner: Runner, repo: Path, patch: Patch, blobs_from: Path | None) -> list[str]:
+    """Copy the patch's pre-image blobs into `repo` from `blobs_from` (a checkout that has them);
+    the ids still missing."""
     missing = []
     for old, _new in _INDEX.findall(patch.text):
         if set(old) == {"0"} or gitcmd.git(runner, repo, "cat-file", "-e", old, check=False).returncode == 0:

@@ -56,6 +56,7 @@ class Session:
     sdist_sha256: str | None = None
     fuzz: int = 0  # --fuzz of the start, kept for the patches ported after a --continue
     fuzzed: str = ""  # detail of the stopped patch's fuzzed port, waiting for --continue --accept
+    start: str = ""  # the file the current patch's port started from (a nearer rung), when not the patch
 
 
 def session_path(paths: Paths) -> Path:
@@ -135,7 +136,7 @@ def resume(man: Manifest, paths: Paths, runner: Runner, opts: Options, accept: b
     work = Path(session.work)
     if session.phase == "porting":
         index = len(session.done)
-        patch = patches.load(Path(session.patch_files[index]))
+        patch = patches.load(Path(session.start or session.patch_files[index]))
         leftovers = [str(p.relative_to(work)) for p in work.rglob("*.rej")] + \
             [str(p.relative_to(work)) for p in work.rglob("*.orig")]
         if leftovers:
@@ -161,7 +162,7 @@ def resume(man: Manifest, paths: Paths, runner: Runner, opts: Options, accept: b
         _commit(runner, work, f"{patch.name} ({method})")
         session.done.append({"name": patch.name, "path": str(patch.path), "method": method,
                              "detail": detail, "commit": gitcmd.head(runner, work)})
-        session.fuzzed = ""
+        session.fuzzed = session.start = ""
         save_session(paths, session)
     return _port_all(man, paths, runner, opts, session, session.fuzz, accept)
 
@@ -182,28 +183,30 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
               accept: bool) -> list[Result]:
     work = Path(session.work)
     old_checkout = paths.checkout(session.component)
+    comp = _component(man, session.component)
     results = [Result(session.component, "port", OK, f"{d['name']}: {d['method']} ({d['detail']})")
                for d in session.done]
     while session.phase == "porting" and len(session.done) < len(session.patch_files):
         patch = patches.load(Path(session.patch_files[len(session.done)]))
         progress(f"porting {patch.name} to {session.component} {session.to_tag}")
-        shipped = ladder.candidates(patch.path, session.from_version, session.to_version)
-        exact = ladder.named_for(patch.path, session.from_version, session.to_version, shipped)
-        got = (exact and ladder.take_shipped(runner, work, [exact])) or \
-            _plain_port(paths, runner, session, work, patch, old_checkout, fuzz, accept)
-        others = [p for p in shipped if p != exact]  # the exact one, if any, was tried first
-        if got.method == port.CONFLICT and others:
-            # The plain port conflicts: the newest shipped port that fits this release, else the
-            # conflict again (taking a shipped port resets the work tree).
-            got = ladder.take_shipped(runner, work, others) or \
-                _plain_port(paths, runner, session, work, patch, old_checkout, fuzz, accept)
-            if got.method == port.SHIPPED:
-                session.fuzzed = ""
+        choice = ladder.choose(runner, work, patch, session.from_version, session.to_version,
+                               lambda p: _plain_port(paths, runner, opts, comp, session, work, p, old_checkout,
+                                                     fuzz, accept))
+        got = choice.result
+        started = ""
+        if choice.start != patch.path and got.method != port.SHIPPED:
+            started = f"started from {choice.start.name}, the nearest shipped port below {session.to_version}; "
+            progress(f"{patch.name}: {started.rstrip('; ')}")
+        session.start = str(choice.start) if choice.start != patch.path else ""
+        if got.method == port.SHIPPED:
+            session.fuzzed = ""
         if got.method == port.CONFLICT:
             where = "\n  ".join(got.conflicts) or "see the files in the work tree"
-            results.append(Result(session.component, "port", FAIL, f"{patch.name}: {got.detail}"))
+            save_session(paths, session)
+            results.append(Result(session.component, "port", FAIL, f"{patch.name}: {started}{got.detail}"))
             raise RepatchConflict(
-                f"{patch.name} does not port to {session.component} {session.to_tag}: {got.detail}\n  {where}",
+                f"{got.patch.name} does not port to {session.component} {session.to_tag}: {started}{got.detail}"
+                f"\n  {where}",
                 f"nothing installed changed. Fix it in {work} (conflict markers or .rej files), then "
                 "`sd-env repatch --continue`; or `sd-env repatch --abort`", results)
         commit = ""
@@ -211,10 +214,12 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
             commit = _commit(runner, work, f"{patch.name} ({got.method})")
             faults.point("ported")
         session.done.append({"name": got.patch.name, "path": str(got.patch.path), "method": got.method,
-                             "detail": got.detail, "commit": commit, "shipped": got.method == port.SHIPPED})
+                             "detail": started + got.detail, "commit": commit, "shipped": got.method == port.SHIPPED})
+        session.start = ""
         save_session(paths, session)
         status_ = WARN if got.method in (port.OBSOLETE, port.FUZZED) else OK
-        results.append(Result(session.component, "port", status_, f"{patch.name}: {got.method} ({got.detail})"))
+        results.append(Result(session.component, "port", status_,
+                              f"{patch.name}: {got.method} ({started}{got.detail})"))
     # Everything that can refuse (a patch that does not parse, a manifest that cannot be edited) is
     # checked while --abort is still possible; finishing only writes what was checked.
     outputs = _outputs(man, runner, session)
@@ -225,14 +230,39 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
     return results + finished + proof.after_port(runner, opts.python, paths, session.component)
 
 
-def _plain_port(paths: Paths, runner: Runner, session: Session, work: Path, patch: patches.Patch,
-                old_checkout: Path, fuzz: int, accept: bool) -> port.PortResult:
-    got = port.port(runner, work, patch, blobs_from=old_checkout if old_checkout.exists() else None, fuzz=fuzz)
+def _plain_port(paths: Paths, runner: Runner, opts: Options, comp: Component, session: Session, work: Path,
+                patch: patches.Patch, old_checkout: Path, fuzz: int, accept: bool) -> port.PortResult:
+    blobs = old_checkout if old_checkout.exists() else None
+    if port.ensure_blobs(runner, work, patch, blobs):
+        _pre_image(paths, runner, opts, comp, session, work, patch)
+    got = port.port(runner, work, patch, blobs_from=blobs, fuzz=fuzz)
     if got.method == port.FUZZED and not accept:
         session.fuzzed = got.detail
         save_session(paths, session)
         got = port.PortResult(patch, port.CONFLICT, got.detail + " (fuzzed ports need --continue --accept)")
     return got
+
+
+def _pre_image(paths: Paths, runner: Runner, opts: Options, comp: Component, session: Session, work: Path,
+               patch: patches.Patch) -> None:
+    """Copy `patch`'s pre-image blobs into the work tree from the release it was made for (in its
+    name), fetched for this: a shipped port of another release than the checkout's can then be
+    merged 3-way. Nothing when that release cannot be fetched (the port says the blobs are missing)."""
+    version = ladder.version_in_name(patch.name, session.from_version)
+    if not version or version in (session.from_version, session.to_version):
+        return
+    rung = dataclasses.replace(comp, tag=_tag_for(comp, version), version=version, commit=None)
+    where = paths.work / f"pre-image-{session.component}-{version}"
+    shutil.rmtree(where, ignore_errors=True)
+    progress(f"fetching {session.component} {rung.tag} for the pre-image of {patch.name}")
+    try:
+        sources.fetch(rung, where, paths.work, runner, mirror=opts.mirror, expect=None, python=opts.python,
+                      sdist_fallback=opts.sdist_fallback)
+        port.ensure_blobs(runner, work, patch, where)
+    except SdEnvError as exc:
+        progress(f"{patch.name}: no pre-image to merge from ({exc.message.splitlines()[0]})")
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
 
 
 Outputs = tuple[list[tuple[Path, str]], list[Path], str]
@@ -254,7 +284,7 @@ def _outputs(man: Manifest, runner: Runner, session: Session) -> Outputs:
             parent = done["commit"]
             continue
         old = patches.load(Path(done["path"]))
-        new_path = old.path.with_name(_new_name(old.name, session.from_version, session.to_version))
+        new_path = old.path.with_name(ladder.renamed(old.name, session.to_version, session.from_version))
         if not work.exists():
             series.append(new_path)  # an interrupted finish already wrote the patches and moved the work tree
             continue
@@ -337,13 +367,6 @@ def _finish(man: Manifest, paths: Paths, runner: Runner, opts: Options, session:
     shown = ", ".join(p.name for p in written) or "no patches left (all obsolete upstream)"
     return [Result(comp.name, "finish", OK, f"now {session.to_tag} at {session.base[:12]} ({session.source}); "
                    f"wrote {shown}; manifest updated; editable install rebuilt")]
-
-
-def _new_name(old: str, from_version: str, to_version: str) -> str:
-    if from_version and from_version in old:
-        return old.replace(from_version, to_version, 1)
-    stem, dot, ext = old.rpartition(".")
-    return f"{stem}-{to_version}.{ext}" if dot else f"{old}-{to_version}"
 
 
 def _new_header(old: patches.Patch, session: Session, method: str) -> str:
