@@ -9,9 +9,9 @@ the checkout holds: after `repatch --to accelerate==0.22.0` the series is the sh
 
 `choose` is the order `sd-env repatch` follows for one patch: the shipped port named
 for the target; else, when a sibling nearer to the target than the current patch
-exists (a jump between rungs or past the ladder), the newest shipped port that fits,
-else the plain port of that nearest one; else the plain port of the patch itself and,
-when it conflicts, the newest shipped port that fits.
+exists (a jump between rungs or past the ladder), that nearest rung as it is, else
+its plain port (3-way from its own release's pre-image); else the plain port of the
+patch itself. When the plain port conflicts, the newest older shipped port that fits.
 """
 
 from __future__ import annotations
@@ -128,16 +128,23 @@ def choose(runner: Runner, work: Path, patch: patches.Patch, hint: str, to_versi
     start = nearest(patch.path, hint, to_version)
     others = [p for p in shipped if p != exact]  # the exact one, if any, was tried first
     if start != patch.path:
-        # A rung nearer to the target than the patch: a shipped port that fits, else port that rung.
-        got = take_shipped(runner, work, others)
+        # A rung nearer to the target than the patch: as it is, else its plain port (3-way from its own
+        # pre-image), and only when that fails an older shipped port that fits: the nearest rung is the
+        # change maintained for this range; an older one may lack what the nearer one added.
+        got = take_shipped(runner, work, [start]) if start != exact else None
         if got is not None:
-            return Choice(got, got.patch.path)
-        return Choice(plain(patches.load(start)), start)
+            return Choice(got, start)
+        start_patch = patches.load(start)
+        got = plain(start_patch)
+        older = [p for p in others if p != start]
+        if got.method in (port.CONFLICT, port.GONE) and older:
+            got = take_shipped(runner, work, older) or plain(start_patch)
+        return Choice(got, got.patch.path if got.method == port.SHIPPED else start)
     got = plain(patch)
-    if got.method == port.CONFLICT and others:
-        # The plain port conflicts (markers, no pre-image to merge from, or a check that failed):
-        # the newest shipped port that fits this release, else the conflict again (taking a
-        # shipped port resets the work tree).
+    if got.method in (port.CONFLICT, port.GONE) and others:
+        # The plain port conflicts (markers, no pre-image to merge from, a check that failed, or a
+        # hunk whose target is gone): the newest shipped port that fits this release, else the plain
+        # port again (taking a shipped port resets the work tree).
         got = take_shipped(runner, work, others) or plain(patch)
     return Choice(got, patch.path)
 
