@@ -10,15 +10,13 @@ checkout swap, editable rebuild) is ordered so each step can be redone.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd_env import faults, fsutil, gitcmd, ladder, manifest_edit, patches, port, proof, sources, state, status, target
+from sd_env import faults, fsutil, gitcmd, ladder, patches, port, proof, refresh, sources, state, status, target
 from sd_env.checkouts import record_applied
 from sd_env.errors import InputError, SdEnvError, StepError
 from sd_env.install import Options
@@ -193,6 +191,8 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
                                lambda p: _plain_port(paths, runner, opts, comp, session, work, p, old_checkout,
                                                      fuzz, accept))
         got = choice.result
+        if got.method == port.GONE:
+            got = _settle_gone(runner, opts, paths, session, work, got)
         started = ""
         if choice.start != patch.path and got.method != port.SHIPPED:
             started = f"started from {choice.start.name}, the nearest shipped port below {session.to_version}; "
@@ -214,7 +214,8 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
             commit = _commit(runner, work, f"{patch.name} ({got.method})")
             faults.point("ported")
         session.done.append({"name": got.patch.name, "path": str(got.patch.path), "method": got.method,
-                             "detail": started + got.detail, "commit": commit, "shipped": got.method == port.SHIPPED})
+                             "detail": started + got.detail, "commit": commit, "shipped": got.method == port.SHIPPED,
+                             "dropped": got.gone if got.method == port.DROPPED else []})
         session.start = ""
         save_session(paths, session)
         status_ = WARN if got.method in (port.OBSOLETE, port.FUZZED) else OK
@@ -222,7 +223,7 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
                               f"{patch.name}: {got.method} ({started}{got.detail})"))
     # Everything that can refuse (a patch that does not parse, a manifest that cannot be edited) is
     # checked while --abort is still possible; finishing only writes what was checked.
-    outputs = _outputs(man, runner, session)
+    outputs = refresh.outputs(man.path, _component(man, session.component), runner, session)
     session.phase = "finishing"
     save_session(paths, session)
     faults.point("finishing")
@@ -241,6 +242,26 @@ def _plain_port(paths: Paths, runner: Runner, opts: Options, comp: Component, se
         save_session(paths, session)
         got = port.PortResult(patch, port.CONFLICT, got.detail + " (fuzzed ports need --continue --accept)")
     return got
+
+
+def _settle_gone(runner: Runner, opts: Options, paths: Paths, session: Session, work: Path,
+                 got: port.PortResult) -> port.PortResult:
+    """Hunks whose target text is gone, the rest ported into the work tree: dropped when the component's
+    proof shows they are no longer needed, else a conflict that says whether they still are."""
+    verdict, evidence = proof.gone_hunks(runner, opts.python, paths, session.component, work)
+    shutil.rmtree(work / ".git" / "sd-env-rest", ignore_errors=True)
+    gone = "; ".join(got.gone) + ": target text gone from the new file"
+    if verdict == proof.OBSOLETE:
+        return port.PortResult(got.patch, port.DROPPED, f"{gone}; dropped: no longer needed (proven on the emulated "
+                               f"device: {evidence}); {got.detail}", gone=got.gone)
+    for hunk in got.gone:  # the user's to-do in the work tree, as a plain conflict leaves it
+        path = hunk.split(" of ", 1)[1].rsplit(" (`", 1)[0]
+        with open(work / f"{path}.rej", "a", encoding="utf-8") as rej:
+            rej.write(f"sd-env: {hunk}: target text gone from the new file\n")
+    why = (f"still needed (proven on the emulated device: {evidence})" if verdict == proof.NEEDED
+           else f"not proven obsolete ({evidence})")
+    return port.PortResult(got.patch, port.CONFLICT, f"{gone}, {why}; {got.detail}, in the work tree: write "
+                           "the fix for the new code by hand", gone=got.gone)
 
 
 def _pre_image(paths: Paths, runner: Runner, opts: Options, comp: Component, session: Session, work: Path,
@@ -265,77 +286,13 @@ def _pre_image(paths: Paths, runner: Runner, opts: Options, comp: Component, ses
         shutil.rmtree(where, ignore_errors=True)
 
 
-Outputs = tuple[list[tuple[Path, str]], list[Path], str]
-
-
-def _outputs(man: Manifest, runner: Runner, session: Session) -> Outputs:
-    """What finishing writes: the refreshed patch files (path, text; empty text: an existing file with
-    the same change is reused), the new series in order, and the manifest's new text."""
-    comp = _component(man, session.component)
-    work = Path(session.work)
-    files: list[tuple[Path, str]] = []
-    series: list[Path] = []
-    parent = session.base
-    for done in session.done:
-        if not done["commit"]:
-            continue  # obsolete upstream: dropped from the series
-        if done.get("shipped"):
-            series.append(Path(done["path"]))  # used as shipped, not rewritten: it is the maintained file
-            parent = done["commit"]
-            continue
-        old = patches.load(Path(done["path"]))
-        new_path = old.path.with_name(ladder.renamed(old.name, session.to_version, session.from_version))
-        if not work.exists():
-            series.append(new_path)  # an interrupted finish already wrote the patches and moved the work tree
-            continue
-        # Not gitcmd.out: stripping would cut a trailing blank context line off the diff.
-        diff = gitcmd.git(runner, work, "diff", "--full-index", parent, done["commit"]).stdout
-        parent = done["commit"]
-        same = _same_change(diff, [old.path, new_path, *sorted(old.path.parent.iterdir())], session)
-        if same is not None:
-            series.append(same)  # going back to a release a patch file was made for: no duplicate
-            continue
-        text = _new_header(old, session, done["method"]) + "\n" + diff
-        patches.parse(text, new_path)  # a refreshed patch that does not parse must not replace anything
-        files.append((new_path, text))
-        series.append(new_path)
-    commit = session.to_commit if session.source == "git" else None
-    manifest_text = manifest_edit.updated_text(man.path, comp.name, tag=session.to_tag, version=session.to_version,
-                                               commit=commit, patches=[p.name for p in series],
-                                               pending=frozenset(p.name for p, _ in files))
-    return files, series, manifest_text
-
-
-def _same_change(diff: str, candidates: list[Path], session: Session) -> Path | None:
-    """The first candidate patch file made for the target release whose diff (its header aside) is `diff`."""
-    want = _body(diff)
-    for path in candidates:
-        if path.suffix not in (".diff", ".patch") or not path.is_file():
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        # Made for the target: its Upstream-Version names the tag, or (no such header) its name the version.
-        made_for = patches.parse_header(text).get("Upstream-Version")
-        fits = session.to_tag in made_for.split() if made_for else session.to_version in path.name
-        if fits and _body(text) == want:
-            return path
-    return None
-
-
-def _body(text: str) -> str:
-    at = text.find("diff --git")
-    return (text[at:] if at >= 0 else text).rstrip()
-
-
 def _finish(man: Manifest, paths: Paths, runner: Runner, opts: Options, session: Session,
-            outputs: Outputs | None = None) -> list[Result]:
+            outputs: refresh.Outputs | None = None) -> list[Result]:
     """Write the refreshed patches, point the manifest at them, swap the checkout, rebuild.
     `outputs`: what _outputs gave just before (a resumed finish works them out again)."""
     comp = _component(man, session.component)
     work = Path(session.work)
-    files, written, manifest_text = outputs or _outputs(man, runner, session)
+    files, written, manifest_text = outputs or refresh.outputs(man.path, comp, runner, session)
     for path, text in files:
         fsutil.write_atomic(path, text)
     faults.point("patches-written")
@@ -367,24 +324,6 @@ def _finish(man: Manifest, paths: Paths, runner: Runner, opts: Options, session:
     shown = ", ".join(p.name for p in written) or "no patches left (all obsolete upstream)"
     return [Result(comp.name, "finish", OK, f"now {session.to_tag} at {session.base[:12]} ({session.source}); "
                    f"wrote {shown}; manifest updated; editable install rebuilt")]
-
-
-def _new_header(old: patches.Patch, session: Session, method: str) -> str:
-    header_text = old.text.split("diff --git", 1)[0].rstrip("\n")
-    today = datetime.date.today().isoformat()
-    upstream = f"{session.component} {session.to_tag}" + (
-        f" ({session.to_commit})" if session.source == "git" else f" (PyPI sdist, sha256 {session.sdist_sha256})")
-    header_text = _set_field(header_text, "Upstream-Version", upstream)
-    header_text = _set_field(header_text, "Last-Update", today)
-    header_text = _set_field(header_text, "Ported-From", f"{old.name} ({method}, by sd-env repatch)")
-    return header_text + "\n"
-
-
-def _set_field(text: str, key: str, value: str) -> str:
-    pattern = re.compile(rf"^{re.escape(key)}:.*$", re.M)
-    if pattern.search(text):
-        return pattern.sub(f"{key}: {value}", text, count=1)
-    return text + f"\n{key}: {value}"
 
 
 def _commit(runner: Runner, work: Path, message: str) -> str:
