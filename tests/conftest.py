@@ -249,9 +249,10 @@ HISTORY = "SD_ENV_TEST_UPSTREAM_HISTORY"
 def upstream_history(name: str, tag: str) -> Path | None:
     """A git mirror prefix (the `--git-mirror` layout) whose huggingface/NAME.git has `tag`: the releases
     of accelerate PyPI lacks (1.1.0, 1.11.0 on) and diffusers' examples/ exist only in git. Taken from
-    $SD_ENV_TEST_UPSTREAM_HISTORY, else the shared mirrors (shallow at the pins, so usually without)."""
-    given = os.environ.get(HISTORY)
-    for prefix in filter(None, [Path(given) if given else None, shared_mirrors()]):
+    $SD_ENV_TEST_UPSTREAM_HISTORY, else $SD_ENV_GIT_MIRROR, else the shared mirrors (shallow at the pins,
+    so usually without)."""
+    given = [os.environ.get(HISTORY), os.environ.get("SD_ENV_GIT_MIRROR")]
+    for prefix in [*(Path(g) for g in given if g), *filter(None, [shared_mirrors()])]:
         repo = prefix / "huggingface" / f"{name}.git"
         found = subprocess.run(["git", "--git-dir", str(repo), "rev-parse", "-q", "--verify", f"refs/tags/{tag}"],
                                capture_output=True, text=True)

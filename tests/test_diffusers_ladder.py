@@ -6,16 +6,16 @@ The example exists only in diffusers' git history: every test here needs a git m
 - text: from the pin's patch, each release ends on the port `sd-env repatch` would choose (ladder.choose):
   the pin's patch (exact, 3-way), a shipped port, or the SD 1.5 stack's port merged 3-way; without the
   shipped ports, the hunk whose target text is gone is named instead of a bare conflict;
-- proofs (slow: one release of each rung; heavy: every distinct example up to 0.34.x, the last the
-  torch 2.1 era runs): the ported example trains 2 fp32 steps on "tpu" (its LoRA weights move); without
+- proofs (slow: one release of each rung; heavy: every distinct example up to 0.31.x, the last that
+  runs on torch 2.1): the ported example trains 2 fp32 steps on "tpu" (its LoRA weights move); without
   the placement hunk it still trains (0.25.0 on: dropped, no longer needed) or it does not (up to 0.24.x:
   still needed); without the `import torch_tpu` hunk and with an upstream accelerate it stops at
   Accelerator() on "tpu:0" (still needed on every release);
 - repatch: 0.24.0 -> 0.25.0 drops the placement hunk, proven; 0.22.0 -> 0.24.0 keeps it, proven needed.
 Each release runs in an era overlay (tests/eras.py): what its example imports, as PyPI had it two weeks
 after the release, on the cached Python 3.9 + torch 2.1.0 venv; diffusers itself from the tag's source.
-From 0.35.0 the era's packages need torch >= 2.2 (transformers uses torch.utils._pytree.register_pytree_node):
-their proofs wait for the torch 2.8 emulator.
+From 0.32.0 the library imports torch.uint1 (torch >= 2.3), and from 0.35.0 the era's transformers needs
+torch >= 2.2: their proofs (heavy, on the SD 1.5 stack's torch 2.8.0) wait for the torch 2.8 emulator.
 """
 
 from __future__ import annotations
@@ -39,12 +39,15 @@ from sd_env.paths import Paths
 from sd_env.runner import Runner
 from tests import eras
 from tests.conftest import ROOT, git, no_history, one_component_manifest, upstream_history
-from tests.test_real_accelerate import cache_dir, torch_python  # noqa: F401
+from tests.test_accelerate_walk import supports_torch_28
+from tests.test_real_accelerate import cache_dir, torch_python, torch_venv  # noqa: F401
 
 EXAMPLE = "examples/text_to_image/train_text_to_image_lora.py"
 PIN = ROOT / "patches" / "diffusers-0.20.0-train-lora.diff"
 RUNGS = ("0.20.0", "0.22.0", "0.24.0", "0.25.0", "0.29.2")
-TORCH_21_UNTIL = Version("0.34.99")  # the last example whose era runs on torch 2.1
+# The last example that runs on torch 2.1: diffusers 0.32.0 imports torch.uint1 (torch >= 2.3) unguarded
+# (quantizers/torchao), and from 0.35.0 the era's transformers needs torch >= 2.2.
+TORCH_21_UNTIL = Version("0.31.99")
 # The library's own imports (setup.py), beside the example's requirements.txt.
 CORE = ["importlib_metadata", "filelock", "huggingface-hub", "numpy<2", "regex", "requests", "safetensors", "Pillow"]
 DEVICE_STRING = "device type at start of device string: tpu"
@@ -197,8 +200,8 @@ def prove_release(repo: Path, release: str, base: Path, home: Paths, emu: emulat
     assert got.ported, (release, got.detail)
     work = tmp / "ported"
     # 1. The port trains: 2 fp32 steps on "tpu", the LoRA weights move.
-    verdict, evidence = proof.gone_hunks(Runner(), python, home, "diffusers", work)
-    assert verdict == proof.OBSOLETE, (release, evidence)  # "obsolete" here: the ported example trains
+    verdict, evidence = proof.example(Runner(), python, home, work, work / "src")
+    assert verdict == proof.OBSOLETE, (release, evidence)  # here: the ported example trains
     # 2. The placement fix: what the example does without it.
     apply_without(work, got.patch, lambda added: "accelerator.device" not in added, tmp / "no-placement.diff")
     needed, why = proof.gone_hunks(Runner(), python, home, "diffusers", work)
@@ -331,3 +334,21 @@ def test_repatch_keeps_a_gone_hunk_that_is_still_needed(torch_python, tiny_home,
                              "first step fails: Expected all tensors to be on the same device"), detail
     assert (home.repatch / "diffusers-0.24.0" / f"{EXAMPLE}.rej").is_file()
     assert sd_manifest.load(manifest).component("diffusers").version == "0.22.0"
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+@pytest.mark.network
+def test_the_examples_of_the_torch_28_era(tiny_home, tmp_path):
+    """0.32.0 on: they need torch >= 2.3; proven on the SD 1.5 stack's torch 2.8.0 (Python 3.11) once the
+    emulator supports it."""
+    if not supports_torch_28():
+        pytest.skip("skipped: waits for the torch 2.8 emulator (issue 19); the emulator supports torch "
+                    f"{emulation.SUPPORTED_TORCH} only")
+    repo = history()
+    base = torch_venv("3.11", ROOT / "manifests" / "sc7-sd15-lora.pypi.lock.txt", torch="2.8.0")
+    emu = emulation.build(Runner(), base, tiny_home)
+    for release in [r for r in distinct_examples(repo) if Version(r) > TORCH_21_UNTIL]:
+        found = prove_release(repo, release, base, tiny_home, emu, tmp_path / release)
+        assert found["placement"][0] == proof.OBSOLETE, (release, found)
+        print(f"{release:8} | {json.dumps(found)}")

@@ -80,12 +80,18 @@ def gone_hunks(runner: Runner, python: Path, paths: Paths, component: str, work:
     if component != "diffusers":
         return UNPROVEN, f"sd-env has no proof for {component}'s patches"
     progress("proving whether the hunks are still needed: the example without them, 2 fp32 steps on the emulated tpu")
+    verdict, evidence = example(runner, python, paths, work, work / "src")
+    return verdict, "without them " + evidence
+
+
+def example(runner: Runner, python: Path, paths: Paths, tree: Path, library: Path | None) -> tuple[str, str]:
+    """`tree`'s LoRA example on the emulated tpu (see _example), building the emulation if need be."""
     try:
         emu = emulation.build(runner, python, paths)
     except SdEnvError as exc:
         return UNPROVEN, f"the emulated torch_tpu is not available ({exc.message})"
-    verdict, evidence, _seconds = _example(runner, python, paths, emu, work, work / "src")
-    return verdict, "without them " + evidence
+    verdict, evidence, _seconds = _example(runner, python, paths, emu, tree, library)
+    return verdict, evidence
 
 
 def _example(runner: Runner, python: Path, paths: Paths, emu: emulation.Emulator, tree: Path,
