@@ -6,6 +6,10 @@
 # --no-verify: stop after the install (a caller that runs its own `sd-env verify`).
 # --json: stdout is exactly one JSON document, `sd-env install --json`'s (its
 # "changed" says whether anything was done); everything else goes to stderr.
+# Every other flag goes to `sd-env install`: -m NAME (also what verify checks),
+# --git-mirror PREFIX (github.com/OWNER/NAME.git from PREFIX/OWNER/NAME.git; without
+# GitHub, diffusers otherwise comes from its sdist, which has no training script),
+# --python, --torch-tpu-wheel, --bundle, ...
 #
 # On a fresh machine: finds a Python >= 3.9 for sd-env itself, installs sd-env
 # into its own venv (.sd-env/tool), then runs `sd-env install` (which finds or
@@ -13,9 +17,12 @@
 # `sd-env verify`. Needs only bash, git and some Python >= 3.9. Re-running on
 # a finished machine changes nothing and takes seconds.
 #
-# ./bootstrap.sh --bundle OUT: no network at all; sd-env comes from the bundle's
-# wheels (scripts/bundle-tool.sh), then `sd-env install --bundle OUT`. A bundle
-# carries this script: OUT/bootstrap.sh installs from OUT itself, into
+# ./bootstrap.sh --bundle OUT [--expect ID] [--allowed-signers FILE]: no network at
+# all. The bundle's index is checked first against the id (or the signature) given,
+# then sd-env comes from exactly the wheels the index lists for it, by hash
+# (scripts/bundle-tool.sh), with the Python version the bundle was made for; then
+# `sd-env install --bundle OUT` (with the same flags) checks every member again. A
+# bundle carries this script: OUT/bootstrap.sh installs from OUT itself, into
 # $SD_ENV_HOME (default: .sd-env in the current folder).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -38,35 +45,50 @@ for arg in "$@"; do
   esac
 done
 
-# Inside a bundle (its index.json beside this script), the bundle is the source and
-# the home is never inside it (bundle verify would find the home's files unlisted).
+# Inside a bundle (its index.json beside this script), the bundle is the source.
 if [ -f "$here/index.json" ]; then
   home=${SD_ENV_HOME:-$PWD/.sd-env}
-  case "$(cd "$(dirname "$home")" 2>/dev/null && pwd)/" in
-    "$here"/*) die "the install folder $home is inside the bundle $here" \
-                   "run from another folder, or set SD_ENV_HOME to a folder outside the bundle" ;;
-  esac
   [ -n "$(bundle_arg "$@")" ] || args+=(--bundle "$here")
 else
   home=${SD_ENV_HOME:-$here/.sd-env}
 fi
 tool=$home/tool
+bundle=$(bundle_arg ${args[@]+"${args[@]}"})
 
 command -v git >/dev/null || die "git is not installed" "install it: sudo apt install git (or: conda install git)"
-py=$(find_python 9) || die "no Python >= 3.9 to run sd-env" \
-  "install one: sudo apt install python3 python3-venv; or conda create -n sd python=3.9; or pyenv install 3.9"
+scratch=""
+if [ -n "$bundle" ]; then
+  [ -d "$bundle" ] || die "--bundle $bundle: no such folder" "pass the folder made by \`sd-env bundle create\`"
+  bundle=$(cd "$bundle" && pwd -P)
+  # The home is never inside the bundle (bundle verify would find the home's files unlisted).
+  case "$(realpath -m "$home")/" in
+    "$bundle"/*) die "the install folder $home is inside the bundle $bundle" \
+                     "run from another folder, or set SD_ENV_HOME to a folder outside the bundle" ;;
+  esac
+  scratch=$(mktemp -d)
+  trap 'rm -rf "$scratch"' EXIT
+  index=$(bundle_anchor "$bundle" "$(flag_arg --expect ${args[@]+"${args[@]}"})" \
+    "$(flag_arg --allowed-signers ${args[@]+"${args[@]}"})" "$scratch")
+  # sd-env's own wheels in the bundle were downloaded for the bundle's Python: use that version.
+  want=$(bundle_python "$index")
+  [ -n "$want" ] || die "the bundle's index names no Python version" "re-create the bundle with this sd-env" 1
+  py=$(find_python "${want#3.}" "${want#3.}") || die "no Python $want to run sd-env from this bundle" \
+    "its wheels are for Python $want: install it (conda create -n sd python=$want; or pyenv install $want) and pass SD_ENV_PYTHON=/path/to/python$want"
+else
+  py=$(find_python 9) || die "no Python >= 3.9 to run sd-env" \
+    "install one: sudo apt install python3 python3-venv; or conda create -n sd python=3.9; or pyenv install 3.9"
+fi
 
 # --json: fd 3 is the real stdout, for install's JSON document only; all else goes to stderr.
 exec 3>&1
 [ "$json" = 0 ] || exec 1>&2
 
-bundle=$(bundle_arg ${args[@]+"${args[@]}"})
 verify_args=()
 # The tool venv is (re)built only when missing or when pyproject.toml changed
 # (sd-env is installed editable, so code changes need no reinstall).
 if [ -n "$bundle" ]; then
-  bundle_tool "$py" "$bundle" "$tool"
-  verify_args=(-m "$(bundle_manifest "$py" "$bundle")")  # verify reads the manifest the bundle installed
+  bundle_tool "$py" "$bundle" "$tool" "$index" "$scratch"
+  verify_args=(-m "$(bundle_manifest "$py" "$bundle" "$index")")  # verify reads the manifest the bundle installed
 elif stamp=$(sha256sum "$here/pyproject.toml" | cut -c1-16) \
     && { [ ! -x "$tool/bin/sd-env" ] || [ "$(cat "$tool/.sd-env-stamp" 2>/dev/null)" != "$stamp" ]; }; then
   say "installing sd-env into $tool (with $py)"
@@ -128,5 +150,17 @@ prefix=""
 [ "$home" = "$here/.sd-env" ] || prefix="SD_ENV_HOME=$home "
 hint=""
 [ "$link" = 1 ] || hint=" (./bootstrap.sh --link puts it on your PATH)"
-say "sd-env is $tool/bin/sd-env$hint: \`$prefix$cmd shell\` enters the environment, \`$prefix$cmd train --model DIR --data DIR\` trains a LoRA"
+# The last lines say what `train` still lacks (diffusers from its sdist has no training script)
+# and the command that fixes it, rather than suggest a train that fails at once.
+if missing=$("$tool/bin/sd-env" train --check ${verify_args[@]+"${verify_args[@]}"} 2>&1 >/dev/null); then
+  say "sd-env is $tool/bin/sd-env$hint: \`$prefix$cmd shell\` enters the environment, \`$prefix$cmd train --model DIR --data DIR\` trains a LoRA"
+else
+  say "sd-env is $tool/bin/sd-env$hint: \`$prefix$cmd shell\` enters the environment"
+  while IFS= read -r line; do  # sd-env's error and hint, its commands as this home needs them
+    case $line in
+      "error: "*) say "NOT ready to train: ${line#error: }" ;;
+      "hint: "*) line=${line#hint: }; say "fix: ${line//\`sd-env /\`$prefix$cmd }" ;;
+    esac
+  done <<< "$missing"
+fi
 exit "$rc"

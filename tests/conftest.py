@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import venv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -315,6 +315,15 @@ def bootstrap(home: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
+def made(tmp_path_factory: pytest.TempPathFactory):
+    """The small project's bundle, made once per session (tests/bundlekit.py; downloads six, idna,
+    sd-env's dependencies and uv through the configured index)."""
+    from tests.bundlekit import make_bundle
+
+    return make_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="session")
 def bootstrapped(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """The real environment of the default manifest (2.8 GB on a cold machine), built once per session."""
     home = tmp_path_factory.mktemp("e2e") / "home"
@@ -358,6 +367,67 @@ def emulator(emulator_target: tuple[Path, Paths]) -> emulation.Emulator:
     return emulation.build(Runner(), python, paths)
 
 
+SD15_MANIFEST = ROOT / "manifests" / "sc7-sd15-lora.toml"
+ERAS = ("2.1", "2.8")  # the torch_tpu eras the emulator builds for: the sd14 stack's torch 2.1, the sd15 one's 2.8
+
+
+def mirror_has(mirrors: Path | None, repo: str, tag: str) -> bool:
+    return mirrors is not None and subprocess.run(
+        ["git", "--git-dir", str(mirrors / "huggingface" / f"{repo}.git"), "rev-parse", "-q", "--verify",
+         f"{tag}^{{commit}}"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def sd15_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sophgo's current stack (-m sc7-sd15-lora: Python 3.11, torch 2.8.0, accelerate 0.30.1, diffusers 0.29.2),
+    installed once per session; SD_ENV_TEST_SD15_HOME reuses a home of it. PyPI's torch 2.8.0 is the CUDA build:
+    uv takes it and its nvidia-* wheels from its cache (about 6 GB once) and links them into the venv, so the
+    venv adds next to nothing on disk (bench/README.md has the figures). With a git mirror that has accelerate
+    v0.30.1 and diffusers v0.29.2, they come from git (diffusers' example script is only there)."""
+    existing = os.environ.get("SD_ENV_TEST_SD15_HOME")
+    if existing:
+        return Path(existing)
+    home = tmp_path_factory.mktemp("sd15") / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "SD_ENV_PYTHON")}
+    mirrors = shared_mirrors()
+    # A mirror without the stack's tags is an error (a moved tag, for sd-env); no mirror at all sends git to
+    # GitHub, which CI cannot reach. An empty folder as the mirror makes git fail at once: the PyPI sdists.
+    has_tags = mirror_has(mirrors, "accelerate", "v0.30.1") and mirror_has(mirrors, "diffusers", "v0.29.2")
+    env["SD_ENV_GIT_MIRROR"] = str(mirrors if has_tags else tmp_path_factory.mktemp("no-git-mirror"))
+    got = subprocess.run([sys.executable, "-m", "sd_env", "install", "-m", str(SD15_MANIFEST), "--home", str(home)],
+                         env=env, capture_output=True, text=True, timeout=3600)
+    if got.returncode == 2 and "3.11" in got.stderr:
+        pytest.skip(f"skipped: no Python 3.11 for the sd15 stack: {got.stderr.strip()[-500:]}")
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    return home
+
+
+@pytest.fixture(scope="session")
+def sd15_target(sd15_home: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Paths]:
+    """The sd15 stack's interpreter (torch 2.8) and the home that caches its emulator build."""
+    if os.environ.get("SD_ENV_TEST_SD15_HOME"):  # somebody's home: the build goes to a cache of the tests'
+        cache = os.environ.get("SD_ENV_TEST_EMULATOR_HOME") or str(tmp_path_factory.mktemp("emulator-home-28"))
+        return sd15_home / "venv" / "bin" / "python", Paths(Path(cache))
+    return sd15_home / "venv" / "bin" / "python", Paths(sd15_home)
+
+
+@pytest.fixture(scope="session")
+def emulated(request: pytest.FixtureRequest) -> Callable[[str], tuple[Path, emulation.Emulator]]:
+    """emulated(era) -> (the target interpreter of that era, the emulator built for it), built once per era."""
+    built: dict[str, tuple[Path, emulation.Emulator]] = {}
+
+    def get(era: str) -> tuple[Path, emulation.Emulator]:
+        if era not in built:
+            if era == "2.1":
+                built[era] = (request.getfixturevalue("emulator_target")[0], request.getfixturevalue("emulator"))
+            else:
+                python, paths = request.getfixturevalue("sd15_target")
+                built[era] = (python, emulation.build(Runner(), python, paths))
+        return built[era]
+
+    return get
+
+
 @pytest.fixture(scope="session")
 def mirrored(bootstrapped) -> Path:
     """The bootstrapped home: installed from the git mirrors, so diffusers' examples/ (the training
@@ -368,5 +438,5 @@ def mirrored(bootstrapped) -> Path:
     return home
 
 
-__all__ = ["CORE", "ROOT", "TPU_PATCH", "Project", "Upstream", "bootstrap", "git", "run_in", "sys",
-           "tiny_component"]
+__all__ = ["CORE", "ERAS", "ROOT", "SD15_MANIFEST", "TPU_PATCH", "Project", "Upstream", "bootstrap", "git",
+           "mirror_has", "run_in", "sys", "tiny_component"]

@@ -228,6 +228,10 @@ class Fleet:
         if problems:
             raise problems[0]
 
+    def set_link(self, host: Host, up: bool) -> None:
+        """Take `host` off the network (its veth's bridge end down: nothing reaches it) or back on."""
+        run("ip", "link", "set", f"{self.tag}v{self.hosts.index(host) + 1}", "up" if up else "down")
+
     def host_ssh(self, host: Host, command: str, timeout: float = STEP_TIMEOUT) -> subprocess.CompletedProcess:
         """`command` on `host` over ssh, as Ansible connects."""
         return run("ssh", "-F", "/dev/null", "-i", str(self.key), "-o", f"UserKnownHostsFile={self.known_hosts}",

@@ -13,113 +13,32 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from sd_env import bundle, bundle_create, bundle_install, sources, state
+from sd_env import bundle, bundle_create, bundle_install, bundle_trust, sources
 from sd_env.cli import main
+from sd_env.errors import StepError
 from sd_env.manifest import Component
 from sd_env.paths import Paths
 from sd_env.runner import Runner
-from tests.conftest import ROOT, SETUP, TPU_PATCH, Project, git, make_upstream
-
-PINS = {  # name==version -> sha256 of its only artifact (pure-Python wheels)
-    "six==1.16.0": "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254",
-    "idna==3.4": "90b77e79eaa3eba6de819a0c442c0b4ceefc341a7a2ab77d7562bf49f425c5c2",
-}
-SIX = "packages/six-1.16.0-py2.py3-none-any.whl"
-IDNA = "packages/idna-3.4-py3-none-any.whl"
-SD_ENV = str(Path(sys.executable).with_name("sd-env"))
-LOCK_TABLE = """
-[lock]
-requirements = "requirements.in"
-exclude_newer = "2023-08-31T00:00:00Z"
-files = { pypi = "test.pypi.lock.txt" }
-"""
-
-
-@dataclass
-class Made:
-    project: Project
-    out: Path
-    commit: str
-
-
-def make_project(root: Path, name: str = "test") -> tuple[Project, str]:
-    up = make_upstream(root)
-    commit = git(up.repo, "rev-parse", "HEAD")
-    project = Project(root / "project")
-    project.add_patch("tpu.diff", up.diff(TPU_PATCH))
-    project.write_manifest([{"name": "tinypkg", "git": up.url, "tag": "v1.0", "version": "1.0", "commit": commit,
-                             "patches": ["tpu.diff"], "sdist": False}], extra=LOCK_TABLE)
-    if name != "test":
-        project.manifest.write_text(project.manifest.read_text().replace('name = "test"', f'name = "{name}"'))
-    folder = project.manifest.parent
-    (folder / "requirements.in").write_text("six\nidna\n")
-    (folder / "test.pypi.lock.txt").write_text("".join(f"{pin} \\\n    --hash=sha256:{digest}\n"
-                                                       for pin, digest in PINS.items()))
-    return project, commit
-
-
-@pytest.fixture(scope="session")
-def made(tmp_path_factory) -> Made:
-    root = tmp_path_factory.mktemp("bundle")
-    project, commit = make_project(root)
-    weights = root / "weights"
-    (weights / "unet").mkdir(parents=True)
-    (weights / "unet" / "model.bin").write_bytes(os.urandom(4096))
-    (weights / "model_index.json").write_text("{}\n")
-    out = root / "out"
-    code = main(["bundle", "create", str(out), "-m", str(project.manifest), "--home", str(project.home),
-                 "--include", f"weights={weights}"])
-    assert code == 0
-    return Made(project, out, commit)
-
-
-def copy_of(made: Made, tmp_path: Path) -> Path:
-    dest = tmp_path / "copy"
-    shutil.copytree(made.out, dest)
-    return dest
-
-
-def tree_hash(where: Path) -> str:
-    """Every path, size and content under `where`: proves nothing was installed."""
-    digest = hashlib.sha256()
-    for path in sorted(where.rglob("*")):
-        digest.update(str(path.relative_to(where)).encode())
-        if path.is_file() and not path.is_symlink():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def site_of(python: Path) -> Path:
-    out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         check=True, capture_output=True, text=True).stdout.strip()
-    return Path(out)
-
-
-# -- connect() calls, recorded with strace inside a namespace with no network ------------------------------
-def offline(argv: list[str], trace: Path, **kw) -> subprocess.CompletedProcess:
-    """`argv` in a new network namespace (only a down loopback), its connect() calls traced."""
-    strace = ["strace", "-f", "--seccomp-bpf", "-qq", "-e", "trace=connect", "-o", str(trace)]
-    return subprocess.run(["unshare", "-n", *strace, *argv], capture_output=True, text=True, timeout=900, **kw)
-
-
-_LOCAL = re.compile(r"sa_family=AF_UNIX|inet_addr\(\"127\.|inet_pton\(AF_INET6, \"::1\"")
-
-
-def outside_connects(trace: Path) -> list[str]:
-    return [line for line in trace.read_text().splitlines() if "connect(" in line and not _LOCAL.search(line)]
-
-
-needs_unshare = pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("strace") is None
-                                   or os.geteuid() != 0, reason="needs root, unshare and strace (.ci/run installs it)")
+from tests.bundlekit import (
+    IDNA,
+    PINS,
+    SD_ENV,
+    SIX,
+    copy_of,
+    make_project,
+    needs_unshare,
+    offline,
+    outside_connects,
+    site_of,
+    tree_hash,
+)
+from tests.conftest import ROOT, SETUP, git
 
 
 @needs_unshare
@@ -220,12 +139,15 @@ def test_the_installers_look_nowhere_but_the_bundle(made, tmp_path, fresh_target
     it instead of finding it in this machine's pip config or on the network."""
     copy = copy_of(made, tmp_path)
     (copy / SIX).unlink()
-    code = ("import sys\nfrom pathlib import Path\nfrom sd_env import bundle_install, lockfile\n"
+    code = ("import sys\nfrom pathlib import Path\nfrom sd_env import bundle, bundle_install, bundle_trust, lockfile\n"
             "from sd_env.errors import StepError\nfrom sd_env.runner import Runner\n"
-            "lock = lockfile.read(Path(sys.argv[1]) / 'manifests/test.pypi.lock.txt')\n"
-            "try:\n    bundle_install.install_lock(Runner(), Path(sys.argv[2]), lock, Path(sys.argv[1]), "
+            "root = Path(sys.argv[1])\nlock = lockfile.read(root / 'manifests/test.pypi.lock.txt')\n"
+            "checked = bundle_trust.Checked(root, bundle.read_index(root), None, lock, 0,\n"
+            "                               bundle_trust.Anchor('', 'none'))\n"
+            "try:\n    bundle_install.install_lock(Runner(), Path(sys.argv[2]), checked, Path(sys.argv[3]), "
             f"use_uv={use_uv})\nexcept StepError as exc:\n    print(exc.message)\n    sys.exit(3)\n")
-    got = offline([sys.executable, "-c", code, str(copy), str(fresh_target)], tmp_path / "connects")
+    got = offline([sys.executable, "-c", code, str(copy), str(fresh_target), str(tmp_path / "work")],
+                  tmp_path / "connects")
     assert got.returncode == 3, got.stdout + got.stderr
     assert "the bundle has no artifact for six==1.16.0" in got.stdout
     assert outside_connects(tmp_path / "connects") == []
@@ -292,7 +214,7 @@ def test_bootstrap_from_the_bundle_with_no_network(made, tmp_path, fresh_target)
     env.update(SD_ENV_HOME=str(home), SD_ENV_PYTHON=str(fresh_target), COLUMNS="200")
     got = offline([str(ROOT / "bootstrap.sh"), "--bundle", str(made.out)], tmp_path / "connects", env=env)
     text = got.stdout + got.stderr
-    assert "installing sd-env into" in text and "from the bundle (no index" in text, text[-3000:]
+    assert "installing sd-env into" in text and "from the bundle (its listed wheels only, by hash" in text, text[-3000:]
     assert outside_connects(tmp_path / "connects") == []
     tool = home / "tool" / "bin" / "python"
     shown = subprocess.run([str(tool), "-m", "pip", "show", "-f", "sd-env", "uv"], capture_output=True, text=True)
@@ -329,14 +251,15 @@ def test_the_bundles_own_bootstrap_installs_from_it_and_says_what_changed(made, 
     assert got.returncode == 2 and "is inside the bundle" in got.stderr
 
 
-def _history_round_trip(comp, source_home: Paths, tmp_path: Path):
+def _history_round_trip(comp, source_home: Paths, tmp_path: Path, reuse: tuple[Path, ...] = ()):
     out = tmp_path / "out"
     members = bundle_create._Members(out)
-    hist = bundle_create._git_history(comp, source_home, source_home, members, Runner(), None)
+    hist = bundle_create._source(comp, source_home, source_home, members, Runner(),
+                                 bundle_create.CreateOptions(out, reuse=reuse))
     index = bundle.Index("t", "manifests/t.toml", "0" * 64, None, None, "3.9", list(members.items.values()), [hist])
-    (out / bundle.INDEX).write_text(index.dump())
+    checked = bundle_trust.Checked(out, index, None, None, 0, bundle_trust.Anchor("0" * 64, "none"))  # type: ignore[arg-type]
     target = Paths(tmp_path / "new-home")
-    _detail, rec = bundle_install.fetch_component(comp, target, Runner(), out, None)
+    _detail, rec = bundle_install.fetch_component(comp, target, Runner(), checked, None)
     return hist, rec, target.checkout(comp.name)
 
 
@@ -353,21 +276,44 @@ def test_a_depth_one_checkout_is_bundled_and_cloned_back(tmp_path, upstream):
     assert git(checkout, "rev-parse", "HEAD") == git(checkout, "rev-parse", "v1.1^{commit}") == second
 
 
-def test_an_sdist_import_is_bundled_as_it_is_and_says_so(tmp_path, capsys):
+def tiny_sdist(where: Path) -> Path:
+    """tinypkg-1.0.tar.gz as PyPI would serve it: one top folder, setup.py, the package."""
+    import tarfile
+
+    tree = where / "tinypkg-1.0"
+    (tree / "src" / "tinypkg").mkdir(parents=True)
+    (tree / "setup.py").write_text(SETUP)
+    (tree / "src" / "tinypkg" / "__init__.py").write_text('__version__ = "1.0"\n')
+    archive = where / "tinypkg-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname="tinypkg-1.0")
+    return archive
+
+
+def test_a_component_pinned_by_its_sdist_travels_as_that_sdist(tmp_path, capsys):
+    """The bundle carries the sdist the manifest pins (not a home's import of it) and the install
+    imports it again: the same commit as any other import of that file, checked against the pin."""
+    sdists = tmp_path / "sdists"
+    sdists.mkdir()
+    archive = tiny_sdist(sdists)
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    comp = Component("tinypkg", "https://github.com/acme/tinypkg.git", "v1.0", "1.0", None, (), "editable", True,
+                     digest)
+    elsewhere = sources.import_sdist(comp, archive, tmp_path / "elsewhere", tmp_path / "work", Runner())
     home = Paths(tmp_path / "home")
-    checkout = home.checkout("tinypkg")
-    checkout.mkdir(parents=True)
-    (checkout / "setup.py").write_text(SETUP)
-    git(checkout, "init", "-q")
-    git(checkout, "add", "-A")
-    git(checkout, "commit", "-q", "-m", "tinypkg 1.0 from its PyPI sdist")
-    commit = git(checkout, "rev-parse", "HEAD")
-    state.save(state.State({"tinypkg": state.ComponentState("sdist", "v1.0", commit, sdist_sha256="ab" * 32,
-                                                             version="1.0")}), home.state)
-    comp = Component("tinypkg", "https://github.com/acme/tinypkg.git", "v1.0", "1.0", None, (), "editable", True)
-    hist, rec, new = _history_round_trip(comp, home, tmp_path)
-    assert "came from its PyPI sdist (no git history): bundling the imported single-commit repo" in \
-        capsys.readouterr().err
-    assert (hist.source, hist.ref, hist.commit) == ("sdist", "HEAD", commit)
-    assert (rec.source, rec.commit, rec.sdist_sha256) == ("sdist", commit, "ab" * 32)
-    assert git(new, "rev-parse", "HEAD") == commit and git(new, "tag") == ""
+    hist, rec, new = _history_round_trip(comp, home, tmp_path, reuse=(sdists,))
+    assert "sdist: bundling tinypkg-1.0.tar.gz" in capsys.readouterr().err
+    assert (hist.source, hist.path, hist.sdist_sha256) == ("sdist", "sdist/tinypkg-1.0.tar.gz", digest)
+    assert (rec.source, rec.commit, rec.sdist_sha256) == ("sdist", elsewhere.commit, digest)
+    assert git(new, "rev-parse", "HEAD") == elsewhere.commit and git(new, "tag") == ""
+
+
+def test_an_sdist_that_is_not_the_pinned_one_is_refused(tmp_path):
+    sdists = tmp_path / "sdists"
+    sdists.mkdir()
+    archive = tiny_sdist(sdists)
+    comp = Component("tinypkg", "https://github.com/acme/tinypkg.git", "v1.0", "1.0", None, (), "editable", True,
+                     "0" * 64)
+    with pytest.raises(StepError, match=r"has sha256 .* the manifest pins sdist_sha256 = 0000"):
+        sources.import_sdist(comp, archive, tmp_path / "dest", tmp_path / "work", Runner())
+    assert not (tmp_path / "dest").exists()

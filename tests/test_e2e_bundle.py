@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_bundle import needs_unshare, offline, outside_connects
+from tests.bundlekit import needs_unshare, offline, outside_connects
 
 pytestmark = [pytest.mark.slow, pytest.mark.network, needs_unshare]
 SD_ENV = str(Path(sys.executable).with_name("sd-env"))

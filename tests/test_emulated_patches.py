@@ -95,10 +95,12 @@ def test_unpatched_example_script_trains_nothing_on_tpu(emulated_target, scripts
     PrivateUse1 one (torch 2.1 swaps `.data` only between CPU/CUDA-like tensors), so the optimizer
     steps parameters without gradients. fp32 exits 0 having trained nothing; fp16's scaler notices."""
     python, emu = emulated_target
-    got = train(python, emu, scripts["unpatched"], tiny, tmp_path / "fp32", "no")
+    got = train(python, emu, scripts["unpatched"], tiny, tmp_path / "fp32", "no", tmp_path / "watch.jsonl")
     assert got.returncode == 0, got.stderr[-3000:]
     weights = trained_weights(python, tmp_path / "fp32")
     assert weights["tensors"] == 64 and weights["up_max"] == 0.0, weights  # written, never trained
+    seen = precision.read(tmp_path / "watch.jsonl")  # the watcher sees why: the optimizer holds the CPU copies
+    assert (seen.trained_devices, seen.loss_devices) == ({"cpu"}, {"tpu:0"}), seen.as_dict()
     got = train(python, emu, scripts["unpatched"], tiny, tmp_path / "fp16", "fp16")
     assert got.returncode != 0 and "No inf checks were recorded for this optimizer" in got.stderr, got.stderr[-3000:]
     assert SAME_DEVICE not in got.stderr
@@ -118,6 +120,7 @@ def test_patched_example_script_trains_two_steps_on_tpu(emulated_target, scripts
     assert seen.devices == {"tpu"}, seen.as_dict()  # the UNet ran on the emulated device, not the CPU
     assert seen.dtypes("lora") == ["float32"]  # the trained LoRA layers stay in fp32 (the script's choice)
     assert seen.backward_calls == 2
+    assert seen.trained_devices == seen.loss_devices == {"tpu:0"}  # where the training really ran
     if mixed == "fp16":
         assert seen.dtypes("base") == ["float16"] and seen.scaler and seen.scaler.startswith("torch_tpu.tpu.amp")
     else:

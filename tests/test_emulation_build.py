@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -83,3 +84,20 @@ def test_emulate_runs_the_command_with_the_emulator(emulator_target: tuple[Path,
     spec = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('torch_tpu'))"],
                           capture_output=True, text=True, check=True).stdout.strip()
     assert spec == "None"
+
+
+@pytest.mark.slow
+def test_emulate_strict_on_the_torch_28_stack(sd15_target: tuple[Path, Paths], emulated) -> None:
+    """`sd-env emulate -m sc7-sd15-lora --strict`: the torch_tpu 2.8 emulation, its profile, the capacity."""
+    python, paths = sd15_target
+    emulated("2.8")  # built once per session
+    code = ("import os, torch, torch_tpu; print(torch_tpu.__version__, torch_tpu.emulator.stats()['profile'], "
+            "os.environ['SD_ENV_EMULATED_MEMORY'], torch.tensor([1, 2], device='tpu').dtype)")
+    env = {**os.environ, "SD_ENV_EMULATED_MEMORY": "2G"}
+    got = subprocess.run([sys.executable, "-m", "sd_env", "emulate", "-m", "sc7-sd15-lora", "--strict", "--home",
+                          str(paths.home), "--python", str(python), "--", "python", "-c", code],
+                         capture_output=True, text=True, timeout=900, env=env)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.split() == ["2.8.0.post1+emulated", "torch_tpu-2.8", "2G", "torch.int32"], got.stdout
+    assert "torch_tpu 2.8 on the CPU" in got.stderr and "strict profile torch_tpu-2.8" in got.stderr
+    assert "device capacity 2G per device" in got.stderr

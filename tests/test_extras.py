@@ -66,3 +66,14 @@ def test_verify_names_extras_and_sync_removes_exactly_them(project, upstream, fr
     assert {"pip", "setuptools", "wheel", "tinypkg"} <= {n.lower() for n in after}
     assert project.cli("install", "--sync", "--json", python=fresh_target) == 0
     assert "no packages outside the lock" in capsys.readouterr().out
+
+
+def test_sophgos_torch_tpu_keeps_what_it_requires(project, upstream, fresh_target):
+    """Sophgo's wheel is never an extra, and neither is its closure: --sync must not break it."""
+    site = Path(run_in(fresh_target, "import sysconfig; print(sysconfig.get_paths()['purelib'])"))
+    lock_everything(project, upstream, fresh_target)
+    installable_dist(site, "torch-tpu", "2.1.0.post1", ["sophgo-runtime>=1"])
+    installable_dist(site, "sophgo-runtime", "1.0", [])
+    installable_dist(site, "left-over", "1.0", [])
+    man = manifest.load(project.manifest)
+    assert extras.find(man, envs.inventory(Runner(), fresh_target)) == ["left-over"]

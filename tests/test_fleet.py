@@ -5,8 +5,9 @@ The bundle is test_bundle.py's small manifest (a tiny upstream in git + a patch,
 lock of six and idna). verify --quick needs torch for its Linear row: each host's
 target (sd_env_python) is a venv of its own that sees the torch 2.1 environment's
 site-packages through a .pth file (conftest's emulator_target), hence `slow`.
-The tests run in order and share the fleet: first run, second run, a broken host
-and its repair, then the driver stand-in.
+The tests run in order and share the fleet: first run, second run, a host off the network
+(its old report forgotten, listed missing), a broken host and its repair, then the driver
+stand-in.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import pytest
 
 from sd_env.cli import main
 from tests import fleetkit
+from tests.bundlekit import make_project
 from tests.conftest import run_in
-from tests.test_bundle import make_project
 
 why_not = fleetkit.available()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(why_not is not None, reason=f"skipped: {why_not}")]
@@ -79,7 +80,8 @@ def _purge_standin() -> None:
 
 @pytest.fixture(scope="module")
 def variables(fleet, small_bundle, tmp_path_factory) -> dict:
-    return {"sd_env_bundle": str(small_bundle), "sd_env_home": str(fleet.mount / "home"),
+    return {"sd_env_bundle": str(small_bundle), "sd_env_bundle_id": sha256_of(small_bundle / "index.json"),
+            "sd_env_home": str(fleet.mount / "home"),
             "sd_env_reports": str(tmp_path_factory.mktemp("reports")),
             "sd_env_python": str(fleet.mount / "target" / "bin" / "python"), "sd_env_verify": "quick"}
 
@@ -107,10 +109,10 @@ def first(ansible_bin, fleet, variables) -> fleetkit.Played:
     return play(ansible_bin, fleet, variables)
 
 
-def fleet_report(variables: dict, capsys) -> tuple[int, dict[str, dict]]:
+def fleet_report(variables: dict, capsys, *extra: str) -> tuple[int, dict[str, dict]]:
     """`sd-env fleet-report REPORTS --json` on the control machine: its exit code and its hosts by name."""
     capsys.readouterr()
-    code = main(["fleet-report", variables["sd_env_reports"], "--json"])
+    code = main(["fleet-report", variables["sd_env_reports"], "--json", *extra])
     doc = json.loads(capsys.readouterr().out)
     return code, {h["name"]: h for h in doc["hosts"]}
 
@@ -119,6 +121,18 @@ def results(output: str, task: str) -> list[str]:
     """The result lines (ok/changed/skipping/fatal) of the task named `task` in a playbook's output."""
     section = output.split(f"TASK [sd_env : {task}")[-1].split("TASK [")[0]
     return [line for line in section.splitlines() if line.startswith(("ok:", "changed:", "skipping:", "fatal:"))]
+
+
+def test_a_bundle_with_another_id_is_refused_by_every_host_with_nothing_installed(ansible_bin, fleet, variables):
+    """Runs before the first real run: nothing may reach or be installed on any host."""
+    wrong = {**variables, "sd_env_bundle_id": "0" * 64}
+    got = play(ansible_bin, fleet, wrong)
+    assert got.code != 0 and got.recap["node1"]["failed"] == got.recap["node2"]["failed"] == 1, got.output[-6000:]
+    assert f"is bundle {variables['sd_env_bundle_id']}, not sd_env_bundle_id {'0' * 64}: refused" in got.output
+    unanchored = play(ansible_bin, fleet, {**variables, "sd_env_bundle_id": ""})
+    assert unanchored.code != 0 and "the bundle is unanchored: set sd_env_bundle_id" in unanchored.output
+    for host in fleet.hosts:
+        assert not (host.private / "home").exists()
 
 
 def test_the_first_run_installs_every_host_from_the_bundle(first, fleet, variables, capsys):
@@ -149,6 +163,29 @@ def test_a_second_run_changes_nothing(first, ansible_bin, fleet, variables):
     assert again.changed() == {"node1": 0, "node2": 0}, again.output[-6000:]
     # the host's copy of this bundle is marked complete: not one file is compared or sent
     assert sorted(results(again.output, "Copy the tar to the host")) == ["skipping: [node1]", "skipping: [node2]"]
+
+
+def test_a_host_that_is_down_keeps_no_ready_report(first, ansible_bin, fleet, variables, capsys):
+    """node2 off the network: the play forgets its previous report before contacting it, so the
+    fleet report lists it as missing, never with its last "ready"; and node1's report, already some
+    seconds old, is stale for a --max-age shorter than that."""
+    node2 = fleet.hosts[1]
+    report = Path(variables["sd_env_reports"]) / "node2.json"
+    assert json.loads(report.read_text())["exit_code"] == 0  # the runs above left it ready
+    fleet.set_link(node2, up=False)
+    try:
+        # a new ssh connection (not the runs' shared one, which would hang on the dead link), given up after 3 s
+        down = play(ansible_bin, fleet, {**variables, "ansible_ssh_args": "-o ControlMaster=no -o ConnectTimeout=3"},
+                    "--tags", "verify", "--limit", "node2")
+    finally:
+        fleet.set_link(node2, up=True)
+    assert down.recap["node2"]["unreachable"] == 1, down.output[-3000:]
+    assert not report.exists()
+    code, hosts = fleet_report(variables, capsys, "--inventory", str(fleet.inventory))
+    assert code == 1 and hosts["node1"]["ready"]
+    assert (hosts["node2"]["ready"], hosts["node2"]["missing"], hosts["node2"]["report"]) == (False, True, "missing")
+    code, hosts = fleet_report(variables, capsys, "--max-age", "1")
+    assert code == 1 and hosts["node1"]["stale"] and not hosts["node1"]["ready"]
 
 
 def test_a_broken_host_is_reported_and_the_next_run_repairs_it(first, ansible_bin, fleet, variables, capsys):
@@ -186,7 +223,7 @@ def test_a_damaged_bundle_copy_is_named_then_only_its_bad_file_is_sent_again(fir
     assert failed.recap["node2"]["failed"] == 1 and failed.recap["node1"]["failed"] == 0
     said = "node2 is not ready: the install failed (bootstrap.sh exit 1): error: bundle member"
     assert f"{said} {wheel}" in failed.output, failed.output[-6000:]
-    assert not (node2.private / "home" / "bundle.copied").exists()  # so the next run compares every file
+    assert (node2.private / "home" / "bundle.copied").read_text() == "damaged\n"  # the next run compares every file
 
     healed = play(ansible_bin, fleet, variables)
     assert healed.code == 0, healed.output[-6000:]
@@ -196,20 +233,37 @@ def test_a_damaged_bundle_copy_is_named_then_only_its_bad_file_is_sent_again(fir
     assert sha256_of(copy) == next(m["sha256"] for m in index["members"] if m["path"] == wheel)
 
 
-def standin_deb(where: Path) -> Path:
+def test_the_bundle_is_never_copied_into_a_folder_of_someone_elses(first, ansible_bin, fleet, variables):
+    """Pruning deletes what the bundle does not list: a destination holding a user's files (and no
+    mark of the role's) is refused with those files untouched; the home itself is refused at once."""
+    for host in fleet.hosts:
+        (host.private / "data" / "datasets").mkdir(parents=True)
+        (host.private / "data" / "state.json").write_text("{}")
+        (host.private / "data" / "datasets" / "captions.jsonl").write_text('{"text": "mine"}\n')
+    got = play(ansible_bin, fleet, {**variables, "sd_env_bundle_dest": str(fleet.mount / "data")}, "--tags", "bundle")
+    assert got.recap["node1"]["failed"] == got.recap["node2"]["failed"] == 1, got.output[-6000:]
+    assert "holds files and was not made by this role" in got.output
+    for host in fleet.hosts:
+        assert sorted(p.name for p in (host.private / "data").rglob("*")) == ["captions.jsonl", "datasets",
+                                                                             "state.json"]
+    home = play(ansible_bin, fleet, {**variables, "sd_env_bundle_dest": variables["sd_env_home"]}, "--tags", "bundle")
+    assert home.code != 0 and "not the home, nor a folder above it" in home.output
+
+
+def standin_deb(where: Path, version: str = STANDIN_VERSION) -> Path:
     """A tiny .deb standing in for Sophgo's driver package: only a bm-smi that prints a version."""
-    root = where / "standin"
+    root = where / f"standin-{version}"
     (root / "DEBIAN").mkdir(parents=True)
     (root / "DEBIAN" / "control").write_text(
-        f"Package: {STANDIN}\nVersion: {STANDIN_VERSION}\nArchitecture: all\nMaintainer: sd-env tests "
+        f"Package: {STANDIN}\nVersion: {version}\nArchitecture: all\nMaintainer: sd-env tests "
         "<tests@sd-env.invalid>\nDescription: stand-in for Sophgo's libsophon driver (sd-env's fleet test)\n"
         " Not a driver: installs only a bm-smi script that prints a made-up driver version.\n")
     smi = root / "usr" / "local" / "bin" / "bm-smi"
     smi.parent.mkdir(parents=True)
     smi.write_text("#!/bin/sh\n# stand-in: the line `bm-smi --noloop --text_format` prints on a card's host\n"
-                   f"echo '| SDK Version: 0.0.0    Driver Version: {STANDIN_VERSION} |'\n")
+                   f"echo '| SDK Version: 0.0.0    Driver Version: {version} |'\n")
     smi.chmod(0o755)
-    deb = where / f"{STANDIN}_{STANDIN_VERSION}_all.deb"
+    deb = where / f"{STANDIN}_{version}_all.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(deb)], check=True,
                    capture_output=True, timeout=60)
     return deb

@@ -33,8 +33,8 @@ from pathlib import Path
 import pytest
 
 from sd_env.cli import main
+from tests.bundlekit import make_project
 from tests.conftest import ROOT
-from tests.test_bundle import make_project
 
 IMAGE_DIR = ROOT / "deploy" / "image"
 BUILD, MAKE_BASE = str(IMAGE_DIR / "build.sh"), str(IMAGE_DIR / "make-base.sh")

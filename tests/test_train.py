@@ -126,9 +126,10 @@ def test_train_writes_the_lora_and_pictures_then_the_readme_line_uses_it(mirrore
     # The tiny model's VAE downsamples 2x, not 8x: at the tutorial's 512 its attention is killed for memory.
     got = subprocess.run([sys.executable, "-m", "sd_env", "train", "--model", str(tiny / "model"),
                           "--data", str(tiny / "data"), "--output", str(out), "--resolution", "32",
-                          "--max-train-steps", "2", "--inference-steps", "2", "--",
-                          "--num_validation_images", "1"], capture_output=True, text=True, env=env, timeout=3600)
+                          "--max-train-steps", "2", "--inference-steps", "2", "--validation-images", "0"],
+                         capture_output=True, text=True, env=env, timeout=3600)
     assert got.returncode == 0, got.stdout[-2000:] + got.stderr[-4000:]
+    assert "Running validation" not in got.stderr and "--validation_prompt" not in got.stderr  # skipped
     assert f"--train_data_dir {tiny / 'data'}" in got.stderr  # an image folder, not --dataset_name
     assert "--num_train_epochs 10 --checkpointing_steps 500" in got.stderr and "--resolution 32" in got.stderr
     assert "ACCELERATE_TORCH_DEVICE=cpu" in got.stderr
@@ -136,6 +137,7 @@ def test_train_writes_the_lora_and_pictures_then_the_readme_line_uses_it(mirrore
     assert f"LoRA weights: {weights}" in got.stdout and weights.stat().st_size > 0
     compare, curve = out / "validation_compare.png", out / "loss_curve.png"
     assert f"without | with the LoRA: {compare}" in got.stdout and f"loss curve (2 steps): {curve}" in got.stdout
+    assert "\n  the two images " in got.stdout  # how far apart they are, measured
     width, height = png_size(compare)
     assert width >= 2 * 256 and 256 <= height < width / 1.5  # two renders (32 px, scaled up) side by side
     assert png_size(curve) == (720, 420)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# deploy/image/build.sh BUNDLE --base IMAGE [--tag TAG] [--engine podman|docker] [--no-space-check]
+# deploy/image/build.sh BUNDLE --base IMAGE [--expect ID] [--tag TAG] [--engine podman|docker] [--no-space-check]
 #
 # Builds the OCI image of an sd-env bundle (`sd-env bundle create`) with no network during the
 # build: the bundle folder is the build context, its own bootstrap.sh installs the environment
@@ -7,21 +7,24 @@
 # BASE must already be on this machine (a local Debian rootfs: deploy/image/make-base.sh; or one
 # of Sophgo's images, pulled or loaded beforehand); nothing is pulled.
 # TAG defaults to sd-env:MANIFEST_NAME; ENGINE to podman when installed, else docker.
+# --expect ID: the bundle id `sd-env bundle create` printed; any other bundle is refused before the
+# build (without it the build says the bundle is unanchored). The install inside checks it again.
 # Before building it checks that the engine's storage has room: 8 times the bundle's size plus 1 GiB
 # (--no-space-check skips that).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 . "$here/engine.sh"
-usage="usage: deploy/image/build.sh BUNDLE --base IMAGE [--tag TAG] [--engine podman|docker] [--no-space-check]"
+usage="usage: deploy/image/build.sh BUNDLE --base IMAGE [--expect ID] [--tag TAG] [--engine podman|docker] [--no-space-check]"
 
-bundle="" base="" tag="" engine="" space_check=1
+bundle="" base="" tag="" engine="" expect="" space_check=1
 while [ $# -gt 0 ]; do
   case $1 in
-    --base|--tag|--engine)
+    --base|--tag|--engine|--expect)
       [ $# -ge 2 ] || die "$1 needs a value" "$usage"
-      case $1 in --base) base=$2 ;; --tag) tag=$2 ;; --engine) engine=$2 ;; esac
+      case $1 in --base) base=$2 ;; --tag) tag=$2 ;; --engine) engine=$2 ;; --expect) expect=${2#sha256:} ;; esac
       shift 2 ;;
+    --expect=*) expect=${1#--expect=}; expect=${expect#sha256:}; shift ;;
     --base=*) base=${1#--base=}; shift ;;
     --tag=*) tag=${1#--tag=}; shift ;;
     --engine=*) engine=${1#--engine=}; shift ;;
@@ -77,6 +80,12 @@ name=$(sed -n 's/^ *"manifest_name": *"\([^"]*\)".*/\1/p' "$bundle/index.json" |
 
 # podman keeps HEALTHCHECK only in the docker image format; docker needs BuildKit for RUN --mount.
 index=$(sha256sum "$bundle/index.json" | cut -c1-64)
+if [ -n "$expect" ]; then
+  [ "$index" = "$expect" ] || die "$bundle is bundle $index, not the expected $expect: refused, nothing was built" \
+    "get the bundle (or the id) again from whoever made it" 1
+else
+  say "WARNING: bundle $index is UNANCHORED: nothing outside it vouches for it (pass --expect ID)"
+fi
 flags=(--network=none --build-arg "BASE=$base" --build-arg "BUNDLE_INDEX=$index" -f "$here/Containerfile" -t "$tag")
 if [ "$engine" = podman ]; then
   flags+=(--format docker)

@@ -5,23 +5,31 @@ big member is already compressed, so a tar costs nothing and a folder can be
 checked member by member after a partial copy):
 
     index.json            every member with size and sha256; manifest name and hash
+    index.json.sig        optional: an OpenSSH signature of index.json (bundle_trust.py)
     manifests/NAME.toml   the manifest, its lock (and patches) at their relative places
     patches/*.diff        (where the manifest's patches_dir points, usually ../patches)
     packages/*.whl        exactly the lock's artifacts, one per pin
-    git/NAME.bundle       each component's history at its pinned commit
+    git/NAME.bundle       a component's history at the commit the manifest pins
+    sdist/NAME-V.tar.gz   or its PyPI sdist, when the manifest pins that (sdist_sha256)
     tool/*.whl            sd-env itself, its dependencies and uv (those not in packages/)
     torch_tpu/*.whl       Sophgo's wheel, when given
     extra/NAME/...        named extra folders (weights, datasets)
 
-`verify` trusts nothing but index.json: each member is hashed before use,
-files the index does not list are refused, and the manifest and lock copies
-are checked for completeness (every pin has its wheel, every component its
-history, every patch its file).
+`verify` trusts index.json only as far as its anchor goes (its sha256, the
+bundle id, or a signature: bundle_trust.py), and the manifest only as far as a
+trusted checkout's copy matches it. Every member path is confined (relative,
+normalised, under its kind's folder, no link on the way), each member is
+hashed before use, files the index does not list are refused, and the manifest
+and lock copies are checked for completeness (every pin has its wheel, every
+component its history or sdist at the manifest's pin, every patch its file).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -29,14 +37,23 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
 
-from sd_env import lockfile, manifest
 from sd_env.errors import InputError, StepError
 from sd_env.fsutil import sha256_file
 from sd_env.report import progress
 
-FORMAT = 1
+FORMAT = 2  # 2: member paths confined, the tool venv's wheels listed, sdists carried as files
 INDEX = "index.json"
-PACKAGES, GIT, TOOL, TORCH_TPU, EXTRA, MANIFESTS = "packages", "git", "tool", "torch_tpu", "extra", "manifests"
+SIGNATURE = "index.json.sig"  # beside the index, never listed in it (it signs the index)
+PACKAGES, GIT, SDIST, TOOL, TORCH_TPU, EXTRA, MANIFESTS = (
+    "packages", "git", "sdist", "tool", "torch_tpu", "extra", "manifests")
+# Each kind of member lives in its own folder; the project files (manifest, lock, patches) keep
+# their places relative to the manifest, anywhere but in those folders.
+FOLDERS = {"package": PACKAGES, "git": GIT, "sdist": SDIST, "tool": TOOL, "torch_tpu": TORCH_TPU, "extra": EXTRA}
+PROJECT_KINDS = ("manifest", "lock", "patch")
+# bootstrap.sh and what it sources: `OUT/bootstrap.sh` installs from the bundle it lies in,
+# so a host (or an image build) needs nothing from sd-env's repository.
+BOOTSTRAP = ("bootstrap.sh", "scripts/find-python.sh", "scripts/bundle-tool.sh")
+_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 class BundleError(StepError):
@@ -48,19 +65,21 @@ class Member:
     path: str  # relative, with "/" separators
     size: int
     sha256: str
-    kind: str  # package, git, tool, bootstrap, torch_tpu, extra, manifest, lock, patch
+    kind: str  # package, git, sdist, tool, bootstrap, torch_tpu, extra, manifest, lock, patch
 
 
 @dataclass(frozen=True)
 class GitHistory:
+    """A component's source in the bundle: its git history, or (source "sdist") its PyPI sdist."""
+
     name: str
     tag: str
-    commit: str
-    source: str  # "git", or "sdist": the single-commit repo imported from the PyPI sdist
-    ref: str  # the ref the bundle carries (refs/tags/TAG, or HEAD for an sdist import)
-    path: str  # the member, git/NAME.bundle
+    commit: str  # the tag's commit; for an sdist, the commit its import makes (the same every time)
+    source: str  # "git", or "sdist"
+    ref: str  # the ref the git bundle carries (refs/tags/TAG); "" for an sdist
+    path: str  # the member: git/NAME.bundle, or sdist/NAME-VERSION.tar.gz
     shallow: tuple[str, ...] = ()  # boundary commits: the history is cut below them
-    sdist_sha256: str | None = None  # of the sdist an "sdist" history was imported from
+    sdist_sha256: str | None = None  # of the sdist member (source "sdist")
 
 
 @dataclass
@@ -77,6 +96,9 @@ class Index:
     extras: dict[str, str] = field(default_factory=dict)  # name -> folder inside the bundle
     created: str = ""
     sd_env_version: str = ""
+    # The wheels of sd-env's own venv, by member path (tool/, and packages/ for those the lock has
+    # too): bootstrap installs exactly these, by path and hash, and nothing else it finds there.
+    tool: list[str] = field(default_factory=list)
 
     def member(self, path: str) -> Member | None:
         return next((m for m in self.members if m.path == path), None)
@@ -98,36 +120,150 @@ def human(size: float) -> str:
     return f"{size:.1f} GB"  # pragma: no cover
 
 
-def read_index(root: Path) -> Index:
+def read_index(root: Path, raw: bytes | None = None) -> Index:
+    """The index of the bundle at `root` (from `raw`, the bytes an anchor check already read, when
+    given), with every path in it confined: a problem names the path and the rule."""
     path = root / INDEX
     if not root.is_dir():
         raise InputError(f"{root}: no such bundle folder",
                          "pass the folder made by `sd-env bundle create` (untar a .tar bundle first)")
+    if raw is None:
+        try:
+            raw = read_plain_file(root, INDEX)
+        except FileNotFoundError:
+            raise BundleError(f"{root}: no {INDEX}: not an sd-env bundle, or an incomplete copy",
+                              "copy the whole bundle folder again, or re-create it") from None
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError:
-        raise BundleError(f"{root}: no {INDEX}: not an sd-env bundle, or an incomplete copy",
-                          "copy the whole bundle folder again, or re-create it") from None
+        doc = json.loads(raw.decode("utf-8"))
     except ValueError as exc:
         raise BundleError(f"{path}: corrupt index ({exc})", "copy the bundle again, or re-create it") from None
-    if doc.get("format") != FORMAT:
-        raise BundleError(f"{path}: bundle format {doc.get('format')!r}, this sd-env reads {FORMAT}",
-                          "use the sd-env version that made the bundle (its wheel is in tool/)")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        got = doc.get("format") if isinstance(doc, dict) else None
+        raise BundleError(f"{path}: bundle format {got!r}, this sd-env reads {FORMAT}",
+                          "use the sd-env version that made the bundle (its wheel is in tool/), or re-create "
+                          "the bundle with this one")
     try:
         doc.pop("format")
         doc["members"] = [Member(**m) for m in doc["members"]]
         doc["components"] = [GitHistory(**{**c, "shallow": tuple(c.get("shallow", ()))}) for c in doc["components"]]
-        return Index(**doc)
+        index = Index(**doc)
     except (KeyError, TypeError) as exc:
         raise BundleError(f"{path}: malformed index ({exc})", "re-create the bundle") from None
+    confine(index, path)
+    return index
+
+
+def read_plain_file(root: Path, rel: str) -> bytes:
+    """The bytes of `root/rel`, refusing a link anywhere on the way or anything but a file."""
+    _no_links(root, rel)
+    return (root / rel).read_bytes()
+
+
+def path_problem(rel: object) -> str | None:
+    """Why `rel` cannot be a member path (None when it can): relative, "/"-separated, normalised,
+    no empty, "." or ".." part, no control character or backslash."""
+    if not isinstance(rel, str) or not rel:
+        return "not a path"
+    if rel.startswith("/"):
+        return "absolute"
+    if "\\" in rel or any(ord(c) < 32 or ord(c) == 127 for c in rel):
+        return "a backslash or control character"
+    parts = rel.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "not normalised (an empty, '.' or '..' part)"
+    return None
+
+
+def confine(index: Index, where: Path) -> None:
+    """Every path the index names is a confined member path of the right kind, listed once."""
+    def bad(what: str, rel: object, why: str) -> BundleError:
+        return BundleError(f"{where}: {what} {rel!r} is refused: {why}",
+                           "the index was edited or made by a broken tool: re-create the bundle")
+
+    seen: dict[str, Member] = {}
+    for m in index.members:
+        why = path_problem(m.path)
+        if why:
+            raise bad("member", m.path, why)
+        if m.path in seen:
+            raise bad("member", m.path, "listed twice")
+        if m.path in (INDEX, SIGNATURE):
+            raise bad("member", m.path, "the index and its signature are never members")
+        top = m.path.split("/")[0]
+        if m.kind in FOLDERS:
+            if top != FOLDERS[m.kind] or "/" not in m.path:
+                raise bad("member", m.path, f"a {m.kind} member lives under {FOLDERS[m.kind]}/")
+        elif m.kind == "bootstrap":
+            if m.path not in BOOTSTRAP:
+                raise bad("member", m.path, f"the bootstrap members are {', '.join(BOOTSTRAP)}")
+        elif m.kind in PROJECT_KINDS:
+            if top in FOLDERS.values() or m.path in BOOTSTRAP:
+                raise bad("member", m.path, f"a {m.kind} file cannot live under {top}/")
+        else:
+            raise bad("member", m.path, f"unknown kind {m.kind!r}")
+        if not (isinstance(m.size, int) and m.size >= 0 and isinstance(m.sha256, str)
+                and re.fullmatch(r"[0-9a-f]{64}", m.sha256)):
+            raise bad("member", m.path, "its size or sha256 is malformed")
+        seen[m.path] = m
+    folders = {"/".join(p.split("/")[:i]) for p in seen for i in range(1, p.count("/") + 1)}
+    clash = sorted(folders & set(seen))
+    if clash:
+        raise bad("member", clash[0], "it is also the folder of another member")
+
+    def member_of(what: str, rel: object, kinds: tuple[str, ...]) -> Member:
+        m = seen.get(rel) if isinstance(rel, str) else None
+        if m is None or m.kind not in kinds:
+            raise bad(what, rel, f"not a listed {' or '.join(kinds)} member")
+        return m
+
+    member_of("the manifest", index.manifest_path, ("manifest",))
+    if index.lock_path is not None:
+        member_of("the lock", index.lock_path, ("lock",))
+    if index.torch_tpu is not None:
+        member_of("the torch_tpu wheel", index.torch_tpu, ("torch_tpu",))
+    extra_wheels = [m.path for m in seen.values() if m.kind == "torch_tpu" and m.path != index.torch_tpu]
+    if extra_wheels:
+        raise bad("member", extra_wheels[0], "a torch_tpu member the index does not name as its wheel")
+    names = set()
+    for hist in index.components:
+        if hist.source not in ("git", "sdist") or not _NAME.match(str(hist.name)) or hist.name in names:
+            raise bad("component", hist.name, "a malformed or repeated source entry")
+        names.add(hist.name)
+        kind = "git" if hist.source == "git" else "sdist"
+        member_of(f"{hist.name}'s {kind}", hist.path, (kind,))
+        commits = [hist.commit] if kind == "git" else []
+        if not all(isinstance(c, str) and re.fullmatch(r"[0-9a-f]{40}", c) for c in [*commits, *hist.shallow]):
+            raise bad("component", hist.name, "a commit id that is not 40 hex digits")
+    for rel in index.tool:
+        member_of("the tool wheel", rel, ("tool", "package"))
+        if not rel.endswith(".whl"):
+            raise bad("the tool wheel", rel, "not a wheel")
+    for name, folder in index.extras.items():
+        if not _NAME.match(str(name)) or folder != f"{EXTRA}/{name}":
+            raise bad("extra", folder, f"extras live at {EXTRA}/NAME")
+
+
+def _no_links(root: Path, rel: str) -> None:
+    """`root/rel` and each folder on the way to it are what they claim, not symbolic links."""
+    here = root
+    for part in rel.split("/"):
+        here = here / part
+        if stat.S_ISLNK(os.lstat(here).st_mode):  # FileNotFoundError: the caller says "missing"
+            raise BundleError(f"bundle member {rel}: {here.relative_to(root)} is a symbolic link",
+                              "a bundle holds plain files only: copy it with links resolved (cp -rL, rsync -L) "
+                              "or re-create it")
+    if not stat.S_ISREG(os.lstat(here).st_mode):
+        raise BundleError(f"bundle member {rel} is not a regular file", "copy the bundle again, or re-create it")
 
 
 def check_member(root: Path, m: Member) -> None:
     """Size first (cheap, catches truncation), then the sha256."""
     path = root / m.path
-    if not path.is_file():
+    try:
+        _no_links(root, m.path)
+    except (FileNotFoundError, NotADirectoryError):
         raise BundleError(f"bundle member {m.path} is missing from {root}",
-                          "copy the bundle again (the index lists it), or re-create it")
+                          "copy the bundle again (the index lists it), or re-create it") from None
     size = path.stat().st_size
     if size != m.size:
         raise BundleError(f"bundle member {m.path} is {size} bytes, the index says {m.size} (truncated or changed)",
@@ -153,8 +289,13 @@ def check_members(root: Path, index: Index, kinds: Iterable[str] | None = None) 
 
 
 def unlisted(root: Path, index: Index) -> list[str]:
-    listed = {m.path for m in index.members} | {INDEX}
-    found = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink())
+    """Files (and links of any kind) the index does not list; links are never followed."""
+    listed = {m.path for m in index.members} | {INDEX, SIGNATURE}
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        base = Path(folder)
+        found += [(base / name).relative_to(root).as_posix() for name in files]
+        found += [(base / name).relative_to(root).as_posix() + "/" for name in dirs if (base / name).is_symlink()]
     return sorted(p for p in found if p not in listed)
 
 
@@ -168,100 +309,3 @@ def artifact_name(filename: str) -> tuple[str, str] | None:
     except ValueError:
         return None
     return canonicalize_name(name), str(version)
-
-
-def complete(root: Path, index: Index) -> tuple[manifest.Manifest, lockfile.Lock | None]:
-    """The bundle holds what its manifest and lock need; returns both as read from the bundle."""
-    man = manifest.load(root / index.manifest_path)
-    listed = {m.path for m in index.members}
-    for comp in man.components:
-        for patch in comp.patches:
-            rel = inside(root, patch)
-            if rel not in listed:
-                raise BundleError(f"bundle lacks patch {rel} of {comp.name}", "re-create the bundle")
-        hist = next((h for h in index.components if h.name == comp.name), None)
-        if hist is None or hist.path not in listed:
-            raise BundleError(f"bundle lacks the git history of {comp.name} (git/{comp.name}.bundle)",
-                              "re-create the bundle (it needs each component's checkout or its git remote)")
-        if comp.commit and hist.source == "git" and hist.commit != comp.commit:
-            raise BundleError(f"git/{comp.name}.bundle holds {hist.commit}, the manifest pins {comp.commit}",
-                              "re-create the bundle from this manifest")
-    lock = None
-    if man.lock is not None:
-        flavour = lockfile.flavour_order(man)[0]
-        lock = lockfile.read(man.lock.files[flavour])
-        if index.lock_path != inside(root, lock.path):
-            raise BundleError(f"the index names lock {index.lock_path}, the manifest uses {inside(root, lock.path)}",
-                              "re-create the bundle")
-        by_pin: dict[str, list[Member]] = {}
-        for m in index.members:
-            if m.kind == "package":
-                got = artifact_name(Path(m.path).name)
-                if got is not None:
-                    by_pin.setdefault(got[0], []).append(m)
-        for name, version in sorted(lock.pins.items()):
-            fits = [m for m in by_pin.get(name, []) if m.sha256 in lock.hashes[name]]
-            if not fits:
-                raise BundleError(f"bundle lacks {name}=={version}: no file in {PACKAGES}/ has one of the lock's "
-                                  "sha256 for it", "re-create the bundle (the lock changed since it was made?)")
-            if len(fits) > 1:
-                raise BundleError(f"bundle has {len(fits)} files for {name}=={version}: "
-                                  + ", ".join(m.path for m in fits), "re-create the bundle")
-    if index.torch_tpu and man.torch_tpu and man.torch_tpu.sha256:
-        wheel = index.member(index.torch_tpu)
-        if wheel is None or wheel.sha256 != man.torch_tpu.sha256:
-            raise BundleError(f"bundle's {index.torch_tpu} is not the torch_tpu wheel the manifest pins "
-                              f"(sha256 {man.torch_tpu.sha256})", "re-create the bundle with the right wheel")
-    if not any(m.kind == "tool" and Path(m.path).name.startswith("sd_env-") for m in index.members):
-        raise BundleError("bundle lacks sd-env's own wheel (tool/sd_env-*.whl)", "re-create the bundle")
-    return man, lock
-
-
-def inside(root: Path, path: Path) -> str:
-    """`path` relative to the bundle root, refusing anything outside it."""
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        raise BundleError(f"{path} lies outside the bundle {root}", "re-create the bundle") from None
-
-
-@dataclass(frozen=True)
-class Checked:
-    index: Index
-    manifest: manifest.Manifest
-    lock: lockfile.Lock | None
-    bytes_checked: int
-
-
-def verify(root: Path) -> Checked:
-    """The whole bundle: index, every member, nothing unlisted, complete for its manifest and lock."""
-    root = root.resolve()
-    index = read_index(root)
-    checked = check_members(root, index)
-    extra = unlisted(root, index)
-    if extra:
-        raise BundleError(f"bundle has files its index does not list: {', '.join(extra[:5])}"
-                          + (f" and {len(extra) - 5} more" if len(extra) > 5 else ""),
-                          "remove them (pip could pick them up) or re-create the bundle")
-    man_member = index.member(index.manifest_path)
-    if man_member is None or man_member.sha256 != index.manifest_sha256:
-        raise BundleError(f"the index's manifest {index.manifest_path} is not listed with its hash",
-                          "re-create the bundle")
-    man, lock = complete(root, index)
-    if man.name != index.manifest_name:
-        raise BundleError(f"{index.manifest_path} is named {man.name!r}, the index says {index.manifest_name!r}",
-                          "re-create the bundle")
-    return Checked(index, man, lock, checked)
-
-
-def same_manifest(index: Index, path: Path) -> None:
-    """Refuse to install a bundle made for another manifest (both named in the error)."""
-    got = sha256_file(path)
-    if got != index.manifest_sha256:
-        try:
-            name = manifest.load(path).name
-        except InputError:
-            name = "?"
-        raise InputError(f"the bundle was made for manifest {index.manifest_name!r} (sha256 "
-                         f"{index.manifest_sha256[:12]}), not {path} ({name!r}, sha256 {got[:12]})",
-                         "install without -m to use the bundle's own manifest, or make a bundle for this one")

@@ -2,7 +2,9 @@
 
 Built in OUT.partial and renamed to OUT only when index.json is written, so an
 interrupted create never leaves something that looks like a bundle; a re-run
-reuses the wheels already in OUT.partial. Layout and checks: bundle.py.
+reuses the wheels already in OUT.partial, and anything else left there is
+removed before the index is written. Layout and checks: bundle.py; the id and
+the signature: bundle_trust.py.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sd_env import __version__, gitcmd, lockfile, sources, state, torchtpu
+from sd_env import __version__, bundle_trust, gitcmd, lockfile, sources, state, torchtpu
 from sd_env.bundle import (
+    BOOTSTRAP,
     EXTRA,
     GIT,
     INDEX,
     MANIFESTS,
     PACKAGES,
+    SDIST,
+    SIGNATURE,
     TOOL,
     TORCH_TPU,
     BundleError,
@@ -31,7 +36,7 @@ from sd_env.bundle import (
     artifact_name,
     human,
 )
-from sd_env.errors import InputError
+from sd_env.errors import CommandError, InputError
 from sd_env.fsutil import sha256_file
 from sd_env.manifest import Component, Manifest
 from sd_env.paths import Paths
@@ -47,9 +52,6 @@ PIP_PLATFORMS = {
     for arch in ("x86_64", "aarch64")
 }
 TOOL_EXTRAS = ["uv"]  # the fast installer, optional for sd-env but worth 15 MB
-# bootstrap.sh and what it sources: `OUT/bootstrap.sh` installs from the bundle it lies in,
-# so a host (or an image build) needs nothing from sd-env's repository.
-BOOTSTRAP = ("bootstrap.sh", "scripts/find-python.sh", "scripts/bundle-tool.sh")
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class CreateOptions:
     includes: dict[str, Path] = field(default_factory=dict)  # NAME -> file or folder
     mirror: str | None = None
     from_home: Path | None = None  # a finished home to take checkouts from (read only)
-    reuse: tuple[Path, ...] = ()  # folders of wheels to take locked artifacts from before downloading
+    reuse: tuple[Path, ...] = ()  # folders of wheels (and sdists) to take pinned artifacts from before downloading
+    sign: Path | None = None  # an SSH private key: index.json.sig by `ssh-keygen -Y sign`
 
 
 class _Members:
@@ -90,6 +93,9 @@ def create(man: Manifest, paths: Paths, runner: Runner, opts: CreateOptions) -> 
     out = opts.out.resolve()
     if out.exists():
         raise InputError(f"{out} already exists", "choose a new OUT folder, or delete the old bundle first")
+    if opts.sign is not None and not opts.sign.is_file():
+        raise InputError(f"--sign {opts.sign}: no such key file", "pass an SSH private key (ssh-keygen -t ed25519 "
+                         "-f KEY makes one; give its .pub line to the hosts' allowed-signers file)")
     staging = out.with_name(out.name + ".partial")
     staging.mkdir(parents=True, exist_ok=True)
     members = _Members(staging)
@@ -124,8 +130,8 @@ def create(man: Manifest, paths: Paths, runner: Runner, opts: CreateOptions) -> 
     if lock is not None:
         _packages(members, lock, runner, opts.reuse, man)
     for comp in man.components:
-        index.components.append(_git_history(comp, source_home, paths, members, runner, opts.mirror))
-    _tool(members, runner, man)
+        index.components.append(_source(comp, source_home, paths, members, runner, opts))
+    index.tool = _tool(members, runner, man)
     _room(out, known, f"written: {human(members.size)}; still to write: {human(known)} (bundle total "
           f"{human(members.size + known)})")
     if wheel is not None:
@@ -139,7 +145,10 @@ def create(man: Manifest, paths: Paths, runner: Runner, opts: CreateOptions) -> 
     index.members = sorted(members.items.values(), key=lambda m: m.path)
     index.created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     index.sd_env_version = __version__
+    _prune(staging, members)
     (staging / INDEX).write_text(index.dump(), encoding="utf-8")
+    if opts.sign is not None:
+        _sign(runner, staging, opts.sign)
     staging.rename(out)
     kinds: dict[str, list[Member]] = {}
     for m in index.members:
@@ -147,7 +156,36 @@ def create(man: Manifest, paths: Paths, runner: Runner, opts: CreateOptions) -> 
     summary = ", ".join(f"{k} {len(v)} ({human(sum(m.size for m in v))})" for k, v in sorted(kinds.items()))
     progress(f"wrote {out}: {len(index.members)} members, {human(index.size)} in {time.monotonic() - started:.0f} s"
              f" [{summary}]")
+    signed = f"; signed with {opts.sign} ({SIGNATURE})" if opts.sign else ""
+    progress(f"bundle id {bundle_id(out)}{signed}: give it to whoever installs the bundle (install --bundle OUT "
+             "--expect ID); it is the sha256 of index.json")
     return index
+
+
+def bundle_id(out: Path) -> str:
+    return sha256_file(out / INDEX)
+
+
+def _prune(staging: Path, members: _Members) -> None:
+    """A leftover of an earlier, interrupted create (another lock, another --include) is not a member:
+    remove it, so the bundle holds exactly what its index lists."""
+    stale = [p for p in sorted(staging.rglob("*"), reverse=True)
+             if (p.is_file() or p.is_symlink()) and p.relative_to(staging).as_posix() not in members.items]
+    for path in stale:
+        path.unlink()
+    for folder in sorted((p for p in staging.rglob("*") if p.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    if stale:
+        progress(f"removed {len(stale)} files left in {staging.name} by an earlier run that no longer belong: "
+                 + ", ".join(p.relative_to(staging).as_posix() for p in stale[:3]) + (" ..." if len(stale) > 3 else ""))
+
+
+def _sign(runner: Runner, staging: Path, key: Path) -> None:
+    (staging / SIGNATURE).unlink(missing_ok=True)
+    runner.run(["ssh-keygen", "-q", "-Y", "sign", "-f", str(key), "-n", bundle_trust.NAMESPACE, str(staging / INDEX)],
+               timeout=120, label="ssh-keygen: signing index.json",
+               hint="--sign takes an SSH private key (OpenSSH 8.2 or newer; a key with a passphrase asks for it)")
 
 
 def _room(out: Path, need: int, detail: str) -> None:
@@ -216,49 +254,83 @@ def _packages(members: _Members, lock: lockfile.Lock, runner: Runner, reuse: tup
         members.add(f"{PACKAGES}/{path.name}", "package")
 
 
-def _git_history(comp: Component, source_home: Paths, paths: Paths, members: _Members, runner: Runner,
-                 mirror: str | None) -> GitHistory:
-    """The checkout of a finished home when it is at the pin, else a fresh clone (or the sdist)."""
+def _source(comp: Component, source_home: Paths, paths: Paths, members: _Members, runner: Runner,
+            opts: CreateOptions) -> GitHistory:
+    """What the manifest pins for the component: its git history at `commit`, or else its sdist at
+    `sdist_sha256` (what the home installed decides when the manifest pins both)."""
     from sd_env.checkouts import pinned_commit  # the one rule for what a component is pinned to
 
-    checkout = source_home.checkout(comp.name)
     rec = state.load(source_home.state).components.get(comp.name)
-    pinned = pinned_commit(comp, rec)
+    if comp.commit is None and comp.sdist_sha256 is None:
+        seen = f" (this home recorded {rec.commit} for {comp.tag})" if rec and rec.source == "git" else ""
+        raise InputError(f"{comp.name}: the manifest pins neither a commit nor an sdist_sha256, so nothing could "
+                         f"check its source in the bundle{seen}",
+                         f"add commit = \"...\" (git rev-parse {comp.tag}^{{commit}}) or sdist_sha256 = \"...\" to "
+                         f"the [[component]] {comp.name}")
+    if comp.commit is None or (comp.sdist_sha256 and rec is not None and rec.source == "sdist"):
+        return _sdist(comp, members, runner, opts.reuse)
+    checkout = source_home.checkout(comp.name)
     scratch = None
-    if not (gitcmd.is_repo(checkout) and (pinned is None or gitcmd.head(runner, checkout) == pinned)):
+    if not (gitcmd.is_repo(checkout) and gitcmd.head(runner, checkout) == pinned_commit(comp, rec)):
         scratch = members.root / "tmp"
         checkout = scratch / comp.name
         shutil.rmtree(checkout, ignore_errors=True)
-        got = sources.fetch(comp, checkout, scratch, runner, mirror=mirror, expect=comp.commit,
-                            python=Path(sys.executable), sdist_fallback=comp.sdist)
-        source, sdist_sha256 = got.source, got.sdist_sha256
-    else:
-        has_tag = gitcmd.git(runner, checkout, "rev-parse", "-q", "--verify", f"refs/tags/{comp.tag}^{{commit}}",
-                             check=False).stdout.strip()
-        source = rec.source if rec else ("git" if has_tag else "sdist")
-        sdist_sha256 = rec.sdist_sha256 if rec else None
+        try:
+            sources.fetch_git(comp, checkout, scratch, runner, mirror=opts.mirror, expect=comp.commit)
+        except CommandError as exc:
+            if not (comp.sdist_sha256 and sources.unreachable(exc) and not exc.disk_full):
+                raise
+            progress(f"WARNING: git cannot reach {sources.mirror_url(comp.git, opts.mirror)}; bundling the sdist "
+                     f"{comp.name}=={comp.version} the manifest pins instead")
+            shutil.rmtree(scratch, ignore_errors=True)
+            return _sdist(comp, members, runner, opts.reuse)
     head = gitcmd.head(runner, checkout)
-    ref = f"refs/tags/{comp.tag}" if source == "git" else "HEAD"
+    ref = f"refs/tags/{comp.tag}"
     rel = f"{GIT}/{comp.name}.bundle"
     dest = members.root / rel
     dest.parent.mkdir(parents=True, exist_ok=True)
-    where = "a fresh clone" if scratch else str(checkout)
-    if source == "sdist":
-        progress(f"git: {comp.name} came from its PyPI sdist (no git history): bundling the imported "
-                 f"single-commit repo {head[:12]} from {where} as it is")
-    else:
-        progress(f"git: bundling {comp.name} {comp.tag} at {head[:12]} from {where}")
+    progress(f"git: bundling {comp.name} {comp.tag} at {head[:12]} from {'a fresh clone' if scratch else checkout}")
     gitcmd.git(runner, checkout, "bundle", "create", str(dest), ref, timeout=gitcmd.FETCH_TIMEOUT)
     shallow_file = checkout / ".git" / "shallow"
     shallow = tuple(shallow_file.read_text().split()) if shallow_file.is_file() else ()
     members.add(rel, "git")
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
-    return GitHistory(comp.name, comp.tag, head, source, ref, rel, shallow, sdist_sha256)
+    return GitHistory(comp.name, comp.tag, head, "git", ref, rel, shallow)
 
 
-def _tool(members: _Members, runner: Runner, man: Manifest) -> None:
-    """sd-env as a wheel plus its dependencies (and uv), minus files already in packages/."""
+def _sdist(comp: Component, members: _Members, runner: Runner, reuse: tuple[Path, ...]) -> GitHistory:
+    """The component's PyPI sdist, checked against the manifest's sdist_sha256 (a --reuse folder first)."""
+    folder = members.root / SDIST
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{comp.name}-{comp.version}.tar.gz"
+    for where in reuse:
+        if (where / name).is_file() and sha256_file(where / name) == comp.sdist_sha256:
+            shutil.copyfile(where / name, folder / name)
+    archive = folder / name
+    if not (archive.is_file() and sha256_file(archive) == comp.sdist_sha256):
+        archive.unlink(missing_ok=True)
+        download = members.root / "tmp" / f"sdist-{comp.name}"
+        shutil.rmtree(download, ignore_errors=True)
+        runner.run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
+                    "--no-binary", ":all:", "--no-build-isolation", "-d", str(download),
+                    f"{comp.name}=={comp.version}"], timeout=1200,
+                   label=f"pip: downloading the sdist of {comp.name}=={comp.version}",
+                   hint="downloading needs the package index (PIP_INDEX_URL / pip.conf)")
+        got = sorted(download.glob("*.tar.gz"))
+        if len(got) != 1:
+            raise BundleError(f"{comp.name}: expected one sdist from pip download, got {[p.name for p in got]}")
+        sources.check_sdist(comp, got[0])
+        os.replace(got[0], archive)
+        shutil.rmtree(download, ignore_errors=True)
+    progress(f"sdist: bundling {name} (sha256 {comp.sdist_sha256[:12] if comp.sdist_sha256 else '?'}, as pinned)")
+    member = members.add(f"{SDIST}/{name}", "sdist")
+    return GitHistory(comp.name, comp.tag, "", "sdist", "", member.path, (), member.sha256)
+
+
+def _tool(members: _Members, runner: Runner, man: Manifest) -> list[str]:
+    """sd-env as a wheel plus its dependencies (and uv), minus files already in packages/; returns
+    the member paths of all of them (bootstrap installs exactly these)."""
     if not (REPO / "pyproject.toml").is_file():
         raise InputError(f"sd-env's source tree is not at {REPO}", "run `sd-env bundle create` from a checkout "
                          "of sd-env (bootstrap.sh installs it editable)")
@@ -281,15 +353,19 @@ def _tool(members: _Members, runner: Runner, man: Manifest) -> None:
     for plat in PIP_PLATFORMS.get(man.lock.platform if man.lock else "x86_64-unknown-linux-gnu", []):
         argv += ["--platform", plat]
     runner.run([*argv, str(own), *TOOL_EXTRAS], timeout=1200, label="pip: downloading sd-env's dependencies")
-    in_packages = {m.sha256 for m in members.items.values() if m.kind == "package"}
+    in_packages = {m.sha256: m.path for m in members.items.values() if m.kind == "package"}
+    wheels = []
     for path in sorted(folder.iterdir()):
-        if sha256_file(path) in in_packages:
-            path.unlink()  # no member twice: bootstrap looks in packages/ too
+        digest = sha256_file(path)
+        if digest in in_packages:
+            path.unlink()  # no member twice: the tool list names the packages/ copy
+            wheels.append(in_packages[digest])
         else:
-            members.add(f"{TOOL}/{path.name}", "tool")
+            wheels.append(members.add(f"{TOOL}/{path.name}", "tool").path)
     for rel in BOOTSTRAP:
         members.add(rel, "bootstrap", REPO / rel)
         (members.root / rel).chmod(0o755)
+    return sorted(wheels)
 
 
 def _torch_tpu_wheel(man: Manifest, paths: Paths, runner: Runner, opts: CreateOptions) -> Path | None:

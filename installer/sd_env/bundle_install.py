@@ -15,10 +15,12 @@ import re
 import shutil
 from pathlib import Path
 
-from sd_env import bundle, gitcmd, sources, state
-from sd_env.bundle import GIT, PACKAGES, BundleError, Checked
+from sd_env import bundle, bundle_trust, gitcmd, sources, state
+from sd_env.bundle import PACKAGES, BundleError
+from sd_env.bundle_trust import Checked
 from sd_env.closure import explain_hash_mismatch
 from sd_env.errors import CommandError, StepError
+from sd_env.fsutil import sha256_file
 from sd_env.lockfile import Lock
 from sd_env.manifest import Component
 from sd_env.paths import Paths
@@ -31,10 +33,12 @@ _NOT_FOUND = (re.compile(r"No matching distribution found for (\S+)"),
               re.compile(r"Because (\S+==\S+) was not found in the provided package locations"))
 
 
-def open_checked(root: Path) -> Checked:
-    """Check every member before anything is used (the whole bundle: a few seconds per GB)."""
-    progress(f"checking the bundle {root} against its index")
-    checked = bundle.verify(root)
+def open_checked(root: Path, runner: Runner, expect: str | None = None, allowed_signers: Path | None = None,
+                 checkout: Path | None = None) -> Checked:
+    """The anchor, then every member, before anything is used (the whole bundle: a few seconds per GB)."""
+    progress(f"checking the bundle {root}: its anchor, then every member against its index")
+    checked = bundle_trust.verify(root, runner, expect, allowed_signers, checkout)
+    progress(checked.anchor.said())
     progress(f"bundle ok: {len(checked.index.members)} members, {bundle.human(checked.bytes_checked)}, "
              f"made for {checked.index.manifest_name} on {checked.index.created}")
     return checked
@@ -48,8 +52,28 @@ def hermetic(argv: list[str], **env: str) -> list[str]:
             *(f"{k}={v}" for k, v in env.items()), *argv]
 
 
-def install_lock(runner: Runner, python: Path, lock: Lock, root: Path, *, use_uv: bool = True) -> str:
-    """The lock from root/packages only; returns which installer ran."""
+def private_copy(checked: Checked, rel: str, work: Path) -> Path:
+    """A copy of the member `rel` in a folder of sd-env's own, checked against the index: what is
+    used is what was hashed, whatever a writer to the bundle's folder does meanwhile."""
+    member = checked.index.member(rel)
+    if member is None:
+        raise BundleError(f"{rel} is not a member of the bundle {checked.root}", "re-create the bundle")
+    dest = work / "from-bundle" / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checked.root / rel, dest)
+    got = sha256_file(dest)
+    if got != member.sha256:
+        raise BundleError(f"bundle member {rel} changed since it was checked (sha256 {got}, the index says "
+                          f"{member.sha256})", "something is writing into the bundle: copy it somewhere only you "
+                          "can write, and install from there")
+    return dest
+
+
+def install_lock(runner: Runner, python: Path, checked: Checked, work: Path, *, use_uv: bool = True) -> str:
+    """The lock (a checked copy) from the bundle's packages/ only; returns which installer ran."""
+    assert checked.lock is not None and checked.index.lock_path is not None
+    lock = Lock(private_copy(checked, checked.index.lock_path, work), checked.lock.pins, checked.lock.hashes)
+    root = checked.root
     links = str(root / PACKAGES)
     uv = find_uv() if use_uv else None
     if uv:
@@ -84,17 +108,32 @@ def install_file(runner: Runner, python: Path, wheel: Path, *, use_uv: bool = Tr
     runner.run(hermetic(argv))
 
 
-def fetch_component(comp: Component, paths: Paths, runner: Runner, root: Path,
+def fetch_component(comp: Component, paths: Paths, runner: Runner, checked: Checked,
                     pinned: str | None) -> tuple[str, state.ComponentState]:
-    """The checkout from git/NAME.bundle: same commit, same tag, origin = the bundled history."""
-    index = bundle.read_index(root)
+    """The checkout from the bundle: git/NAME.bundle at the manifest's commit (the index's word is
+    never enough), or the bundled sdist, imported as install does it, at the manifest's sdist_sha256."""
+    index, root = checked.index, checked.root
     hist = next((h for h in index.components if h.name == comp.name), None)
     if hist is None:
-        raise BundleError(f"the bundle has no git history for {comp.name}", "re-create the bundle")
+        raise BundleError(f"the bundle has no source for {comp.name}", "re-create the bundle")
     if pinned and hist.commit != pinned:
         raise BundleError(f"{hist.path} holds {comp.name} at {hist.commit}, this home pins {pinned}",
                           "use a bundle made for this manifest, or a new --home")
     source = root / hist.path
+    if hist.source == "sdist":
+        progress(f"importing {comp.name} {comp.version} from the bundle's sdist ({hist.path})")
+        copy = private_copy(checked, hist.path, paths.work)
+        got = sources.import_sdist(comp, copy, paths.checkout(comp.name), paths.work, runner)
+        if pinned and got.commit != pinned:
+            raise BundleError(f"{hist.path} imports as {got.commit}, this home pins {pinned}",
+                              "use a bundle made for this manifest, or a new --home")
+        rec = state.ComponentState("sdist", comp.tag, got.commit, sdist_sha256=got.sdist_sha256, version=comp.version)
+        return f"the sdist {hist.path} (sha256 {got.sdist_sha256[:12] if got.sdist_sha256 else '?'}, as pinned) " \
+               f"imported at {got.commit[:12]}, no network", rec
+    want = comp.commit
+    if want is None:  # bundle_trust.complete refuses this; never take the index's word for it
+        raise BundleError(f"{comp.name}: the manifest pins no commit to check {hist.path} against",
+                          f"add commit = \"...\" to the [[component]] {comp.name}")
     progress(f"cloning {comp.name} {comp.tag} from the bundle ({hist.path})")
     tmp = sources.scratch(paths.work, comp.name)
     try:
@@ -102,19 +141,16 @@ def fetch_component(comp: Component, paths: Paths, runner: Runner, root: Path,
         if hist.shallow:  # a depth-1 history: its boundary commits have no parents here
             (tmp / ".git" / "shallow").write_text("".join(f"{c}\n" for c in hist.shallow))
         gitcmd.git(runner, tmp, "remote", "add", "origin", str(source))
-        local = hist.ref if hist.ref.startswith("refs/") else f"refs/tags/{comp.tag}"
-        gitcmd.git(runner, tmp, "fetch", "-q", "--no-tags", str(source), f"+{hist.ref}:{local}")
+        local = f"refs/tags/{comp.tag}"
+        gitcmd.git(runner, tmp, "fetch", "-q", "--no-tags", str(source), f"+{local}:{local}")
         commit = gitcmd.out(runner, tmp, "rev-parse", f"{local}^{{commit}}")
-        if commit != hist.commit:
-            raise BundleError(f"{hist.path}: {hist.ref} is {commit}, the index says {hist.commit}",
-                              "re-create the bundle")
-        if hist.source == "sdist":  # sd-env's own import commit: no tag of upstream's to keep
-            gitcmd.git(runner, tmp, "update-ref", "-d", local)
+        if commit != want:
+            raise BundleError(f"{hist.path}: {local} is {commit}, the manifest pins {want}",
+                              "the bundle was changed after it was made: re-create it")
         gitcmd.git(runner, tmp, "checkout", "-q", "--detach", commit)
         sources.exclude_build_leftovers(tmp)
         sources.move_into_place(tmp, paths.checkout(comp.name))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    rec = state.ComponentState(hist.source, comp.tag, commit, sdist_sha256=hist.sdist_sha256, version=comp.version)
-    what = "the sdist import" if hist.source == "sdist" else f"git {comp.tag}"
-    return f"{what} at {commit[:12]} from the bundle ({GIT}/{comp.name}.bundle, no network)", rec
+    rec = state.ComponentState("git", comp.tag, commit, version=comp.version)
+    return f"git {comp.tag} at {commit[:12]} from the bundle ({hist.path}, no network)", rec

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import errno
 import os
 import socket
@@ -19,9 +20,11 @@ from pathlib import Path
 
 from sd_env import (
     __version__,
+    ansible_inventory,
     bundle,
     bundle_create,
     bundle_install,
+    bundle_trust,
     config,
     emulation,
     envs,
@@ -32,6 +35,7 @@ from sd_env import (
     install,
     lockfile,
     manifest,
+    readiness,
     repatch,
     run,
     sources,
@@ -96,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-uv", action="store_true", help="install the lock with pip even when uv is available")
     p.add_argument("--bundle", metavar="OUT", type=Path, help="install from an offline bundle only (no index, "
                    "no git remote); the manifest defaults to the bundle's own")
+    anchors(p)
     p.add_argument("--sync", action="store_true", help="also remove packages the lock does not name "
                    "(asks first on a terminal)")
     p.add_argument("-y", "--yes", action="store_true", help="with --sync: remove without asking")
@@ -114,10 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--from-home", type=Path, metavar="HOME",
                    help="take checkouts from this finished home (read only; default: --home)")
     b.add_argument("--reuse", type=Path, action="append", default=[], metavar="DIR",
-                   help="take locked artifacts from this folder of wheels before downloading; repeatable")
+                   help="take locked artifacts (and pinned sdists) from this folder before downloading; repeatable")
+    b.add_argument("--sign", type=Path, metavar="KEY", help="sign index.json with this SSH private key "
+                   "(ssh-keygen -Y sign, namespace sd-env-bundle) into index.json.sig")
     b.set_defaults(func=_cmd_bundle_create)
-    b = bsub.add_parser("verify", help="check every member of a bundle and its completeness")
+    b = bsub.add_parser("verify", help="check a bundle's anchor, every member and its completeness")
     b.add_argument("out", type=Path, metavar="OUT")
+    b.add_argument("-m", "--manifest", type=Path, help="a trusted checkout's manifest: its lock and patches "
+                   "must be the bundle's byte for byte")
+    anchors(b)
     b.add_argument("--json", action="store_true", help="print a JSON summary")
     b.set_defaults(func=_cmd_bundle_verify)
 
@@ -128,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emulate", action="store_true",
                    help="run the smoke test, the LoRA step (fp16 and fp32) and inference on sd-env's emulated "
                    "torch_tpu (no card needed; built on first use, never installed)")
+    p.add_argument("--strict", action="store_true",
+                   help="with --emulate: the device refuses what the real plugin of the target's era refuses "
+                   "(its strict profile, e.g. int64 on torch_tpu 2.8; default: the manifest's [emulator] profile)")
     p.add_argument("--model", type=Path, metavar="DIR", help="a local diffusers model folder for the LoRA step "
                    "and inference (default: a tiny model built locally)")
     p.add_argument("--data", type=Path, metavar="DIR", help="a local imagefolder (images + metadata.jsonl) for "
@@ -156,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_lock)
 
     p = sub.add_parser("emulate", parents=[common], help="run a command in the target with an emulated tpu device")
-    p.add_argument("--device", default="tpu:0", help="ACCELERATE_TORCH_DEVICE for the command (default: tpu:0)")
+    p.add_argument("--device", help="ACCELERATE_TORCH_DEVICE for the command (default: tpu:0)")
+    p.add_argument("--strict", action="store_true", help="the device refuses what the real plugin of the target's "
+                   "era refuses (its strict profile; default: the manifest's [emulator] profile)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command and its arguments")
     p.set_defaults(func=_cmd_emulate)
 
@@ -169,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "files, as the Ansible role fetches them): ready or not, and who differs")
     p.add_argument("reports", type=Path, metavar="REPORT_DIR")
     p.add_argument("--json", action="store_true", help="print a versioned JSON report")
+    p.add_argument("--max-age", type=_age, default=fleet.DEFAULT_MAX_AGE, metavar="AGE",
+                   help="a report that finished longer ago is stale, its host not ready: 90m, 12h, 2d or seconds "
+                   "(default: 1d)")
+    p.add_argument("--inventory", type=Path, metavar="FILE", help="the playbook's Ansible INI inventory: its "
+                   "hosts without a report are listed as missing (not ready)")
     p.set_defaults(func=_cmd_fleet_report)
     p = sub.add_parser("stacks", help="list the shipped stacks (manifests) and what each is for")
     p.add_argument("--json", action="store_true", help="print a versioned JSON report")
@@ -184,9 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common, device], help="the tutorial's LoRA fine-tuning on a local "
                        "model and dataset, then pictures (sd-env train --model DIR --data DIR [-- SCRIPT ARGS])")
-    p.add_argument("--model", required=True, help="a diffusers Stable Diffusion folder (model_index.json)")
-    p.add_argument("--data", type=Path, required=True, help="images + metadata.jsonl (file_name, text), "
-                   "or a saved Hugging Face dataset")
+    p.add_argument("--model", help="a diffusers Stable Diffusion folder (model_index.json); required")
+    p.add_argument("--data", type=Path, help="images + metadata.jsonl (file_name, text), "
+                   "or a saved Hugging Face dataset; required")
+    p.add_argument("--check", action="store_true", help="only check that train can start (the training script, "
+                   "the target, and --model/--data when given) and say what is missing; trains nothing")
     p.add_argument("--output", type=Path, default=Path("sd-env-lora"), help="the LoRA output folder "
                    "(default: ./sd-env-lora)")
     p.add_argument("--mixed-precision", choices=("no", "fp16"), help="the tutorial's fp32 (no) or fp16 run")
@@ -197,7 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--script", type=Path, help="train_text_to_image_lora.py to run (default: the managed "
                    "diffusers checkout's)")
     p.add_argument("--no-pictures", action="store_true", help="skip the with/without image and loss curve")
-    p.add_argument("--inference-steps", type=int, default=30, help="steps for the with/without image (30)")
+    p.add_argument("--inference-steps", type=int, default=30, help="steps for sd-env's with/without image (30); "
+                   "the script's own validation always takes 30 (see --validation-images)")
+    p.add_argument("--validation-images", type=int, metavar="N", help="images the script draws for validation "
+                   "after each epoch and at the end (default: its 4, of 30 steps each); 0: no validation")
     p.add_argument("extra", nargs=argparse.REMAINDER, metavar="-- SCRIPT ARGS",
                    help="more script arguments; they replace the tutorial's")
     p.set_defaults(func=_cmd_train)
@@ -205,13 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("shell", parents=[common, device], help="a shell in the target environment with "
                        "the training variables set ($SHELL, else bash)")
     p.set_defaults(func=_cmd_shell)
+    parser.set_defaults(_commands=list(sub.choices))
     return parser
+
+
+def anchors(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--expect", metavar="ID", help="refuse any bundle but this one (the bundle id that `bundle "
+                   "create` printed: the sha256 of its index.json)")
+    p.add_argument("--allowed-signers", type=Path, metavar="FILE", help="refuse a bundle whose index.json.sig "
+                   "does not verify against a key in FILE (OpenSSH's allowed-signers format)")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     try:
+        _known_command(parser, argv)
         args = parser.parse_args(argv)
     except SystemExit as exc:
         if "--json" not in argv or exc.code in (0, None):
@@ -250,6 +284,17 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, error, INTERNAL_ERROR)
 
 
+def _known_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A mistyped command gets the one it resembles (`verfy`: did you mean verify?), as git does."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    commands = parser.get_default("_commands")
+    if word is None or word in commands:
+        return
+    close = difflib.get_close_matches(word, list(commands), n=1)
+    parser.error(f"unknown command {word!r}" + (f": did you mean {close[0]}?" if close else
+                                                 f" (commands: {', '.join(commands)})"))
+
+
 INTERNAL_ERROR = 70  # EX_SOFTWARE: an exception sd-env did not expect (a bug), not bad input or a failed step
 
 
@@ -285,6 +330,9 @@ def _setup(args: argparse.Namespace, command: str) -> tuple[manifest.Manifest, P
 def _cmd_install(args: argparse.Namespace) -> int:
     if args.bundle is not None:
         _use_bundle(args)
+    elif args.expect or args.allowed_signers:
+        raise InputError("--expect and --allowed-signers anchor an offline bundle: they need --bundle OUT",
+                         "add --bundle OUT, or drop them (an install from git and PyPI checks commits and hashes)")
     man, paths, runner = _setup(args, "install")
     found = envs.resolve(runner, args.python, paths.home, man.python)
     python = found.python
@@ -292,7 +340,8 @@ def _cmd_install(args: argparse.Namespace) -> int:
     progress(f"target: {python} ({found.how})")
     opts = install.Options(python, mirror=args.git_mirror, sdist_fallback=not args.no_sdist_fallback,
                            index_url=args.index_url, torch_tpu_wheel=args.torch_tpu_wheel,
-                           use_uv=not args.no_uv, bundle=args.bundle, inventory=found.inventory)
+                           use_uv=not args.no_uv, bundle=getattr(args, "_checked", None),
+                           inventory=found.inventory)
     outcome = install.run(man, paths, runner, opts)
     if args.sync and outcome.error is None:
         try:
@@ -302,22 +351,28 @@ def _cmd_install(args: argparse.Namespace) -> int:
         except SdEnvError as exc:
             outcome.error = exc
     changed = outcome.changed or found.created  # a new venv or conda env is a change too
+    anchor = getattr(args, "_anchor", None)
+    said = {"bundle": {"id": anchor.id, "anchored": anchor.how, "signer": anchor.signer}} if anchor else {}
     return _report("install", outcome.results, outcome.error, args, paths,
-                   title=f"sd-env install ({man.name} -> {python})", python=str(python), changed=changed)
+                   title=f"sd-env install ({man.name} -> {python})", python=str(python), changed=changed, **said)
 
 
 def _use_bundle(args: argparse.Namespace) -> None:
-    """Check the whole bundle before anything is written; its manifest unless one is named
-    (which must then be the very one the bundle was made for)."""
+    """The bundle's anchor, then every member, before anything is written; its manifest unless one
+    is named (a trusted checkout's, which must then match the bundle's byte for byte)."""
     args.bundle = args.bundle.resolve()
-    checked = bundle_install.open_checked(args.bundle)
-    own = args.bundle / checked.index.manifest_path
+    home = args.home or (Path(os.environ[ENV_HOME]) if os.environ.get(ENV_HOME) else Path.cwd() / ".sd-env")
+    home = home.expanduser().resolve()
+    if home == args.bundle or args.bundle in home.parents:
+        raise InputError(f"the install folder {home} is inside the bundle {args.bundle}",
+                         "run from another folder, or pass --home (or SD_ENV_HOME) outside the bundle: its files "
+                         "would be members the index does not list")
     named = args.manifest or (Path(os.environ["SD_ENV_MANIFEST"]) if os.environ.get("SD_ENV_MANIFEST") else None)
-    if named is not None:
-        bundle.same_manifest(checked.index, named)
-    args.manifest = own  # patches and lock are read from the checked copies
-    if args.home is None and not os.environ.get(ENV_HOME):
-        args.home = Path.cwd() / ".sd-env"  # never inside the bundle
+    checked = bundle_install.open_checked(args.bundle, Runner(), args.expect, args.allowed_signers, named)
+    args._anchor = checked.anchor
+    args._checked = checked
+    args.manifest = args.bundle / checked.index.manifest_path  # the checked copies of lock and patches
+    args.home = home
     if not args.torch_tpu_wheel and checked.index.torch_tpu:
         args.torch_tpu_wheel = str(args.bundle / checked.index.torch_tpu)
     elif not args.torch_tpu_wheel:
@@ -336,34 +391,37 @@ def _cmd_bundle_create(args: argparse.Namespace) -> int:
             raise InputError(f"--include {name} given twice", "give each extra folder its own NAME")
         includes[name] = Path(path)
     opts = bundle_create.CreateOptions(args.out, torch_tpu_wheel=args.torch_tpu_wheel, includes=includes,
-                                       mirror=args.git_mirror, from_home=args.from_home, reuse=tuple(args.reuse))
+                                       mirror=args.git_mirror, from_home=args.from_home, reuse=tuple(args.reuse),
+                                       sign=args.sign)
     index = bundle_create.create(man, paths, runner, opts)
     if args.json:
         args._reported = True
-        dump_json("bundle create", 0, {"out": str(args.out.resolve()), "members": len(index.members),
+        dump_json("bundle create", 0, {"out": str(args.out.resolve()), "id": bundle_create.bundle_id(args.out),
+                                       "signed": args.sign is not None, "members": len(index.members),
                                        "bytes": index.size, "log": str(args._log)})
     return 0
 
 
 def _cmd_bundle_verify(args: argparse.Namespace) -> int:
-    checked = bundle.verify(args.out)
-    index = checked.index
+    checked = bundle_trust.verify(args.out, Runner(), args.expect, args.allowed_signers, args.manifest)
+    index, anchor = checked.index, checked.anchor
     kinds: dict[str, int] = {}
     for m in index.members:
         kinds[m.kind] = kinds.get(m.kind, 0) + 1
     if args.json:
         args._reported = True
-        dump_json("bundle verify", 0, {"ok": True, "manifest": index.manifest_name,
-                                       "manifest_sha256": index.manifest_sha256, "members": len(index.members),
-                                       "bytes": index.size, "kinds": kinds})
+        dump_json("bundle verify", 0, {"ok": True, "id": anchor.id, "anchored": anchor.how, "signer": anchor.signer,
+                                       "manifest": index.manifest_name, "manifest_sha256": index.manifest_sha256,
+                                       "members": len(index.members), "bytes": index.size, "kinds": kinds})
         return 0
     pins = len(checked.lock.pins) if checked.lock else 0
     shown = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
     wheel = f", torch_tpu {index.torch_tpu}" if index.torch_tpu else ", no torch_tpu wheel"
     say(f"bundle {args.out} ok: {len(index.members)} members, {bundle.human(index.size)}, all sha256 match the "
         f"index; complete for manifest {index.manifest_name} (sha256 {index.manifest_sha256[:12]}): {pins} locked "
-        f"packages, {len(index.components)} git histories{wheel}"
+        f"packages, {len(index.components)} component sources{wheel}"
         + "".join(f", extra {n}" for n in index.extras) + f" [{shown}]")
+    say(anchor.said())
     return 0
 
 
@@ -371,8 +429,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "verify")
     model, data = verify.local_inputs(args.model, args.data)
     python, inv = _target(args, runner, paths, man, "nothing to verify")
+    if args.strict and not args.emulate:
+        raise InputError("--strict is for the emulated device", "add --emulate")
     ctx = verify.Context(man, paths, runner, python, quick=args.quick, mixed_precision=args.mixed_precision,
-                         model=model, data=data, inventory=inv)
+                         model=model, data=data, inventory=inv, strict=args.strict)
     title = f"sd-env verify ({man.name}, {python})" + (" on the emulated tpu" if args.emulate else "")
     if args.emulate:
         from sd_env import verify_emulated  # builds a C++ extension: only loaded when asked for
@@ -389,11 +449,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         dump_json("verify", code, {"host": socket.gethostname(), "python": str(python), "device": ctx.device,
                                    "emulated": ctx.emulated, "checks": [dataclasses.asdict(c) for c in checks],
                                    "facts": hostfacts.collect(ctx), "environment": block.splitlines(),
-                                   "log": str(args._log)})
+                                   **hostfacts.provenance(paths), "log": str(args._log)})
         return code
     say("\nFor bug reports (copy and paste):\n" + block)
-    failed = [c.name for c in checks if c.status == "fail"]
-    say(f"\n{'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'} (log: {args._log})")
+    verdict, *more = readiness.verify_summary(checks, paths, quick=args.quick, emulated=args.emulate)
+    say("\n".join([f"\n{verdict} (log: {args._log})", *more]))
     return code
 
 
@@ -470,11 +530,14 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
         raise InputError("no command to run", "write it after --, e.g. sd-env emulate -- python train.py")
     python, inv = _target(args, runner, paths, man)
     emu = emulation.build(runner, python, paths)
-    target = trainenv.build(inv, man.device, args.device)
-    target.env.update(emulation.environment(emu, args.device))
+    device = args.device or "tpu:0"
+    setup = emulation.settings(man, emu, args.strict)
+    target = trainenv.build(inv, man.device, device, why="--device" if args.device else "sd-env emulate's default")
+    target.env.update(emulation.environment(emu, device, setup))
     built = "cached" if emu.cached else f"built in {emu.seconds:.0f} s"
-    target.notes.append(f"{args.device} is emulated: torch_tpu on the CPU ({built}, {emu.key}); only a card "
-                        "shows the real device")
+    target.notes.append(f"{device} is emulated: torch_tpu {emu.era} on the CPU ({built}, {emu.key}); only a "
+                        "card shows the real device")
+    target.notes.extend(emulation.describe(setup))
     run.exec_in(target, cmd, args._log)
     return 0  # not reached: exec_in replaces this process
 
@@ -523,13 +586,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "train")
+    if not args.check and (not args.model or args.data is None):
+        raise InputError("train needs --model DIR and --data DIR", "sd-env train --model DIR --data DIR "
+                         "(--check only checks that it can start)")
     python, inv = _target(args, runner, paths, man)
+    if args.check:
+        say(train.check(paths, args.script, args.model, args.data))
+        return 0
     flags = {"--mixed_precision": args.mixed_precision, "--resolution": args.resolution,
              "--max_train_steps": args.max_train_steps, "--validation_prompt": args.validation_prompt,
              "--seed": args.seed}
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
     opts = train.Options(args.model, args.data, args.output, device=args.device, script=args.script,
                          pictures=not args.no_pictures, inference_steps=args.inference_steps,
+                         validation_images=args.validation_images,
                          settings={k: v for k, v in flags.items() if v}, extra=extra)
     outcome = train.run(man, paths, runner, python, opts, inv)
     say(train.summary(outcome))
@@ -559,8 +629,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _age(text: str) -> float:
+    try:
+        return fleet.parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _cmd_fleet_report(args: argparse.Namespace) -> int:
-    return fleet.render(args.reports, fleet.read(args.reports), args.json)
+    inventory = ansible_inventory.hosts(args.inventory) if args.inventory else None
+    hosts = fleet.read(args.reports, args.max_age, inventory)
+    return fleet.render(args.reports, hosts, args.json, args.max_age)
 
 
 def _cmd_stacks(args: argparse.Namespace) -> int:

@@ -18,11 +18,14 @@ from importlib import resources
 from pathlib import Path
 
 from sd_env import probe
-from sd_env.errors import EmulatorUnavailable
+from sd_env.errors import EmulatorUnavailable, InputError
+from sd_env.manifest import Manifest
 from sd_env.paths import Paths
 from sd_env.runner import Runner
 
-SUPPORTED_TORCH = "2.1"  # the torch_tpu era emulated: torch 2.1.x
+# The torch_tpu eras emulated: torch 2.1.x (torch_tpu 2.1.0.post1, the tutorial's) and torch 2.8.x
+# (torch_tpu 2.8.0.post1, Sophgo's current stack); csrc/compat.h holds what differs between them.
+SUPPORTED_TORCH = ("2.1", "2.8")
 CHECK_TIMEOUT = 120
 BUILD_TIMEOUT = 30 * 60
 
@@ -33,6 +36,15 @@ class Emulator:
     cached: bool
     seconds: float
     key: str
+    era: str = "2.1"  # the torch_tpu era built for: "2.1" or "2.8"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the emulated device is told (the manifest's [emulator], --strict, the environment)."""
+
+    profile: Path | None = None  # the strict profile's JSON file; None: only what the CPU kernels refuse
+    memory: str | None = None  # per-device capacity ("16G"); None: no limit
 
 
 def source() -> Path:
@@ -60,14 +72,16 @@ def build(runner: Runner, python: Path, paths: Paths, root: Path | None = None) 
     if not info["torch"]:
         raise EmulatorUnavailable(f"the target {python} has no torch",
                                   "install torch==2.1.0 in the target (sd-env install does)")
-    if not str(info["torch"]).startswith(SUPPORTED_TORCH + "."):
+    if era(str(info["torch"])) is None:
         raise EmulatorUnavailable(
-            f"the tpu emulator supports torch {SUPPORTED_TORCH}.x (torch_tpu's era); the target has torch "
-            f"{info['torch']}", "emulate in an environment with torch==2.1.0 (the default manifest's)")
+            f"the tpu emulator supports torch {' and '.join(f'{v}.x' for v in SUPPORTED_TORCH)} (torch_tpu's "
+            f"eras); the target has torch {info['torch']}",
+            "emulate in an environment with torch==2.1.0 (-m sc7-sd14-lora) or torch==2.8.0 (-m sc7-sd15-lora)")
     key = f"torch{info['torch']}-py{info['python']}-{source_hash(root)}"
+    emulated = era(str(info["torch"])) or "2.1"
     dest = paths.emulators / key
     if _complete(dest):
-        return Emulator(dest, True, time.monotonic() - started, key)
+        return Emulator(dest, True, time.monotonic() - started, key, emulated)
     missing = []
     if not info.get("compiler"):
         missing.append("g++")
@@ -92,7 +106,12 @@ def build(runner: Runner, python: Path, paths: Paths, root: Path | None = None) 
             os.replace(work, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return Emulator(dest, False, time.monotonic() - started, key)
+    return Emulator(dest, False, time.monotonic() - started, key, emulated)
+
+
+def era(torch_version: str) -> str | None:
+    """The torch_tpu era ("2.1", "2.8") a torch version belongs to, or None."""
+    return next((v for v in SUPPORTED_TORCH if torch_version.startswith(v + ".")), None)
 
 
 def _drop_abandoned(folder: Path) -> None:
@@ -107,9 +126,46 @@ def _complete(folder: Path) -> bool:
     return any((folder / "torch_tpu").glob("_C*.so"))
 
 
-def environment(emu: Emulator, device: str = "tpu:0") -> dict[str, str]:
-    """Variables that make a run use the emulated device (to add to the run's environment)."""
+def profile_path(name: str, emulated_era: str) -> Path:
+    """A strict profile by name: "strict" is the era's (profiles/torch_tpu-ERA.json), another name a
+    shipped profile, a path ending in .json the user's own file."""
+    if name.endswith(".json"):
+        found = Path(name)
+    else:
+        found = source() / "profiles" / f"{f'torch_tpu-{emulated_era}' if name == 'strict' else name}.json"
+    if not found.is_file():
+        shipped = ", ".join(sorted(p.stem for p in (source() / "profiles").glob("*.json")))
+        raise InputError(f"no emulator profile {name!r} ({found})", f"use one of: strict, {shipped}, or a .json file")
+    return found
+
+
+def settings(man: Manifest, emu: Emulator, strict: bool = False) -> Settings:
+    """--strict (the era's profile) or the manifest's [emulator] profile, and its memory."""
+    wanted = "strict" if strict else man.emulator.profile
+    return Settings(profile_path(wanted, emu.era) if wanted else None, man.emulator.memory)
+
+
+def describe(setup: Settings) -> list[str]:
+    """What the settings change, in words (for notes and report rows)."""
+    said = []
+    if setup.profile:
+        said.append(f"strict profile {setup.profile.stem}: the device refuses what that plugin refuses "
+                    f"({setup.profile})")
+    memory = os.environ.get("SD_ENV_EMULATED_MEMORY") or setup.memory
+    if memory:
+        said.append(f"device capacity {memory} per device: past it an allocation fails as on the card")
+    return said
+
+
+def environment(emu: Emulator, device: str = "tpu:0", setup: Settings | None = None) -> dict[str, str]:
+    """Variables that make a run use the emulated device (to add to the run's environment).
+    A capacity the user exported (SD_ENV_EMULATED_MEMORY) wins over the manifest's."""
     path = str(emu.pythonpath)
     if os.environ.get("PYTHONPATH"):
         path += os.pathsep + os.environ["PYTHONPATH"]
-    return {"PYTHONPATH": path, "ACCELERATE_TORCH_DEVICE": device, "SD_ENV_EMULATED": "1"}
+    env = {"PYTHONPATH": path, "ACCELERATE_TORCH_DEVICE": device, "SD_ENV_EMULATED": "1"}
+    if setup and setup.profile:
+        env["SD_ENV_EMULATED_PROFILE"] = str(setup.profile)
+    if setup and setup.memory and not os.environ.get("SD_ENV_EMULATED_MEMORY"):
+        env["SD_ENV_EMULATED_MEMORY"] = setup.memory
+    return env

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from sd_env import stacks
 from sd_env.errors import InputError
 from sd_env.paths import Paths
 from sd_env.report import progress
@@ -101,7 +102,7 @@ def resolve(runner: Runner, explicit: str | None, home: Path, want: str, create:
             f"conda, pyenv and python{want} on PATH)",
             f"install one, then run again: `conda create -n sd python={want}` and activate it; or "
             f"`pyenv install {want}`; or `sudo apt install python{want} python{want}-venv`; or pass "
-            f"--python /path/to/python{want}")
+            f"--python /path/to/python{want}" + stacks.for_this_machine(want))
     return Target(_create_venv(runner, found, venv_dir, want, str(found)), f"new venv from {found}", created=True)
 
 

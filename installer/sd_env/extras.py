@@ -54,7 +54,8 @@ def find(man: Manifest, inv: envs.Inventory) -> list[str]:
     for root in (SELF, *KEEP):  # wheel >= 0.41 requires packaging, say: what a keeper needs stays too
         keep |= _closure_of(root, inv)
     if torchtpu.installed_google(inv) is None:
-        keep.add(torchtpu.NAME)  # Google's is refused elsewhere, with its own fix
+        # Sophgo's wheel and what it requires (Google's is refused elsewhere, with its own fix).
+        keep |= {torchtpu.NAME} | _closure_of(torchtpu.NAME, inv)
     return sorted({str(canonicalize_name(n)) for n in inv.dists} - keep)
 
 

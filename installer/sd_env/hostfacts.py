@@ -8,11 +8,15 @@ driver. They come from what the checks already read: nothing is probed again.
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sd_env import lockfile
+from sd_env import lockfile, state
+from sd_env.errors import InputError
 from sd_env.fsutil import sha256_file
+from sd_env.paths import Paths
 from sd_env.verify import PACKAGE_FACTS, Context
 
 
@@ -42,3 +46,15 @@ def collect(ctx: Context) -> dict[str, Any]:
 
 def _sha256(path: Path) -> str | None:
     return sha256_file(path) if path.is_file() else None
+
+
+def provenance(paths: Paths) -> dict[str, Any]:
+    """Where and when a report comes from: when it finished (UTC), an id of its own, and the bundle
+    the environment was installed from (state.json's record; None when not from a bundle). A fleet
+    report calls a report without a finish time, or an old one, stale."""
+    try:
+        bundle = state.load(paths.state).bundle
+    except InputError:  # a damaged record is the sources+patches check's to report, not this one's
+        bundle = None
+    return {"finished": state.utc_now(), "run_id": str(uuid.uuid4()),
+            "bundle": asdict(bundle) if bundle is not None else None}

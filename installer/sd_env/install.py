@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sd_env import (
     bundle_install,
+    bundle_trust,
     closure,
     envs,
     faults,
@@ -30,7 +31,7 @@ from sd_env import (
     wheeltags,
 )
 from sd_env.checkouts import APPLIED_DIR, applicable, pinned_commit, record_applied
-from sd_env.errors import SdEnvError, StepError
+from sd_env.errors import InputError, SdEnvError, StepError
 from sd_env.manifest import Component, Manifest
 from sd_env.paths import Paths
 from sd_env.plan import BUILD, CHECKOUT, FETCH, PATCH, RESTORE, Observed, plan
@@ -46,7 +47,7 @@ class Options:
     index_url: str | None = None  # for the lock install; pip also reads its own config
     torch_tpu_wheel: str | None = None  # overrides the manifest's wheel location
     use_uv: bool = True
-    bundle: Path | None = None  # hook (bundle_install): a checked offline bundle is the only source
+    bundle: bundle_trust.Checked | None = None  # hook (bundle_install): a checked offline bundle is the only source
     inventory: envs.Inventory | None = None  # the target as envs.resolve read it (else read here)
 
 
@@ -88,7 +89,7 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
         where = "env"
         changed = False
         if manifest.lock is not None:
-            result, changed = _closure(manifest, runner, opts, inv)
+            result, changed = _closure(manifest, paths, runner, opts, inv)
             outcome.results.append(result)
             faults.point("lock-installed")
         # The lock holds no component, so this inventory still tells how each one is installed.
@@ -110,6 +111,9 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
         outcome.changed |= tpu_changed
         if changed or built or tpu_changed:
             outcome.results.append(_pip_check(runner, opts.python))
+        if opts.bundle is not None:
+            anchor = opts.bundle.anchor
+            record.bundle = state.BundleRecord(anchor.id, str(opts.bundle.root), state.utc_now(), anchor.how)
     except SdEnvError as exc:
         outcome.results.append(Result(where, "error", FAIL, exc.message.splitlines()[0]))
         outcome.error = exc
@@ -119,7 +123,8 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
     return outcome
 
 
-def _closure(man: Manifest, runner: Runner, opts: Options, inv: envs.Inventory) -> tuple[Result, bool]:
+def _closure(man: Manifest, paths: Paths, runner: Runner, opts: Options,
+             inv: envs.Inventory) -> tuple[Result, bool]:
     """Install whatever of the lock is missing or at another version; nothing when all is there.
     Also says whether anything was installed."""
     assert man.lock is not None
@@ -138,7 +143,7 @@ def _closure(man: Manifest, runner: Runner, opts: Options, inv: envs.Inventory) 
                  "\"cpu\" flavour (`sd-env lock --flavour cpu` where the PyTorch CPU index is reachable)")
     progress(f"installing {len(wrong)} of {len(lock.pins)} locked packages (hash-checked, no resolution)")
     if opts.bundle is not None:  # hook: sd-env install --bundle
-        tool = bundle_install.install_lock(runner, opts.python, lock, opts.bundle, use_uv=opts.use_uv)
+        tool = bundle_install.install_lock(runner, opts.python, opts.bundle, paths.work, use_uv=opts.use_uv)
     else:
         tool = closure.install(runner, opts.python, lock, index=opts.index_url, use_uv=opts.use_uv)
     shown = ", ".join(f"{n}=={v[0]}" for n, v in sorted(wrong.items())[:4])
@@ -150,6 +155,12 @@ def _closure(man: Manifest, runner: Runner, opts: Options, inv: envs.Inventory) 
 def _wheel_fits(man: Manifest, paths: Paths, runner: Runner, opts: Options) -> None:
     location = opts.torch_tpu_wheel or (man.torch_tpu.location if man.torch_tpu else None)
     path = torchtpu.local_wheel(runner, location, paths.wheels) if location else None
+    if path is None and opts.torch_tpu_wheel:
+        # A path the user gave is a typo or a missing file, not a CPU-only choice (the manifest's
+        # default path, absent, is that choice: a warn row below).
+        raise InputError(f"no torch_tpu wheel at {opts.torch_tpu_wheel}: no such file (given with "
+                         "--torch-tpu-wheel, $SD_ENV_TORCH_TPU_WHEEL or a config file: `sd-env config` says which)",
+                         "fix the path; nothing was installed")
     if path is not None:
         wheeltags.check_fit(man, path)
 
@@ -168,6 +179,9 @@ def _torch_tpu(man: Manifest, paths: Paths, runner: Runner, opts: Options, recor
                       f"no wheel at {location}: the environment is CPU-only. Get "
                       f"{Path(location).name} from {torchtpu.SOPHGO_RELEASES}, put it there "
                       "(or pass --torch-tpu-wheel PATH) and run `sd-env install` again"), False
+    wheel = opts.bundle.index.torch_tpu if opts.bundle is not None else None
+    if opts.bundle is not None and wheel and path == opts.bundle.root / wheel:  # what is hashed is what installs
+        path = bundle_install.private_copy(opts.bundle, wheel, paths.work)
     digest, meta = torchtpu.check_wheel(spec, path)
     version = meta["version"]
     have = target.installed(inv, [torchtpu.NAME])[torchtpu.NAME].versions

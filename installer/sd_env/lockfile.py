@@ -22,6 +22,12 @@ from sd_env.tools import find_uv
 PYPI = "https://pypi.org/simple"
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
 _HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
+# What may follow a pin on its line (an environment marker, hashes, a line continuation), and
+# what a continuation line may hold: hashes only. Anything else, an option line above all
+# (`--find-links URL`, `--index-url URL`, `-e PATH`, `-r FILE`), would be passed on to pip or uv
+# and widen where they look: a lock is data, never options.
+_PIN_REST = re.compile(r"^(\s*;[^\\]*?)?(\s+--hash=sha256:[0-9a-f]{64})*\s*\\?\s*$")
+_CONTINUATION = re.compile(r"^\s+(--hash=sha256:[0-9a-f]{64}\s*)+\\?\s*$")
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,8 @@ def read(path: Path) -> Lock:
     pins: dict[str, str] = {}
     hashes: dict[str, list[str]] = {}
     current = None
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
+        _refuse_options(path, number, line)
         match = _PIN.match(line)
         if match:
             current = canonicalize_name(match.group(1))
@@ -56,6 +63,19 @@ def read(path: Path) -> Lock:
         raise InputError(f"{path}: no sha256 for {', '.join(missing)}",
                          "regenerate the lock with `sd-env lock` (it writes --hash for every artifact)")
     return Lock(path, pins, {k: tuple(v) for k, v in hashes.items()})
+
+
+def _refuse_options(path: Path, number: int, line: str) -> None:
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return
+    pin = _PIN.match(line)
+    if (pin and _PIN_REST.match(line[pin.end():])) or (not pin and _CONTINUATION.match(line)):
+        return
+    what = "an option line" if stripped.startswith("-") else "not a pinned, hashed requirement"
+    raise InputError(f"{path}:{number}: {what}: {stripped[:80]!r}",
+                     "a lock holds only NAME==VERSION lines with --hash=sha256:... (and comments): "
+                     "regenerate it with `sd-env lock`; pass indexes and mirrors as sd-env settings, never in the lock")
 
 
 def flavour_order(man: Manifest) -> list[str]:

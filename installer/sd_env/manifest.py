@@ -27,6 +27,7 @@ else:  # pragma: no cover - exercised on the 3.9 target
 SCHEMA = 1
 BUILD_MODES = ("editable",)
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_SIZE = re.compile(r"[0-9]+(\.[0-9]+)?\s*[KMGTkmgt]?(i?[Bb])?")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -41,6 +42,8 @@ class Component:
     patches: tuple[Path, ...]
     build: str
     sdist: bool  # may fall back to the PyPI sdist of `version`
+    # The sha256 of that sdist: a fallback (or a bundle carrying the sdist) must be exactly this file.
+    sdist_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,14 @@ class LockSpec:
 
 
 @dataclass(frozen=True)
+class EmulatorSpec:
+    """[emulator]: how `sd-env emulate` / `verify --emulate` set up the emulated device."""
+
+    memory: str | None = None  # per-device capacity, "16G"; None: no limit
+    profile: str | None = None  # a strict profile: a shipped name ("torch_tpu-2.8") or a JSON file's path
+
+
+@dataclass(frozen=True)
 class Manifest:
     path: Path
     name: str
@@ -78,6 +89,7 @@ class Manifest:
     lock: LockSpec | None
     components: tuple[Component, ...]
     description: str = ""  # what the stack is for, shown by `sd-env stacks`
+    emulator: EmulatorSpec = EmulatorSpec()
 
     def component(self, name: str) -> Component:
         for comp in self.components:
@@ -112,7 +124,7 @@ def parse(data: dict[str, Any], path: Path, pending: frozenset[str] = frozenset(
     """`pending`: patch file names about to be written, taken as present (repatch checks its edit early)."""
     t = _Table(data, path, "")
     t.allow("schema", "name", "description", "python", "device", "torch", "torch_tpu", "lock", "patches_dir",
-            "component")
+            "component", "emulator")
     schema = t.get("schema", int)
     if schema != SCHEMA:
         raise ManifestError(path, "schema", f"schema {schema} is not supported",
@@ -133,6 +145,7 @@ def parse(data: dict[str, Any], path: Path, pending: frozenset[str] = frozenset(
     torch = _torch(t.table("torch"))
     wheel = _wheel(t.table("torch_tpu"), base) if "torch_tpu" in data else None
     lock = _lock(t.table("lock"), base) if "lock" in data else None
+    emulator = _emulator(t.table("emulator"), base) if "emulator" in data else EmulatorSpec()
 
     comps = [_component(c, patches_dir, pending) for c in t.tables("component")]
     seen: dict[str, str] = {}
@@ -144,7 +157,18 @@ def parse(data: dict[str, Any], path: Path, pending: frozenset[str] = frozenset(
             raise ManifestError(path, f"component[{i}].name", f"{comp.name!r} is declared twice{also}",
                                 "give each [[component]] its own name, or delete the copy")
         seen[canonicalize_name(comp.name)] = comp.name
-    return Manifest(path, name, python, device, torch, wheel, lock, tuple(comps), description)
+    return Manifest(path, name, python, device, torch, wheel, lock, tuple(comps), description, emulator)
+
+
+def _emulator(t: _Table, base: Path) -> EmulatorSpec:
+    t.allow("memory", "profile")
+    memory = t.get("memory", str, default=None)
+    if memory is not None and not _SIZE.fullmatch(memory):
+        raise ManifestError(t.path, t.key("memory"), f"{memory!r} is not a size", 'write it like "16G" or "512M"')
+    profile = t.get("profile", str, default=None)
+    if profile is not None and profile.endswith(".json"):
+        profile = str(base / profile)  # a file of the user's, relative to the manifest
+    return EmulatorSpec(memory, profile)
 
 
 def _torch(t: _Table) -> TorchSpec:
@@ -198,7 +222,7 @@ def _wheel(t: _Table, base: Path) -> WheelSpec:
 
 
 def _component(t: _Table, patches_dir: Path, pending: frozenset[str]) -> Component:
-    t.allow("name", "git", "tag", "version", "commit", "patches", "build", "sdist")
+    t.allow("name", "git", "tag", "version", "commit", "patches", "build", "sdist", "sdist_sha256")
     name = t.get("name", str)
     if not _NAME.match(name):
         raise ManifestError(t.path, t.key("name"), f"{name!r} is not a distribution name",
@@ -235,8 +259,12 @@ def _component(t: _Table, patches_dir: Path, pending: frozenset[str]) -> Compone
     if build not in BUILD_MODES:
         raise ManifestError(t.path, t.key("build"), f"unknown build mode {build!r}",
                             f"write one of: {', '.join(BUILD_MODES)}")
+    sdist_sha256 = t.get("sdist_sha256", str, default=None)
+    if sdist_sha256 is not None and not _SHA256.match(sdist_sha256):
+        raise ManifestError(t.path, t.key("sdist_sha256"), "not a sha256 (64 lowercase hex digits)",
+                            f"paste the sha256 PyPI lists for {name}-{version}.tar.gz, or delete the key")
     return Component(name, git, t.get("tag", str), version, commit, tuple(patches), build,
-                     t.get("sdist", bool, default=True))
+                     t.get("sdist", bool, default=True), sdist_sha256)
 
 
 def _pinned(t: _Table, key: str, req: object) -> None:

@@ -4,13 +4,15 @@
 is wrapped in `torch.cuda.amp.autocast`, which does nothing on a "tpu" device,
 and the v0.20.0 script casts the frozen UNet to fp16 itself. The watcher
 (probes/precision/sitecustomize.py, put first on PYTHONPATH for one run)
-counts the dtypes the UNet's matmuls ran in; this module turns its JSON lines
-into one sentence for verify. Pure: no subprocess, no torch.
+counts the dtypes the UNet's matmuls ran in, and the devices of the loss and of
+the trained parameters; this module turns its JSON lines into one sentence for
+verify. Pure: no subprocess, no torch.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,6 +27,11 @@ def watcher_dir() -> Path:
     return Path(str(resources.files("sd_env") / "probes" / "precision"))
 
 
+def watch_env(out: Path, pythonpath: str | None) -> dict[str, str]:
+    """The variables that put the watcher on one run, writing to `out`, ahead of `pythonpath`."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(watcher_dir()), pythonpath])), ENV_OUT: str(out)}
+
+
 @dataclass
 class Precision:
     """Matmul-family op counts of the training forwards, by part (base, lora) and dtype."""
@@ -35,6 +42,9 @@ class Precision:
     scale: float | None = None
     autocast: list[str] = field(default_factory=list)
     backward_calls: int = 0
+    # Where the training ran, seen at each Accelerator.backward: "tpu:0", "cpu", ...
+    loss_devices: set[str] = field(default_factory=set)
+    trained_devices: set[str] = field(default_factory=set)  # of the parameters the optimizers step
 
     @property
     def measured(self) -> bool:
@@ -46,7 +56,8 @@ class Precision:
     def as_dict(self) -> dict[str, Any]:
         return {"ops": {part: dict(c) for part, c in self.ops.items()}, "devices": sorted(self.devices),
                 "scaler": self.scaler, "scale": self.scale, "autocast": self.autocast,
-                "backward_calls": self.backward_calls}
+                "backward_calls": self.backward_calls, "loss_devices": sorted(self.loss_devices),
+                "trained_devices": sorted(self.trained_devices)}
 
 
 def read(path: Path) -> Precision:
@@ -66,6 +77,8 @@ def read(path: Path) -> Precision:
             got.backward_calls += record["backward_calls"]
             got.scaler, got.scale = record.get("scaler"), record.get("scale")
         got.autocast += [a for a in record.get("autocast", []) if a not in got.autocast]
+        got.loss_devices.update(record.get("loss_devices", []))
+        got.trained_devices.update(record.get("trained_devices", []))
     return got
 
 

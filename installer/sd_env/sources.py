@@ -18,6 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.version import InvalidVersion, Version
+
 from sd_env import faults, fsutil, gitcmd
 from sd_env.errors import CommandError, InputError, StepError
 from sd_env.manifest import Component
@@ -28,6 +30,10 @@ ENV_MIRROR = "SD_ENV_GIT_MIRROR"
 # Build leftovers of editable installs; excluded so they never count as local edits.
 EXCLUDES = ["*.egg-info/", "__pycache__/", "*.pyc", "/build/", "/.eggs/"]
 _GITHUB = re.compile(r"^(?:https://github\.com/|git@github\.com:)([^/]+)/([^/]+?)(?:\.git)?/?$")
+# pip download's words when the index answered but has no such version (a list of the ones it has),
+# and the versions it left out for their Requires-Python.
+_NO_VERSION = re.compile(r"Could not find a version that satisfies the requirement \S+ \(from versions: ([^)]*)\)")
+_OTHER_PYTHON = re.compile(r"([^\s;:]+) Requires-Python ([^;\s]+)")
 
 
 @dataclass(frozen=True)
@@ -107,19 +113,48 @@ def fetch_sdist(comp: Component, dest: Path, work: Path, runner: Runner, *, pyth
     tmp = scratch(work, comp.name)
     try:
         download = tmp / "download"
-        runner.run(
-            [str(python), "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             "--no-build-isolation", "--dest", str(download), f"{comp.name}=={comp.version}"],
-            env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-            hint="the sdist fallback needs PyPI or a mirror (PIP_INDEX_URL / pip.conf)",
-            label=f"pip: downloading the sdist of {comp.name}=={comp.version}",
-        )
+        try:
+            runner.run(
+                [str(python), "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                 "--no-build-isolation", "--dest", str(download), f"{comp.name}=={comp.version}"],
+                env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+                hint="the sdist fallback needs PyPI or a mirror (PIP_INDEX_URL / pip.conf)",
+                label=f"pip: downloading the sdist of {comp.name}=={comp.version}",
+            )
+        except CommandError as exc:
+            missing = no_such_release(comp.name, comp.version, exc.output)
+            if missing is not None:
+                raise missing from None
+            raise
         archives = sorted(download.glob("*.tar.gz"))
         if len(archives) != 1:
             raise StepError(f"{comp.name}: expected one sdist from pip download, got {archives}")
-        digest = fsutil.sha256_file(archives[0])
+        return import_sdist(comp, archives[0], dest, tmp, runner)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_sdist(comp: Component, archive: Path) -> str:
+    """The archive's sha256, which must be the manifest's `sdist_sha256` when it pins one."""
+    digest = fsutil.sha256_file(archive)
+    if comp.sdist_sha256 and digest != comp.sdist_sha256:
+        raise StepError(f"{comp.name}: {archive.name} has sha256 {digest}, the manifest pins sdist_sha256 = "
+                        f"{comp.sdist_sha256}",
+                        "the index (or bundle) serves another file than the one pinned: use PyPI or a faithful "
+                        "mirror; change the pin only after checking the file's origin")
+    return digest
+
+
+def import_sdist(comp: Component, archive: Path, dest: Path, work: Path, runner: Runner) -> Fetched:
+    """The sdist `archive` (checked against the manifest's pin) as one local commit in `dest`.
+
+    The commit's author, committer and dates are fixed, so the same sdist always gives the same commit.
+    """
+    digest = check_sdist(comp, archive)
+    tmp = scratch(work, f"{comp.name}-import")
+    try:
         tree = tmp / "tree"
-        _extract(archives[0], tree)
+        _extract(archive, tree)
         gitcmd.git(runner, tree, "init", "-q")
         gitcmd.git(runner, tree, "add", "-A")
         message = f"{comp.name} {comp.version} from its PyPI sdist\n\nsha256 {digest}\n"
@@ -127,9 +162,36 @@ def fetch_sdist(comp: Component, dest: Path, work: Path, runner: Runner, *, pyth
         exclude_build_leftovers(tree)
         commit = gitcmd.head(runner, tree)
         move_into_place(tree, dest)
-        return Fetched("sdist", commit, sdist_sha256=digest, url=archives[0].name)
+        return Fetched("sdist", commit, sdist_sha256=digest, url=archive.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def no_such_release(name: str, version: str, output: str) -> InputError | None:
+    """The error for a version the index does not have, when pip's output says the index answered
+    (it lists the versions it has); None for any other failure (no network: "from versions: none")."""
+    found = _NO_VERSION.search(output)
+    have = _versions(found.group(1).split(",") if found else [])
+    if not have:
+        return None
+    newest = max([v for v in have if not v.is_prerelease] or have)
+    # "Ignored the following versions that require a different python version: 1.11.0 Requires-Python ..."
+    ignored = dict(_OTHER_PYTHON.findall(" ".join(line for line in output.splitlines() if "Ignored" in line)))
+    later = max((v for v in _versions(list(ignored)) if v > newest), default=None)
+    also = f"; {later} needs Python {ignored.get(str(later), 'another')}" if later is not None else ""
+    return InputError(f"{name} {version}: no such release on the package index (its newest sdist for this "
+                      f"Python is {newest}{also})",
+                      f"pick a released version, e.g. {name}=={newest} (`pip index versions {name}` lists them)")
+
+
+def _versions(texts: list[str]) -> list[Version]:
+    found = []
+    for text in texts:
+        try:
+            found.append(Version(text.strip()))
+        except InvalidVersion:
+            continue
+    return found
 
 
 def fetch(comp: Component, dest: Path, work: Path, runner: Runner, *, mirror: str | None,
@@ -151,9 +213,11 @@ def fetch(comp: Component, dest: Path, work: Path, runner: Runner, *, mirror: st
             raise StepError(f"{comp.name}: git cannot reach {url}",
                             "use a mirror: --git-mirror PREFIX or SD_ENV_GIT_MIRROR") from None
     # Which files the sdist lacks is said per component, by the patch rows that need them.
-    progress(f"WARNING: git cannot reach {url}; falling back to the PyPI sdist "
-             f"{comp.name}=={comp.version} (library code identical to {comp.tag})")
-    return fetch_sdist(comp, dest, work, runner, python=python)
+    progress(f"WARNING: git cannot reach {url}; falling back to the PyPI sdist {comp.name}=={comp.version}")
+    fetched = fetch_sdist(comp, dest, work, runner, python=python)
+    progress(f"using the sdist of {comp.name} {comp.version}: its library code is that of {comp.tag} "
+             "(it has no examples/ or tests/)")
+    return fetched
 
 
 def switch_commit(runner: Runner, repo: Path, commit: str) -> bool:

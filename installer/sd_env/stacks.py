@@ -7,6 +7,8 @@ pick one by name (`-m sc7-sd14-lora-py310`) as well as by path.
 
 from __future__ import annotations
 
+import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,6 +54,16 @@ def resolve(arg: Path, where: Path = SHIPPED_DIR) -> Path:
                          "pass a path, or one of the shipped stacks: " + ", ".join(names(where)) +
                          " (`sd-env stacks` describes them)")
     return arg  # a missing path: manifest.load says so
+
+
+def for_this_machine(want: str, where: Path = SHIPPED_DIR) -> str:
+    """For a missing Python `want`: the shipped stacks made for a Python this machine has (sd-env's
+    own, or python3.N on PATH), as a hint's clause; "" when none fits."""
+    have = {f"3.{n}" for n in range(8, 16) if shutil.which(f"python3.{n}")}
+    have.add(f"{sys.version_info[0]}.{sys.version_info[1]}")
+    fits = [(m.python, m.path.stem) for m in shipped(where) if m.python in have and m.python != want]
+    return "".join(f"; or take the shipped stack made for the Python {python} this machine has: `-m {name}` "
+                   f"(./bootstrap.sh -m {name})" for python, name in fits)
 
 
 def torch_version(man: manifest.Manifest) -> str:

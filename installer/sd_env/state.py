@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,29 @@ class ComponentState:
 
 
 @dataclass
+class BundleRecord:
+    """The offline bundle the environment was last installed from (a report names it)."""
+
+    id: str  # sha256 of the bundle's index.json
+    path: str  # the bundle folder
+    installed: str  # when the install from it finished (UTC, ISO 8601)
+    anchored: str = "none"  # how the bundle was anchored: "id", "signature", "id and signature", "none"
+
+
+@dataclass
 class State:
     components: dict[str, ComponentState] = field(default_factory=dict)
     wheels: dict[str, str] = field(default_factory=dict)  # wheel file name -> sha256 seen on first use
+    bundle: BundleRecord | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"version": VERSION, "components": {k: asdict(v) for k, v in self.components.items()},
-                "wheels": self.wheels}
+                "wheels": self.wheels, "bundle": asdict(self.bundle) if self.bundle else None}
+
+
+def utc_now() -> str:
+    """Now in UTC, ISO 8601 to the second (2026-12-05T09:30:00+00:00): what reports and records carry."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def read_record(path: Path, version: int, what: str, fix: str) -> dict[str, Any] | None:
@@ -88,7 +105,8 @@ def load(path: Path) -> State:
         for name, raw in data.get("components", {}).items():
             patches = [AppliedPatch(**p) for p in raw.pop("patches", [])]
             comps[name] = ComponentState(**raw, patches=patches)
-        return State(comps, dict(data.get("wheels", {})))
+        got = data.get("bundle")
+        return State(comps, dict(data.get("wheels", {})), BundleRecord(**got) if got else None)
     except (TypeError, AttributeError, ValueError) as exc:
         raise InputError(f"{path}: the sd-env state record is corrupt ({exc})", fix_for(path)) from None
 

@@ -13,13 +13,12 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sd_env import envs, probe, state, trainenv
+from sd_env import envs, probe, readiness, trainenv
 from sd_env.errors import InputError, StepError
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
 from sd_env.report import progress
 from sd_env.runner import Runner
-from sd_env.verify import EXAMPLE
 
 # The tutorial's command line (section 3.3.1), in its order; values are strings, None for a switch.
 TUTORIAL: list[tuple[str, str | None]] = [
@@ -41,6 +40,9 @@ class Options:
     script: Path | None = None
     pictures: bool = True
     inference_steps: int = 30  # for the pictures (the tutorial's section 2.2 uses 30)
+    # The script's own validation: this many images of 30 steps after each epoch and at the end
+    # (None: the script's 4; 0: none, the pictures still draw the prompt).
+    validation_images: int | None = None
     settings: dict[str, str] = field(default_factory=dict)  # sd-env flags: script flag -> value
     extra: list[str] = field(default_factory=list)  # after `--`: replace the tutorial's flags
 
@@ -51,6 +53,7 @@ class Outcome:
     compare: Path | None
     loss_curve: Path | None
     steps: int
+    note: str = ""  # how far apart the with/without renders are
 
 
 def dataset_kind(folder: Path) -> str:
@@ -93,18 +96,20 @@ def find_script(paths: Paths, explicit: Path | None) -> Path:
         if not explicit.is_file():
             raise InputError(f"--script {explicit}: no such file", "give the path of train_text_to_image_lora.py")
         return explicit.resolve()
-    script = paths.checkout("diffusers") / EXAMPLE
-    if script.is_file():
-        return script
-    rec = state.load(paths.state).components.get("diffusers")
-    if rec is not None and rec.source == "sdist":
-        raise InputError(
-            f"no training script: diffusers in {paths.home} came from its PyPI sdist (git was unreachable), "
-            f"which has no examples/ folder",
-            "get the script from a git mirror of github.com/huggingface/diffusers: `sd-env install "
-            "--git-mirror PREFIX` (PREFIX/huggingface/diffusers.git with tag v0.20.0); or pass "
-            "--script PATH to train_text_to_image_lora.py of diffusers v0.20.0 (e.g. from a bundle)")
-    raise InputError(f"no training script at {script}", "run `sd-env install` (or ./bootstrap.sh) first")
+    script, problem = readiness.training_script(paths)
+    if problem is not None:
+        raise problem
+    return script
+
+
+def check(paths: Paths, script: Path | None, model: str | None, data: Path | None) -> str:
+    """`train --check`: what train would start from; the error naming what it lacks otherwise."""
+    said = [f"ready to train: {find_script(paths, script)}"]
+    if model:
+        said.append(f"model {_model(model)}")
+    if data is not None:
+        said.append(f"data {data.resolve()} ({dataset_kind(data)})")
+    return ", ".join(said)
 
 
 def _model(value: str) -> str:
@@ -134,12 +139,15 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
                          "(torch 2.1 has no Half conv2d there)", "train with --mixed-precision no on the CPU")
     output = opts.output.resolve()
     data_flag, data = _dataset(runner, python, opts.data.resolve(), output)
-    settings = dict(TUTORIAL)
-    settings.update(opts.settings)
+    settings, prompt = script_settings(opts)
     defaults = [("--pretrained_model_name_or_path", model), (data_flag, data), *settings.items(),
                 ("--output_dir", str(output))]
     argv = [str(python), str(script), *merged_args(defaults, opts.extra)]
     progress("training: " + shlex.join(["python", *argv[1:]]))
+    if _arg(argv, "--validation_prompt"):
+        count = _arg(argv, "--num_validation_images") or "4"
+        progress(f"the script draws {count} validation images of 30 steps after each epoch and at the end "
+                 "(often most of a short run): --validation-images N draws fewer, 0 none")
     code = runner.attached(argv, env=target.env, preexec=lambda: trainenv.apply_nofile(target.nofile))
     if code != 0:
         raise StepError(f"the training script exited with {code} (its output is above)",
@@ -149,7 +157,7 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
         raise StepError(f"the training script wrote no pytorch_lora_weights.* into {output}")
     if not opts.pictures:
         return Outcome(weights[0], None, None, 0)
-    prompt = _arg(argv, "--validation_prompt") or "cute dragon creature"
+    prompt = _arg(argv, "--validation_prompt") or prompt
     seed = _arg(argv, "--seed") or "42"
     progress(f"rendering \"{prompt}\" without and with the LoRA (seed {seed}), and the loss curve")
     got = probe.run(runner, python, probe.script("lora_pictures.py"),
@@ -159,7 +167,25 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
     if not got.ok or got.data is None:
         raise StepError(f"the LoRA was trained ({weights[0]}), but drawing the pictures failed: "
                         f"{got.problem or (got.data or {}).get('error')}\n{got.stderr_tail}")
-    return Outcome(weights[0], Path(got.data["compare"]), Path(got.data["loss_curve"]), got.data["steps"])
+    return Outcome(weights[0], Path(got.data["compare"]), Path(got.data["loss_curve"]), got.data["steps"],
+                   got.data.get("note", ""))
+
+
+def script_settings(opts: Options) -> tuple[dict[str, str | None], str]:
+    """The tutorial's script flags with sd-env's own applied, and the prompt for the pictures.
+
+    No validation (0 images) drops --validation_prompt: v0.20.0's per-epoch validation cannot
+    log zero images (np.stack of an empty list), and without a prompt it draws none."""
+    settings = dict(TUTORIAL)
+    settings.update(opts.settings)
+    prompt = settings.get("--validation_prompt") or "cute dragon creature"
+    if opts.validation_images is not None:
+        if opts.validation_images < 0:
+            raise InputError(f"--validation-images {opts.validation_images}", "give 0 (no validation) or more")
+        settings["--num_validation_images"] = str(opts.validation_images)
+        if opts.validation_images == 0:
+            settings.pop("--validation_prompt", None)
+    return settings, prompt
 
 
 def _arg(argv: list[str], flag: str) -> str | None:
@@ -196,7 +222,7 @@ def _dataset(runner: Runner, python: Path, data: Path, output: Path) -> tuple[st
 def summary(outcome: Outcome) -> str:
     lines = [f"LoRA weights: {outcome.weights}"]
     if outcome.compare is not None:
-        lines.append(f"without | with the LoRA: {outcome.compare}")
+        lines.append(f"without | with the LoRA: {outcome.compare}" + (f"\n  {outcome.note}" if outcome.note else ""))
         lines.append(f"loss curve ({outcome.steps} steps): {outcome.loss_curve}")
     return "\n".join(lines)
 

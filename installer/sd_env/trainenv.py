@@ -39,7 +39,8 @@ def sophgo_installed(inv: Inventory) -> bool:
     return any(not torchtpu.is_google(e) for e in entries)
 
 
-def choose_device(wanted: str, inv: Inventory, override: str | None, inherited: str | None) -> tuple[str, str]:
+def choose_device(wanted: str, inv: Inventory, override: str | None, inherited: str | None,
+                  why: str = "--device") -> tuple[str, str]:
     """The device for ACCELERATE_TORCH_DEVICE and why.
 
     --device wins, then a value the user already exported, then the manifest's
@@ -47,13 +48,18 @@ def choose_device(wanted: str, inv: Inventory, override: str | None, inherited: 
     accelerate fail ("Expected one of cpu, cuda, ... device type"), so the CPU.
     """
     if override:
-        return override, "--device"
+        return override, why
     if inherited:
         return inherited, f"${DEVICE_VAR} was already set"
     if not wanted.startswith("tpu") or sophgo_installed(inv):
         return wanted, "the manifest's device"
     return "cpu", (f"torch_tpu is not installed in the target, so the manifest's {wanted} cannot work; "
                    f"--device {wanted} forces it")
+
+
+# How a user gets past a hard limit below the tutorial's (an ordinary user cannot raise it).
+RAISE_HARD = (f"raise the hard limit: a `* hard nofile {NOFILE}` line in /etc/security/limits.conf (then log in "
+              f"again), LimitNOFILE={NOFILE} for a systemd service, or `ulimit -Hn {NOFILE}` in a root shell")
 
 
 def nofile_limit(soft: int, hard: int) -> tuple[int | None, str]:
@@ -66,12 +72,23 @@ def nofile_limit(soft: int, hard: int) -> tuple[int | None, str]:
     raised = f"raised from {soft} as far as it allows" if soft < hard else "already at the hard limit"
     return (hard if soft < hard else None), (
         f"WARNING: ulimit -n {hard}, not the {NOFILE} the tutorial asks for ({raised}): the hard limit is "
-        f"{hard}. Raise it with a `nofile` line in /etc/security/limits.conf (or `ulimit -Hn {NOFILE}` as root)")
+        f"{hard}. To {RAISE_HARD}")
+
+
+def nofile_advice(hard: int) -> str:
+    """What to run for the tutorial's open-files limit, given the hard limit (no higher)."""
+    done = "`sd-env shell`, `run` and `train` do it for their command"
+    if hard == resource.RLIM_INFINITY or hard >= NOFILE:
+        return (f"run `ulimit -n {NOFILE}` in the training shell ({done}; permanently: a `nofile` line in "
+                "/etc/security/limits.conf)")
+    return (f"the hard limit is {hard}, so `ulimit -n {hard}` is as far as the training shell can go ({done}); "
+            f"to reach {NOFILE}, {RAISE_HARD}")
 
 
 def build(inv: Inventory, wanted_device: str, override: str | None = None,
-          base: Mapping[str, str] | None = None) -> TrainEnv:
-    """The environment of a command run "inside" the target: its bin first on PATH, the training variables."""
+          base: Mapping[str, str] | None = None, why: str = "--device") -> TrainEnv:
+    """The environment of a command run "inside" the target: its bin first on PATH, the training variables;
+    `why` says where `override` came from (a command's own default is not a --device the user gave)."""
     base = dict(os.environ if base is None else base)
     prefix = Path(inv.prefix)
     env = {k: v for k, v in base.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
@@ -79,12 +96,12 @@ def build(inv: Inventory, wanted_device: str, override: str | None = None,
     env["PATH"] = os.pathsep.join([str(bin_dir), *[p for p in base.get("PATH", "").split(os.pathsep) if p]])
     conda = (prefix / "conda-meta").is_dir()
     env["CONDA_PREFIX" if conda else "VIRTUAL_ENV"] = str(prefix)
-    device, why = choose_device(wanted_device, inv, override, base.get(DEVICE_VAR))
+    device, chosen = choose_device(wanted_device, inv, override, base.get(DEVICE_VAR), why)
     env[DEVICE_VAR] = device
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     limit, nofile_note = nofile_limit(soft, hard)
     notes = [f"environment: {prefix} (Python {'.'.join(map(str, inv.python))})",
-             f"{DEVICE_VAR}={device} ({why})", nofile_note]
+             f"{DEVICE_VAR}={device} ({chosen})", nofile_note]
     passed = [f"{k}={base[k]}" for k in HF_VARS if base.get(k)]
     if passed:
         notes.append("passed through: " + ", ".join(passed))

@@ -26,6 +26,8 @@ from sd_env import (
     extras,
     fsutil,
     lockfile,
+    placement,
+    precision,
     probe,
     requirements_check,
     status,
@@ -37,12 +39,11 @@ from sd_env import driver as libsophon
 from sd_env.errors import InputError
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
+from sd_env.readiness import EXAMPLE
 from sd_env.report import FAIL, NA, OK, SKIPPED, WARN
 from sd_env.runner import Runner
 
-NOFILE_MIN = 65535
 _STEP_LOSS = re.compile(r"step_loss=([0-9.eE+-]+|nan|inf)")  # the script's progress bar postfix
-EXAMPLE = Path("examples") / "text_to_image" / "train_text_to_image_lora.py"
 # The Hub settings a user gives (a mirror endpoint, offline mode, a cache) reach the training and
 # inference probes as they are; offline mode is the default since every input is a local folder.
 HF_PASSTHROUGH = ("HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HOME")
@@ -77,6 +78,7 @@ class Context:
     data: Path | None = None  # a local imagefolder (images + metadata.jsonl) instead of the tiny one (--data)
     device: str = "cpu"  # set by the torch_tpu check
     emulated: bool = False  # --emulate: the device is sd-env's emulated torch_tpu (verify_emulated.py)
+    strict: bool = False  # --strict (with --emulate): the era's strict profile
     facts: dict[str, str] = field(default_factory=dict)  # for the bug-report block
     # What hostfacts.py reports as data (a fleet report compares hosts by them): the component
     # rows the checks read, and the driver the torch_tpu check saw.
@@ -334,14 +336,14 @@ def check_torch_tpu(ctx: Context, inv: envs.Inventory, got: probe.ProbeResult | 
 
 
 # 5 ---------------------------------------------------------------------------
-def check_ulimit() -> Check:
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+def check_ulimit(limits: tuple[int, int] | None = None) -> Check:
+    """`limits`: (soft, hard), this process's when not given (the training shell inherits them)."""
+    soft, hard = limits or resource.getrlimit(resource.RLIMIT_NOFILE)
     shown = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
-    if soft == resource.RLIM_INFINITY or soft >= NOFILE_MIN:
-        return Check("ulimit -n", OK, f"open files limit {shown} (>= {NOFILE_MIN})")
-    return Check("ulimit -n", WARN, f"open files limit {shown} < {NOFILE_MIN}, as the tutorial requires: run "
-                 f"`ulimit -n {NOFILE_MIN}` in the training shell (permanently: a `nofile` line in "
-                 "/etc/security/limits.conf)")
+    if soft == resource.RLIM_INFINITY or soft >= trainenv.NOFILE:
+        return Check("ulimit -n", OK, f"open files limit {shown} (>= {trainenv.NOFILE})")
+    return Check("ulimit -n", WARN, f"open files limit {shown} < {trainenv.NOFILE}, as the tutorial requires: "
+                 + trainenv.nofile_advice(hard))
 
 
 # 6 ---------------------------------------------------------------------------
@@ -394,9 +396,11 @@ def model_and_data(ctx: Context) -> tuple[Path | None, Path | None, str]:
 
 def check_lora_step(ctx: Context, rows: list[status.ComponentStatus],
                     inputs: tuple[Path | None, Path | None, str] | None = None,
-                    env_extra: dict[str, str] | None = None) -> Check:
+                    env_extra: dict[str, str] | None = None, watch: Path | None = None) -> Check:
     """The LoRA step; `inputs` is model_and_data(ctx) when the caller already has it, and
-    `env_extra` goes to the training run only (verify --emulate's precision watcher)."""
+    `env_extra` goes to the training run only (verify --emulate's PYTHONPATH). The watcher
+    (precision.py) is on every training run's PYTHONPATH and writes to `watch`: the row names
+    the device it measured there (or the probe's own measurement), never the one asked for."""
     started = time.monotonic()
     if ctx.mixed_precision == "fp16" and ctx.device == "cpu":
         ctx.facts["lora"] = "n/a"
@@ -404,16 +408,20 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus],
                      "conv2d on the CPU); neither passed nor failed", 0.0, "cpu")
     model, data, how = inputs or model_and_data(ctx)
     if model is None or data is None:
-        return Check("lora step", FAIL, how, time.monotonic() - started, ctx.device)
+        return Check("lora step", FAIL, how, time.monotonic() - started)
     out = ctx.paths.lora_out
     shutil.rmtree(out, ignore_errors=True)
+    watch = watch or ctx.paths.cache / "lora-watch.jsonl"
+    watch.parent.mkdir(parents=True, exist_ok=True)
+    watch.unlink(missing_ok=True)
     script = ctx.paths.checkout("diffusers") / EXAMPLE
     diffusers_row = next((r for r in rows if r.name == "diffusers"), None)
     patched = diffusers_row is not None and all(s == status.APPLIED for s in diffusers_row.patches.values())
     real = script.exists() and patched
-    env = hf_env(**(env_extra or {}))
-    if ctx.device != "cpu":
-        env["ACCELERATE_TORCH_DEVICE"] = ctx.device
+    extra = dict(env_extra or {})
+    env = hf_env(**{**extra, **precision.watch_env(watch, extra.get("PYTHONPATH") or os.environ.get("PYTHONPATH"))})
+    # Always set, cpu too: a stray ACCELERATE_TORCH_DEVICE from the caller's shell must not move the run.
+    env["ACCELERATE_TORCH_DEVICE"] = ctx.device
     common = ["--resolution", "32", "--mixed_precision" if real else "--mixed-precision", ctx.mixed_precision]
     if real:
         label = f"the patched {diffusers_row.tag if diffusers_row else 'diffusers'} example script"
@@ -422,7 +430,9 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus],
                 "--validation_prompt", "a red square", "--num_validation_images", "1",
                 "--dataloader_num_workers", "0", "--output_dir", str(out), *common]
         got = probe.run(ctx.runner, ctx.python, script, args, timeout=ctx.timeouts["lora"], env=env)
-        got = _judge_script(ctx, got, out)
+        got = _judge_script(ctx, got, out, watch)
+        unmeasured = ("the training process made no Accelerator.backward call that sd-env's watcher (first on its "
+                      "PYTHONPATH, as sitecustomize) could see")
     else:
         why = "the example script is not in diffusers' sdist" if not script.exists() else \
             "the example script's patch is not applied"
@@ -431,42 +441,49 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus],
                 "--device", ctx.device, "--steps", "2", *common]
         got = probe.run(ctx.runner, ctx.python, probe.script("lora_step.py"), args,
                         timeout=ctx.timeouts["lora"], env=env)
+        unmeasured = "the step reported none"
     ctx.facts["lora"] = label
     seconds = time.monotonic() - started
-    where = _where(ctx)
+    placed = placement.measure(ctx.device, got.data, placement.LORA, unmeasured)
+    where = _where(ctx) if placed.device and not placed.problem else _asked(ctx)
     if not got.ok or got.data is None:
-        return Check("lora step", FAIL, f"{where}, {label}: {_problem(got)}", seconds, ctx.device)
+        return Check("lora step", FAIL, f"{where}, {label}: {_problem(got)}", seconds, placed.device)
     d = got.data
     if not d.get("finite", False) or not d.get("tensors"):
         return Check("lora step", FAIL, f"{where}, {label}: loss {d.get('losses')} finite={d.get('finite')}, "
-                     f"{d.get('tensors')} LoRA tensors written", seconds, ctx.device)
+                     f"{d.get('tensors')} LoRA tensors written", seconds, placed.device)
     if d.get("up_max") == 0.0:
         # LoRA up-weights start at 0. What the unpatched script does on a PrivateUse1 device, where
         # Module.to() makes new parameters and the optimizer keeps stepping the old CPU copies.
         return Check("lora step", FAIL, f"{where}, {label}: it trained nothing: every LoRA up-weight is still 0 "
                      "(the optimizer steps other parameters than the model's: is the diffusers patch's "
-                     ".to(accelerator.device) there?)", seconds, ctx.device)
+                     f".to(accelerator.device) there?); measured: {placed.said()}", seconds, placed.device)
+    if placed.problem:
+        return Check("lora step", FAIL, f"{where}, {label}: {placed.problem}", seconds, placed.device)
     losses = ", ".join(f"{x:.4f}" for x in d.get("losses", []))
     moved = f"; LoRA weights moved (max |up| {d['up_max']:.1e})" if d.get("up_max") else ""
     return Check("lora step", OK, f"{where}, {label}: 2 steps, loss {losses or 'finite'}, "
-                 f"{d['tensors']} LoRA tensors in {Path(d['weights']).name}{moved}; {how}", seconds,
-                 d.get("device", ctx.device))
+                 f"{d['tensors']} LoRA tensors in {Path(d['weights']).name}{moved}; {how}; measured: "
+                 f"{placed.said()}", seconds, placed.device)
 
 
-def _judge_script(ctx: Context, got: probe.ProbeResult, out: Path) -> probe.ProbeResult:
-    """The real script prints no JSON: judge it by exit code, its loss and the weights it wrote."""
+def _judge_script(ctx: Context, got: probe.ProbeResult, out: Path, watch: Path) -> probe.ProbeResult:
+    """The real script prints no JSON: judge it by exit code, its loss and the weights it wrote,
+    and where it ran by what the watcher measured in it."""
     if got.problem and not got.problem.startswith("printed no result"):
         return got
     weights = sorted(out.glob("pytorch_lora_weights.*"))
     count = probe.run(ctx.runner, ctx.python, probe.script("lora_weights.py"), [str(out)],
                       timeout=ctx.timeouts["infer"]) if weights else None
     found = (count.data or {}) if count else {}
+    seen = precision.read(watch)
     # Full-precision losses from TensorBoard; the progress bar's rounded ones otherwise.
     losses = found.get("losses") or [float(x) for x in _STEP_LOSS.findall(got.stderr)]
-    data = {"ok": bool(weights), "device": ctx.device, "losses": losses,
+    data = {"ok": bool(weights), "losses": losses,
             "finite": bool(losses) and all(math.isfinite(x) for x in losses) and found.get("finite", False),
             "weights": str(weights[0]) if weights else "", "tensors": found.get("tensors", 0),
-            "up_max": found.get("up_max")}
+            "up_max": found.get("up_max"), "trained_devices": sorted(seen.trained_devices),
+            "loss_devices": sorted(seen.loss_devices)}
     return probe.ProbeResult(data, None if weights else "wrote no pytorch_lora_weights", got.seconds,
                              got.stderr_tail, got.stderr)
 
@@ -486,20 +503,28 @@ def check_inference(ctx: Context, step: Check, got: probe.ProbeResult | None = N
         return Check("inference", SKIPPED, f"skipped: the LoRA step did not pass ({step.status})")
     if got is None:
         got = _run_inference(ctx)
-    where = _where(ctx)
     seconds = got.seconds - float((got.data or {}).get("waited", 0.0))  # not the time spent waiting for the step
+    placed = placement.measure(ctx.device, got.data, placement.INFERENCE, "the inference probe reported none")
+    where = _where(ctx) if placed.device and not placed.problem else _asked(ctx)
     if not got.ok or got.data is None:
-        return Check("inference", FAIL, f"{where}: {_problem(got)}", seconds, ctx.device)
+        return Check("inference", FAIL, f"{where}: {_problem(got)}", seconds, placed.device)
+    if placed.problem:
+        return Check("inference", FAIL, f"{where}: {placed.problem}", seconds, placed.device)
     d = got.data
     return Check("inference", OK, f"{where}: 2 steps with the LoRA -> image {d['shape']}; LoRA scale 0 equals the "
-                 f"base pipeline (max diff {d['scale0_max_diff']:.1e}); scale 1 differs by {d['scale1_max_diff']:.1e}",
-                 seconds, d.get("device", ctx.device))
+                 f"base pipeline (max diff {d['scale0_max_diff']:.1e}); scale 1 differs by {d['scale1_max_diff']:.1e}; "
+                 f"measured: {placed.said()}", seconds, placed.device)
 
 
 def _where(ctx: Context) -> str:
     if ctx.emulated:
         return "ran on tpu (emulated)"
     return f"ran on {ctx.device}" + (" (no SC7 card)" if ctx.device == "cpu" else "")
+
+
+def _asked(ctx: Context) -> str:
+    """What a row says of work that was not measured on the device it claims: only what was asked."""
+    return f"asked for {ctx.device}" + (" (emulated)" if ctx.emulated else "")
 
 
 def _problem(got: probe.ProbeResult) -> str:

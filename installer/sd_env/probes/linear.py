@@ -30,11 +30,13 @@ def smoke(device_name, tolerance=1e-3):
     expected = layer(x)
     started = time.monotonic()
     device = torch.device(device_name)
-    out = layer.to(device)(x.to(device)).cpu()
+    result = layer.to(device)(x.to(device))
+    ran_on = str(result.device)  # measured: where the output really is
+    out = result.cpu()
     seconds = time.monotonic() - started
     error = float((out - expected).abs().max())
-    ok = list(out.shape) == [8, 1024, 3] and error <= tolerance
-    return {"ok": ok, "device": str(device), "shape": list(out.shape), "max_error": error,
+    ok = list(out.shape) == [8, 1024, 3] and error <= tolerance and ran_on.split(":")[0] == device.type
+    return {"ok": ok, "device": ran_on, "shape": list(out.shape), "max_error": error,
             "tolerance": tolerance, "seconds": round(seconds, 4)}
 
 

@@ -37,6 +37,14 @@ def parse_args():
     return parser.parse_args()
 
 
+def parameter_devices(pipe):
+    """The devices of every parameter of the pipeline's models (the LoRA layers' too)."""
+    import torch
+
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    return sorted({str(p.device) for m in modules for p in m.parameters()})
+
+
 def main():
     args = parse_args()
     started = time.monotonic()
@@ -58,6 +66,8 @@ def main():
 
     pipe = StableDiffusionPipeline.from_pretrained(args.model).to(args.device)
     pipe.set_progress_bar_config(disable=True)
+    output_devices = set()  # where the UNet's forwards really produced their output
+    pipe.unet.register_forward_hook(lambda module, inputs, out: output_devices.add(str(out[0].device)))
 
     def generate(**kwargs):
         # A CPU generator: the same noise on every device, and no need for the
@@ -91,6 +101,8 @@ def main():
     return {
         "ok": finite and loaded > 0 and scale0 <= args.tolerance,
         "device": str(pipe.device),
+        "parameter_devices": parameter_devices(pipe),
+        "output_devices": sorted(output_devices),
         "torch_tpu": torch_tpu is not None,
         "shape": list(base.shape),
         "lora_processors": loaded,

@@ -3,14 +3,20 @@
 1. The validation prompt rendered by the base model and by the model with the
    new LoRA, same seed, side by side in one PNG (the tutorial's
    pokemon_wo_lora.png and pokemon_w_lora.png, in one picture).
-2. The loss curve from the training script's TensorBoard log (`train_loss`).
+   The measured pixel difference is printed under them: after a short run the two
+   can be 1/255 apart, which looks like "no change" or like a bug.
+2. The loss curve from the training script's TensorBoard log (`train_loss`): each
+   step a dot, the moving mean a line, labelled axes from 0.
 
     python lora_pictures.py --model DIR --lora DIR --prompt TEXT --device cpu --out DIR
 
-Prints one JSON object on its last stdout line: {"ok", "compare", "loss_curve", "steps", ...}.
+Prints one JSON object on its last stdout line: {"ok", "compare", "loss_curve", "steps", "max_diff",
+"mean_diff", "note", ...}.
 """
 
 import argparse
+import math
+import textwrap
 import time
 from pathlib import Path
 
@@ -19,6 +25,7 @@ from lora_weights import logged_losses
 
 MIN_SIDE = 256  # a tiny test model renders 32x32: scaled up so a person can see it
 CURVE_SIZE = (720, 420)
+CHAR_WIDTH = 6  # Pillow's default bitmap font
 
 
 def parse_args():
@@ -59,57 +66,114 @@ def render_pair(args):
     return without, generate()
 
 
-def side_by_side(without, with_lora, prompt, seed):
+def difference(without, with_lora):
+    """(max, mean) absolute pixel difference of the two renders, in 1/255 steps."""
+    from PIL import ImageChops, ImageStat
+
+    diff = ImageChops.difference(without.convert("RGB"), with_lora.convert("RGB"))
+    stat = ImageStat.Stat(diff)
+    return max(high for _low, high in diff.getextrema()), sum(stat.mean) / len(stat.mean)
+
+
+def difference_note(largest, mean, steps):
+    """What the two renders' difference means, printed on the picture: after a short run the
+    LoRA may change a pixel by 1/255, which no eye sees."""
+    after = f" after {steps} training steps" if steps else ""
+    if largest == 0:
+        return f"the two images are identical (pixel difference 0/255): the LoRA changed nothing{after}"
+    said = f"the two images differ by at most {largest}/255 per pixel (mean {mean:.2f}/255)"
+    if largest <= 8:
+        return f"{said}: nearly identical, the LoRA barely changed the image{after}"
+    return f"{said}{after}"
+
+
+def side_by_side(without, with_lora, prompt, seed, note=""):
     from PIL import Image, ImageDraw
 
     scale = max(1, -(-MIN_SIDE // min(without.size)))
     tiles = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in (without, with_lora)]
     w, h = tiles[0].size
-    pad, top, bottom = 12, 30, 26
-    canvas = Image.new("RGB", (2 * w + 3 * pad, h + top + bottom), "white")
+    pad = 12
+    width = 2 * w + 3 * pad
+    lines = textwrap.wrap(note, max(20, (width - 2 * pad) // CHAR_WIDTH)) if note else []
+    top, bottom = 30, 26 + 14 * len(lines) + (6 if lines else 0)
+    canvas = Image.new("RGB", (width, h + top + bottom), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((pad, 8), f'"{prompt}"  (seed {seed})', fill="black")
     for i, (tile, label) in enumerate(zip(tiles, ("without the LoRA", "with the LoRA"))):
         x = pad + i * (w + pad)
         canvas.paste(tile, (x, top))
         draw.text((x, top + h + 6), label, fill="black")
+    for i, line in enumerate(lines):  # in red: what the eye cannot tell (1/255 apart looks the same)
+        draw.text((pad, top + h + 26 + 14 * i), line, fill=(160, 0, 0))
     return canvas
 
 
+def smooth(losses):
+    """The moving mean of the last `window` finite losses, and the window (1 when too few to smooth)."""
+    window = max(1, min(len(losses) // 4, 50))
+    means = []
+    for i in range(len(losses)):
+        finite = [v for v in losses[max(0, i - window + 1):i + 1] if math.isfinite(v)]
+        means.append(sum(finite) / len(finite) if finite else math.nan)
+    return means, window
+
+
+def y_ticks(high):
+    """0 up to a round value at or above `high`, in 4 or 5 equal steps: a y-axis from 0 keeps the
+    step-to-step noise of a diffusion loss from looking like swings."""
+    if high <= 0:
+        return [0.0, 1.0]
+    raw = high / 4
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    return [i * step for i in range(math.ceil(high / step - 1e-9) + 1)]
+
+
+def curve_title(steps, window):
+    shown = "a dot per step" if window == 1 else f"a dot per step, the line the mean of the last {window}"
+    short = "; a short run: so few steps say little about training" if 0 < steps < 50 else ""
+    return f"train_loss over {steps} steps ({shown}){short}"
+
+
 def loss_curve(losses):
-    """train_loss per step (light) and its moving average (dark), with labelled axes."""
+    """train_loss per step as dots, its moving mean as a line; labelled axes from 0."""
     from PIL import Image, ImageDraw
 
     width, height = CURVE_SIZE
-    left, right, top, bottom = 70, 20, 36, 44
+    left, right, top, bottom = 70, 20, 56, 50
     canvas = Image.new("RGB", CURVE_SIZE, "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((left, 10), f"train_loss over {len(losses)} steps (from the TensorBoard log)", fill="black")
     x0, y0, x1, y1 = left, height - bottom, width - right, top
-    draw.line([(x0, y1), (x0, y0), (x1, y0)], fill="black")
     if not losses:
+        draw.line([(x0, y1), (x0, y0), (x1, y0)], fill="black")
         draw.text((x0 + 10, (y0 + y1) // 2), "no train_loss scalars were logged", fill="black")
         return canvas
-    low, high = min(losses), max(losses)
-    span = (high - low) or 1.0
+    smoothed, window = smooth(losses)
+    draw.text((10, 10), curve_title(len(losses), window), fill="black")
+    finite = [v for v in losses if math.isfinite(v)] or [0.0]  # a nan or inf step is left out
+    low = min(0.0, min(finite))
+    ticks = y_ticks(max(finite) - low)
+    span = ticks[-1] or 1.0
 
     def point(i, value):
         x = x0 + (x1 - x0) * (i / max(1, len(losses) - 1))
         return x, y0 - (y0 - y1) * ((value - low) / span)
 
-    window = max(1, len(losses) // 20)
-    smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
-              for i in range(len(losses))]
-    for series, colour, size in ((losses, (160, 190, 230), 1), (smooth, (20, 60, 160), 2)):
-        points = [point(i, v) for i, v in enumerate(series)]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=size)
-        for x, y in points if len(points) == 1 else []:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-    draw.text((6, y1 - 6), f"{high:.4g}", fill="black")
-    draw.text((6, y0 - 6), f"{low:.4g}", fill="black")
-    draw.text((x0, y0 + 8), "step 1", fill="black")
-    draw.text((x1 - 60, y0 + 8), f"step {len(losses)}", fill="black")
+    for tick in ticks:
+        y = point(0, low + tick)[1]
+        draw.line([(x0, y), (x1, y)], fill=(230, 230, 230))
+        draw.text((8, y - 6), f"{low + tick:.3g}", fill="black")
+    draw.line([(x0, y1), (x0, y0), (x1, y0)], fill="black")
+    radius = 3 if len(losses) <= 100 else 1
+    for x, y in (point(i, v) for i, v in enumerate(losses) if math.isfinite(v)):
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(150, 180, 225))
+    if window > 1:
+        draw.line([point(i, v) for i, v in enumerate(smoothed) if math.isfinite(v)], fill=(20, 60, 160), width=2)
+    draw.text((x0, y0 + 6), "1", fill="black")
+    draw.text((x1 - 30, y0 + 6), str(len(losses)), fill="black")
+    draw.text(((x0 + x1) // 2 - 15, y0 + 24), "step", fill="black")
+    draw.text((8, y1 - 26), "train_loss", fill="black")
     return canvas
 
 
@@ -118,13 +182,16 @@ def main():
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     without, with_lora = render_pair(args)
-    compare = args.out / "validation_compare.png"
-    side_by_side(without, with_lora, args.prompt, args.seed).save(compare)
     losses = logged_losses(Path(args.lora))
+    largest, mean = difference(without, with_lora)
+    note = difference_note(largest, mean, len(losses))
+    compare = args.out / "validation_compare.png"
+    side_by_side(without, with_lora, args.prompt, args.seed, note).save(compare)
     curve = args.out / "loss_curve.png"
     loss_curve(losses).save(curve)
     return {"ok": True, "compare": str(compare), "loss_curve": str(curve), "steps": len(losses),
             "last_loss": losses[-1] if losses else None, "image_size": list(without.size),
+            "max_diff": largest, "mean_diff": round(mean, 4), "note": note,
             "seconds": round(time.monotonic() - started, 3)}
 
 

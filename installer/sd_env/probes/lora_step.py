@@ -163,6 +163,7 @@ def main():
     lora_layers, optimizer, loader, lr_scheduler = accelerator.prepare(lora_layers, optimizer, loader, lr_scheduler)
 
     losses = []
+    loss_devices, trained_devices = set(), set()  # measured, not assumed: what verify's row names
     unet.train()
     while len(losses) < args.steps:  # as many passes over the 4 images as --steps needs
         for batch in loader:
@@ -176,6 +177,8 @@ def main():
                 encoder_hidden_states = text_encoder(batch["input_ids"])[0]
                 model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
                 loss = F.mse_loss(model_pred.float(), noise.float(), reduction="mean")  # epsilon target
+                loss_devices.add(str(loss.device))
+                trained_devices.update(str(p.device) for group in optimizer.param_groups for p in group["params"])
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(lora_layers.parameters(), 1.0)
@@ -192,10 +195,14 @@ def main():
     cache.cleanup()
     weights, tensors, ranks = count_tensors(args.out)
     finite = bool(losses) and all(math.isfinite(x) for x in losses)
-    right_device = same_device(torch.device(device_arg), accelerator.device)
+    wanted = torch.device(device_arg)
+    right_device = all(same_device(wanted, torch.device(d)) for d in {str(accelerator.device)} | loss_devices |
+                       trained_devices)
     return {
         "ok": finite and right_device and tensors > 0,
-        "device": str(accelerator.device),
+        "device": str(accelerator.device),  # the accelerator's; where the work ran is in the two below
+        "loss_devices": sorted(loss_devices),
+        "trained_devices": sorted(trained_devices),
         "requested_device": device_arg,
         "torch_tpu": torch_tpu is not None,
         "mixed_precision": accelerator.mixed_precision,

@@ -3,7 +3,8 @@
 The tensors of pytorch_lora_weights.* (safetensors or a torch .bin), and the
 `train_loss` scalars the v0.20.0 script logs to TensorBoard (it prints no
 loss; its progress bar rounds it). Prints one JSON object:
-{"ok", "file", "tensors", "finite", "up_max", "losses"}.
+{"ok", "file", "tensors", "finite", "up_max", "losses", "step_seconds"} (the wall time between
+consecutive logged steps).
 """
 
 import math
@@ -40,12 +41,22 @@ def main(folder):
         ups = [float(t.float().abs().max()) for k, t in tensors.items() if k.endswith(UP)]
     # LoRA up-weights start at zero: all still zero means the optimizer never moved them.
     return {"ok": count > 0 and finite, "file": str(path), "tensors": count, "finite": finite,
-            "up_max": max(ups) if ups else None, "losses": logged_losses(Path(folder))}
+            "up_max": max(ups) if ups else None, "losses": logged_losses(Path(folder)),
+            "step_seconds": step_seconds(logged(Path(folder)))}
+
+
+def step_seconds(points):
+    """Seconds between consecutive logged steps (the script logs once per optimizer step)."""
+    return [round(b[1] - a[1], 4) for a, b in zip(points, points[1:])]
 
 
 def logged_losses(folder):
-    """train_loss scalars in step order, read from the event file's TFRecord frames with only the
-    Event protobuf (tensorboard's EventAccumulator costs seconds of imports)."""
+    return [loss for loss, _wall in logged(folder)]
+
+
+def logged(folder):
+    """(train_loss, wall time) per step, in step order, read from the event file's TFRecord frames with
+    only the Event protobuf (tensorboard's EventAccumulator costs seconds of imports)."""
     events = sorted(folder.glob("logs/*/events.out.tfevents.*"))
     if not events:
         return []
@@ -62,8 +73,8 @@ def logged_losses(folder):
         for value in event.summary.value:
             if value.tag == "train_loss":
                 number = value.simple_value if value.HasField("simple_value") else value.tensor.float_val[0]
-                found.append((event.step, number))
-    return [number for _step, number in sorted(found, key=lambda item: item[0])]
+                found.append((event.step, number, event.wall_time))
+    return [(number, wall) for _step, number, wall in sorted(found, key=lambda item: item[0])]
 
 
 if __name__ == "__main__":

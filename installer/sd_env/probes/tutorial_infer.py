@@ -56,10 +56,18 @@ def main():
         torch.manual_seed(args.seed)
         return pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=7.5, output_type="np").images[0]
 
+    output_devices, parameter_devices = set(), set()  # measured: where the work really ran
+
+    def measured(pipe):
+        pipe.unet.register_forward_hook(lambda module, inputs, out: output_devices.add(str(out[0].device)))
+        models = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+        parameter_devices.update(str(p.device) for m in models for p in m.parameters())
+        return pipe
+
     pipe = DiffusionPipeline.from_pretrained(args.model, revision=None, torch_dtype=torch.float16)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    base = [section_2_1(pipe), section_2_1(pipe)]
+    base = [section_2_1(measured(pipe)), section_2_1(pipe)]
     dtype = str(pipe.unet.dtype).replace("torch.", "")
     unet_device = str(pipe.unet.device)
     del pipe
@@ -69,7 +77,7 @@ def main():
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     loaded = sum(type(p).__name__.startswith("LoRA") for p in pipe.unet.attn_processors.values())
-    lora = [section_2_2(pipe), section_2_2(pipe)]
+    lora = [section_2_2(measured(pipe)), section_2_2(pipe)]
 
     finite = all(bool(np.isfinite(image).all()) for image in base + lora)
     same_base = bool(np.array_equal(base[0], base[1]))
@@ -77,6 +85,8 @@ def main():
     return {
         "ok": finite and same_base and same_lora and loaded > 0 and unet_device.startswith(device.type),
         "device": unet_device,
+        "parameter_devices": sorted(parameter_devices),
+        "output_devices": sorted(output_devices),
         "emulated": bool(getattr(torch_tpu, "EMULATED", False)),
         "dtype": dtype,
         "shape": list(base[0].shape),

@@ -1,4 +1,4 @@
-// The device itself: memory, the device guard, random generators, and the
+// The device itself: the device guard, random generators, and the
 // few ops a backend must implement natively (allocation, copies, views).
 #include "emu.h"
 
@@ -12,12 +12,11 @@
 #include <ATen/ops/resize_native.h>
 #include <ATen/ops/set_native.h>
 #include <ATen/ops/view_native.h>
-#include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
-#include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <vector>
 
@@ -45,22 +44,6 @@ void set_device(c10::DeviceIndex index) {
               static_cast<int>(device_count()), " emulated device(s); see SG_MAX_DEVICE_COUNT)");
   tls_device = index;
 }
-
-// ---- memory ----------------------------------------------------------------
-
-struct TpuAllocator final : c10::Allocator {
-  static void release(void* ptr) { c10::free_cpu(ptr); }
-  c10::DataPtr allocate(size_t nbytes) const override {
-    void* ptr = nbytes ? c10::alloc_cpu(nbytes) : nullptr;
-    return {ptr, ptr, &release, c10::Device(kTpu, current_device())};
-  }
-  c10::DeleterFnPtr raw_deleter() const override { return &release; }
-};
-
-static TpuAllocator tpu_allocator;
-REGISTER_ALLOCATOR(c10::DeviceType::PrivateUse1, &tpu_allocator);
-
-c10::Allocator* allocator() { return &tpu_allocator; }
 
 // ---- device guard ----------------------------------------------------------
 
@@ -94,24 +77,57 @@ C10_REGISTER_GUARD_IMPL(PrivateUse1, TpuGuardImpl);
 // ---- random numbers --------------------------------------------------------
 
 // A device generator whose draws are made by a CPU generator it owns, so the
-// CPU kernels (which only accept CPU generators) can run device draws.
+// CPU kernels (which only accept CPU generators) can run device draws. Its
+// stream is its own, as a card's is: the CPU generator is seeded with a mix
+// of the device seed, so the same seed draws other numbers than the CPU does
+// (code that relies on CPU/device parity fails here as it would on the card),
+// yet reproducibly. The state is the CPU generator's plus the device seed.
 struct TpuGenerator final : c10::GeneratorImpl {
   explicit TpuGenerator(c10::DeviceIndex index)
       : c10::GeneratorImpl(c10::Device(kTpu, index), c10::DispatchKeySet(c10::DispatchKey::PrivateUse1)),
-        cpu(at::make_generator<at::CPUGeneratorImpl>(c10::default_rng_seed_val)) {}
-  void set_current_seed(uint64_t seed) override { cpu.set_current_seed(seed); }
+        cpu(at::make_generator<at::CPUGeneratorImpl>(mix(c10::default_rng_seed_val))),
+        seed_(c10::default_rng_seed_val) {}
+  static uint64_t mix(uint64_t seed) {  // splitmix64 of the seed and "tpu"
+    uint64_t z = seed + 0x9e3779b97f4a7c15ULL + 0x747075ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  void set_current_seed(uint64_t seed) override {
+    seed_ = seed;
+    cpu.set_current_seed(mix(seed));
+  }
   void set_offset(uint64_t offset) override { cpu.unsafeGetGeneratorImpl()->set_offset(offset); }
   uint64_t get_offset() const override { return cpu.unsafeGetGeneratorImpl()->get_offset(); }
-  uint64_t current_seed() const override { return cpu.current_seed(); }
-  uint64_t seed() override { return cpu.seed(); }
-  void set_state(const c10::TensorImpl& state) override { cpu.unsafeGetGeneratorImpl()->set_state(state); }
-  c10::intrusive_ptr<c10::TensorImpl> get_state() const override { return cpu.unsafeGetGeneratorImpl()->get_state(); }
+  uint64_t current_seed() const override { return seed_; }
+  uint64_t seed() override {
+    uint64_t fresh = c10::detail::getNonDeterministicRandom();
+    set_current_seed(fresh);
+    return fresh;
+  }
+  void set_state(const c10::TensorImpl& state) override {
+    auto bytes = at::Tensor(c10::intrusive_ptr<c10::TensorImpl>::reclaim_copy(const_cast<c10::TensorImpl*>(&state)));
+    TORCH_CHECK(bytes.scalar_type() == at::kByte && bytes.dim() == 1 && bytes.numel() > 8,
+                "RNG state of a tpu generator must be a uint8 tensor from its get_state()");
+    int64_t n = bytes.numel() - 8;
+    auto inner = bytes.narrow(0, 0, n).clone();
+    cpu.unsafeGetGeneratorImpl()->set_state(*inner.unsafeGetTensorImpl());
+    std::memcpy(&seed_, bytes.narrow(0, n, 8).contiguous().data_ptr<uint8_t>(), 8);
+  }
+  c10::intrusive_ptr<c10::TensorImpl> get_state() const override {
+    auto inner = at::Tensor(cpu.unsafeGetGeneratorImpl()->get_state());
+    auto seed = at::empty({8}, at::kByte);
+    std::memcpy(seed.data_ptr<uint8_t>(), &seed_, 8);
+    return at::cat({inner, seed}).unsafeReleaseIntrusivePtr();
+  }
   TpuGenerator* clone_impl() const override {
     auto* copy = new TpuGenerator(device().index());
     copy->cpu = cpu.clone();
+    copy->seed_ = seed_;
     return copy;
   }
   at::Generator cpu;
+  uint64_t seed_;
 };
 
 static c10::DeviceIndex resolve(c10::DeviceIndex index) { return index < 0 ? current_device() : index; }
@@ -141,8 +157,11 @@ static at::Generator make_tpu_generator(c10::DeviceIndex index) {
 REGISTER_GENERATOR_PRIVATEUSE1(make_tpu_generator)
 
 struct TpuHooks final : at::PrivateUse1HooksInterface {
-  const at::Generator& getDefaultGenerator(c10::DeviceIndex index) override { return default_generator(index); }
+  const at::Generator& getDefaultGenerator(c10::DeviceIndex index) EMU_HOOKS_CONST override {
+    return default_generator(index);
+  }
   at::Device getDeviceFromPtr(void*) const override { return c10::Device(kTpu, current_device()); }
+  EMU_HOOKS_EXTRA
 };
 
 static const bool hooks_registered = [] {
@@ -159,6 +178,7 @@ static c10::Device target(c10::optional<c10::Device> device) {
 static at::Tensor empty_memory_format(at::IntArrayRef size, c10::optional<at::ScalarType> dtype,
                                       c10::optional<at::Layout>, c10::optional<at::Device> device,
                                       c10::optional<bool>, c10::optional<at::MemoryFormat> memory_format) {
+  check_dtype_alloc(c10::dtype_or_default(dtype));
   c10::DeviceGuard guard(target(device));
   return at::detail::empty_generic(size, allocator(), c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
                                    c10::dtype_or_default(dtype), memory_format);
@@ -166,6 +186,7 @@ static at::Tensor empty_memory_format(at::IntArrayRef size, c10::optional<at::Sc
 
 static at::Tensor empty_strided(at::IntArrayRef size, at::IntArrayRef stride, c10::optional<at::ScalarType> dtype,
                                 c10::optional<at::Layout>, c10::optional<at::Device> device, c10::optional<bool>) {
+  check_dtype_alloc(c10::dtype_or_default(dtype));
   c10::DeviceGuard guard(target(device));
   return at::detail::empty_strided_generic(size, stride, allocator(),
                                            c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),

@@ -1,18 +1,19 @@
 // Every op the device does not implement natively: run the CPU kernel on
 // zero-copy CPU views of the device tensors, then map the results back
-// (written arguments, views of arguments, new tensors).
+// (written arguments, views of arguments, new tensors). Half is handled in
+// half.cpp.
 //
 // Unlike at::native::cpu_fallback this never copies inputs, refuses to mix
 // devices the way CUDA does, swaps device generators for the CPU generators
 // that make their draws, and runs CPU kernels that lack Half in float.
-#include "emu.h"
+#include "ivalues.h"
 
 #include <c10/core/CPUAllocator.h>
+#include <ATen/core/enum_tag.h>
 #include <c10/util/intrusive_ptr.h>
 #include <torch/library.h>
 
 #include <cstring>
-#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -44,24 +45,6 @@ bool same_layout(const at::Tensor& a, const at::Tensor& b) {
   return a.sizes() == b.sizes() && a.strides() == b.strides() && a.storage_offset() == b.storage_offset();
 }
 
-// The same IValue with every tensor in it (also inside lists) replaced by f(tensor).
-IValue map_tensors(const IValue& v, const std::function<at::Tensor(const at::Tensor&)>& f) {
-  if (v.isTensor()) return f(v.toTensor());
-  if (v.isList()) {
-    c10::List<IValue> list = v.toList();
-    const c10::TypePtr& type = list.elementType();
-    auto optional = type->cast<c10::OptionalType>();
-    if (type->kind() != c10::TypeKind::TensorType &&
-        !(optional && optional->getElementType()->kind() == c10::TypeKind::TensorType))
-      return v;  // int[], float[], ...: nothing to map
-    c10::impl::GenericList copy(type);
-    copy.reserve(list.size());
-    for (const IValue& item : list) copy.push_back(map_tensors(item, f));
-    return copy;
-  }
-  return v;
-}
-
 // One call of the fallback: which device it runs on and how device storages
 // map to the host storages seen by the CPU kernel.
 struct Call {
@@ -80,9 +63,10 @@ struct Call {
                 op.schema().operator_name(), ")");
   }
 
-  std::string pending_cpu;  // the first argument that is a non-scalar CPU tensor
+  std::string pending_cpu;  // the first argument that is a CPU tensor where CUDA takes none
 
-  void check(const at::Tensor& t, const std::string& arg, bool write, bool cpu_ok) {
+  // `cpu_ok`: CPU tensors are fine for this argument (indices); `scalar_ok`: a 0-dim one is.
+  void check(const at::Tensor& t, const std::string& arg, bool write, bool cpu_ok, bool scalar_ok) {
     if (!t.defined()) return;
     if (t.device().type() == kTpu) {
       if (device.index() < 0)
@@ -90,8 +74,10 @@ struct Call {
       else if (t.device() != device)
         mixed(t.device(), arg);
     } else if (t.device().type() == c10::kCPU) {
-      // A CPU scalar is fine, as on CUDA; any other CPU tensor is a placement bug.
-      if ((write || !(cpu_ok || t.dim() == 0)) && pending_cpu.empty()) pending_cpu = arg;
+      // As on CUDA: a Python number is fine anywhere, a 0-dim CPU tensor only where the op
+      // is elementwise; any other CPU tensor is a placement bug.
+      bool scalar = t.dim() == 0 && (scalar_ok || t.unsafeGetTensorImpl()->is_wrapped_number());
+      if ((write || !(cpu_ok || scalar)) && pending_cpu.empty()) pending_cpu = arg;
     }
   }
 
@@ -121,8 +107,8 @@ struct Call {
   void sync_written() {
     for (auto& [host_impl, device] : device_of) {
       if (host_impl->data() == device.data()) continue;
-      c10::DataPtr data = host_impl->set_data_ptr(c10::DataPtr(nullptr, c10::Device(c10::kCPU)));
-      data.unsafe_set_device(c10::Device(kTpu, device.device().index()));
+      c10::DataPtr data = emu::adopt(host_impl->set_data_ptr(c10::DataPtr(nullptr, c10::Device(c10::kCPU))),
+                                     host_impl->nbytes(), device.device().index());
       device.unsafeGetStorageImpl()->set_data_ptr_noswap(std::move(data));
       device.unsafeGetStorageImpl()->set_nbytes(host_impl->nbytes());
     }
@@ -142,18 +128,25 @@ struct Call {
     c10::StorageImpl* impl = t.storage().unsafeGetStorageImpl();
     auto alias = device_of.find(impl);
     if (alias != device_of.end()) return tensor_on(alias->second, kTpuKeys, t);  // a view of an argument
+    if (t.scalar_type() == at::kLong && strict().int64_to_int32) {
+      // The card's results reach the device as int32 (its CPU fallback's copy, its native kernels).
+      at::Tensor narrow = t.to(at::kInt);
+      return tensor_on(adopt(narrow.storage().unsafeGetStorageImpl(), true), kTpuKeys, narrow);
+    }
+    if (t.scalar_type() == at::kLong) check_dtype_alloc(at::kLong);
     auto done = adopted.find(impl);
-    if (done == adopted.end()) done = adopted.emplace(impl, adopt(impl)).first;
+    if (done == adopted.end()) done = adopted.emplace(impl, adopt(impl, false)).first;
     return tensor_on(done->second, kTpuKeys, t);
   }
 
-  // A new result: take over its memory when nothing else holds it, else copy.
-  c10::Storage adopt(c10::StorageImpl* impl) {
+  // A new result: take over its memory when nothing else holds it (`fresh`: a
+  // temporary of ours), else copy. Either way the device's allocator counts it.
+  c10::Storage adopt(c10::StorageImpl* impl, bool fresh) {
     c10::Device where(kTpu, device.index() < 0 ? current_device() : device.index());
     size_t nbytes = impl->nbytes();
-    if (c10::raw::intrusive_ptr::use_count(impl) == return_refs[impl] && impl->data() != nullptr) {
-      c10::DataPtr data = impl->set_data_ptr(c10::DataPtr(nullptr, c10::Device(c10::kCPU)));
-      data.unsafe_set_device(where);
+    if ((fresh || c10::raw::intrusive_ptr::use_count(impl) == return_refs[impl]) && impl->data() != nullptr) {
+      c10::DataPtr data = emu::adopt(impl->set_data_ptr(c10::DataPtr(nullptr, c10::Device(c10::kCPU))), nbytes,
+                                     where.index());
       return c10::Storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data), allocator(), true);
     }
     c10::DeviceGuard guard(where);
@@ -176,8 +169,6 @@ struct Call {
   }
 };
 
-bool is_write(const c10::Argument& arg) { return arg.alias_info() && arg.alias_info()->isWrite(); }
-
 bool is_generator(const c10::Argument& arg) {
   const c10::TypePtr& type = arg.type();
   if (type->kind() == c10::TypeKind::GeneratorType) return true;
@@ -185,90 +176,54 @@ bool is_generator(const c10::Argument& arg) {
   return optional && optional->getElementType()->kind() == c10::TypeKind::GeneratorType;
 }
 
-template <typename F>
-void each_tensor(const IValue& v, F&& f) {
-  if (v.isTensor()) {
-    f(v.toTensor());
-  } else if (v.isList()) {
-    for (const IValue& item : v.toList()) each_tensor(item, f);
-  }
-}
-
-bool any_half(const torch::jit::Stack& args) {
-  bool found = false;
-  for (const IValue& v : args)
-    each_tensor(v, [&](const at::Tensor& t) { found = found || (t.defined() && t.scalar_type() == at::kHalf); });
-  return found;
-}
-
-// CPU kernels of torch 2.1 lacking Half: compute in float, round to Half.
-torch::jit::Stack run_in_float(const c10::OperatorHandle& op, const torch::jit::Stack& args) {
-  std::vector<std::pair<at::Tensor, at::Tensor>> widened;  // (float copy, half original)
-  torch::jit::Stack stack;
-  const auto& schema_args = op.schema().arguments();
-  for (size_t i = 0; i < args.size(); ++i) {
-    const IValue& v = args[i];
-    // A dtype argument saying Half (e.g. _softmax_backward_data's input_dtype in an fp16
-    // backward) must say Float too, or the kernel rejects its own float output.
-    if (v.isInt() && v.toInt() == static_cast<int64_t>(at::kHalf) && i < schema_args.size() &&
-        schema_args[i].real_type()->str().rfind("ScalarType", 0) == 0) {
-      stack.push_back(IValue(static_cast<int64_t>(at::kFloat)));
-      continue;
-    }
-    stack.push_back(map_tensors(v, [&](const at::Tensor& t) {
-      if (!t.defined() || t.scalar_type() != at::kHalf) return t;
-      at::Tensor wide = t.to(at::kFloat);
-      widened.emplace_back(wide, t);
-      return wide;
-    }));
-  }
-  op.redispatchBoxed(kCpuKeys, &stack);
-  std::unordered_map<c10::TensorImpl*, at::Tensor> back;
-  for (auto& [wide, half] : widened) back.emplace(wide.unsafeGetTensorImpl(), half);
-  // Write back only what the op wrote (its written arguments are returned or mutable).
-  const auto& arguments = op.schema().arguments();
-  for (size_t i = 0; i < arguments.size(); ++i) {
-    if (!is_write(arguments[i])) continue;
-    each_tensor(args[i], [&](const at::Tensor& half) {
-      for (auto& [wide, orig] : widened) {
-        if (!orig.is_same(half)) continue;
-        if (half.sizes() != wide.sizes()) half.resize_(wide.sizes());  // an out= the op resized
-        half.copy_(wide);
-      }
-    });
-  }
-  for (IValue& v : stack) {
-    v = map_tensors(v, [&](const at::Tensor& t) {
-      auto found = t.defined() ? back.find(t.unsafeGetTensorImpl()) : back.end();
-      if (found != back.end()) return found->second;
-      return t.defined() && t.scalar_type() == at::kFloat ? t.to(at::kHalf) : t;
-    });
-  }
-  return stack;
-}
-
-// Ops whose CPU kernel lacks Half, learnt from their first failure: that failure's
-// c10::Error records a symbolized backtrace, which costs far more than the op itself,
-// so paying it on every fp16 call made an fp16 training step several times slower.
-std::mutex lacks_half_mutex;
-std::unordered_set<c10::OperatorName> lacks_half_ops;
-
-bool lacks_half(const c10::OperatorHandle& op) {
-  std::lock_guard<std::mutex> lock(lacks_half_mutex);
-  return lacks_half_ops.count(op.operator_name()) > 0;
-}
-
-void remember_lacks_half(const c10::OperatorHandle& op) {
-  std::lock_guard<std::mutex> lock(lacks_half_mutex);
-  lacks_half_ops.insert(op.operator_name());
-}
-
 bool allows_cpu_indices(const c10::OperatorHandle& op, const c10::Argument& arg) {
   const std::string& name = op.schema().name();
   return arg.name() == "indices" && (name.rfind("aten::index", 0) == 0 || name == "aten::_index_put_impl_");
 }
 
+// Where CUDA takes a 0-dim CPU tensor: elementwise ops (TensorIterator's CPU scalars), the
+// foreach ops' scalar tensor, and the fill value of the ops that read it with item().
+bool allows_cpu_scalars(const c10::OperatorHandle& op, const c10::Argument& arg) {
+  static const std::unordered_set<std::string> value_ops = {
+      "aten::fill", "aten::fill_", "aten::masked_fill", "aten::masked_fill_", "aten::index_fill",
+      "aten::index_fill_", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_"};
+  const std::string& name = op.schema().name();
+  return op.hasTag(at::Tag::pointwise) || name.rfind("aten::_foreach_", 0) == 0 ||
+         (arg.name() == "value" && value_ops.count(name) > 0);
+}
+
+// A tpu device argument (a factory's device=): where the results go, index kept.
+c10::optional<c10::Device> device_argument(const torch::jit::Stack& stack, size_t first, size_t count) {
+  for (size_t i = first; i < first + count; ++i) {
+    if (stack[i].isDevice() && stack[i].toDevice().type() == kTpu) {
+      c10::Device d = stack[i].toDevice();
+      return c10::Device(kTpu, d.has_index() ? d.index() : current_device());
+    }
+  }
+  return c10::nullopt;
+}
+
 }  // namespace
+
+// The same IValue with every tensor in it (also inside lists) replaced by f(tensor).
+c10::IValue map_tensors(const c10::IValue& v, const std::function<at::Tensor(const at::Tensor&)>& f) {
+  if (v.isTensor()) return f(v.toTensor());
+  if (v.isList()) {
+    c10::List<IValue> list = v.toList();
+    const c10::TypePtr& type = list.elementType();
+    auto optional = type->cast<c10::OptionalType>();
+    if (type->kind() != c10::TypeKind::TensorType &&
+        !(optional && optional->getElementType()->kind() == c10::TypeKind::TensorType))
+      return v;  // int[], float[], ...: nothing to map
+    c10::impl::GenericList copy(type);
+    copy.reserve(list.size());
+    for (const IValue& item : list) copy.push_back(map_tensors(item, f));
+    return copy;
+  }
+  return v;
+}
+
+bool is_write(const c10::Argument& arg) { return arg.alias_info() && arg.alias_info()->isWrite(); }
 
 at::Tensor cpu_view(const at::Tensor& t) {
   if (!t.defined() || t.device().type() != kTpu) return t;
@@ -280,14 +235,18 @@ void cpu_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   const auto& arguments = schema.arguments();
   const size_t first = stack->size() - arguments.size();
   Call call(op);
+  count_if_cpu_op(op);
 
   for (size_t i = 0; i < arguments.size(); ++i) {
     bool write = is_write(arguments[i]);
     bool cpu_ok = allows_cpu_indices(op, arguments[i]);
-    each_tensor((*stack)[first + i], [&](const at::Tensor& t) { call.check(t, arguments[i].name(), write, cpu_ok); });
+    bool scalar_ok = allows_cpu_scalars(op, arguments[i]);
+    each_tensor((*stack)[first + i],
+                [&](const at::Tensor& t) { call.check(t, arguments[i].name(), write, cpu_ok, scalar_ok); });
   }
-  if (call.device.index() < 0) call.device = c10::Device(kTpu, current_device());
   if (!call.pending_cpu.empty()) call.mixed(c10::Device(c10::kCPU), call.pending_cpu);
+  if (auto explicit_device = device_argument(*stack, first, arguments.size())) call.device = *explicit_device;
+  if (call.device.index() < 0) call.device = c10::Device(kTpu, current_device());
 
   torch::jit::Stack host;
   host.reserve(arguments.size());
@@ -301,18 +260,7 @@ void cpu_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   torch::jit::drop(*stack, arguments.size());
 
   c10::DeviceGuard guard(call.device);
-  torch::jit::Stack results = host;
-  if (lacks_half(op) && any_half(host)) {
-    results = run_in_float(op, host);
-  } else {
-    try {
-      op.redispatchBoxed(kCpuKeys, &results);
-    } catch (const c10::Error& e) {
-      if (std::string(e.what()).find("for 'Half'") == std::string::npos || !any_half(host)) throw;
-      remember_lacks_half(op);
-      results = run_in_float(op, host);
-    }
-  }
+  torch::jit::Stack results = run_on_cpu(op, host);
   host.clear();
   call.sync_written();
   for (const IValue& v : results) call.count_refs(v);

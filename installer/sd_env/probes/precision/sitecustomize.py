@@ -11,10 +11,13 @@ It does nothing unless SD_ENV_PRECISION_OUT names a file. Then:
   autocast and autograd in the dispatcher, so it sees what really ran, after
   any autocast cast; inside a LoRA layer the op counts as "lora", else "base";
   forwards with grad enabled count as "train", the others (validation) "infer";
-- accelerate's Accelerator.backward is wrapped to record the scaler (class and
-  scale) and the autocast state seen by the training forward;
+- accelerate's Accelerator.backward is wrapped (from the first module forward
+  on) to record the scaler (class and scale), the autocast state seen by the
+  training forward, and where the training really ran: the device of each loss
+  it back-propagates and of every parameter its prepared optimizers train
+  (verify's LoRA row names these devices, never the one it asked for);
 - at exit, one JSON line with the counts is appended to the file (only by a
-  process that ran a UNet forward).
+  process that ran a UNet forward or a backward).
 
 Any sitecustomize this one shadows is still run first.
 """
@@ -26,7 +29,7 @@ MATMUL = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "convolution", "_
           "scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
           "_scaled_dot_product_efficient_attention", "_scaled_dot_product_attention_math"}
 UNET = "UNet2DConditionModel"
-LORA = ("LoRALinearLayer", "LoRAConv2dLayer")
+LORA = ("LoRALinearLayer", "LoRAConv2dLayer")  # diffusers' own (0.20); peft's (0.29) are marked in pre()
 
 
 def _run_shadowed():
@@ -52,8 +55,9 @@ def _install(out):
 
     counts = {}
     info = {"backward_calls": 0}
+    loss_devices, trained_devices = set(), set()
     autocast_seen = set()
-    state = {"depth": 0, "lora": 0, "phase": ""}
+    state = {"depth": 0, "lora": 0, "phase": "", "wrapped": False}
 
     class Watch(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -78,13 +82,22 @@ def _install(out):
 
     def wrap_backward():
         acc = sys.modules.get("accelerate.accelerator")
-        if acc is None or getattr(acc.Accelerator.backward, "_sd_env_watch", False):
+        if acc is None:
+            return
+        if getattr(acc.Accelerator.backward, "_sd_env_watch", False):
+            state["wrapped"] = True
             return
         original = acc.Accelerator.backward
 
         def backward(self, loss, **kwargs):
             scaler = getattr(self, "scaler", None)
             info["backward_calls"] += 1
+            loss_devices.add(str(loss.device))
+            # What the optimizer steps is what trains: a parameter it holds on another device than
+            # the model's (a stale copy left behind by a .to()) shows up here as that device.
+            for optimizer in getattr(self, "_optimizers", []):
+                for group in getattr(optimizer, "optimizer", optimizer).param_groups:
+                    trained_devices.update(str(p.device) for p in group["params"] if p.requires_grad)
             info["mixed_precision"] = str(getattr(self, "mixed_precision", ""))
             info["scaler"] = None if scaler is None else f"{type(scaler).__module__}.{type(scaler).__qualname__}"
             if scaler is not None:
@@ -93,19 +106,24 @@ def _install(out):
 
         backward._sd_env_watch = True
         acc.Accelerator.backward = backward
+        state["wrapped"] = True
 
     def pre(module, args):
+        if not state["wrapped"]:  # any model's forward, whatever its class: a backward follows one
+            wrap_backward()
         cls = type(module).__name__
         if cls == UNET:
             if state["depth"] == 0:
                 state["phase"] = "train" if torch.is_grad_enabled() else "infer"
                 if state["phase"] == "train":
                     autocast_seen.add(autocast_state())
-                wrap_backward()
                 mode.__enter__()
             state["depth"] += 1
-        elif cls in LORA and state["depth"]:
+        elif state["depth"] and (cls in LORA or getattr(module, "_sd_env_lora", False)):
             state["lora"] += 1
+        if isinstance(getattr(module, "lora_A", None), torch.nn.ModuleDict):  # a peft LoRA layer: its A and B
+            for part in (*module.lora_A.values(), *module.lora_B.values()):
+                part._sd_env_lora = True
 
     def post(module, args, output):
         cls = type(module).__name__
@@ -113,17 +131,17 @@ def _install(out):
             state["depth"] -= 1
             if state["depth"] == 0:
                 mode.__exit__(None, None, None)
-        elif cls in LORA and state["lora"]:
+        elif state["lora"] and (cls in LORA or getattr(module, "_sd_env_lora", False)):
             state["lora"] -= 1
 
     torch.nn.modules.module.register_module_forward_pre_hook(pre)
     torch.nn.modules.module.register_module_forward_hook(post)
 
     def write():
-        if not counts:
+        if not counts and not info["backward_calls"]:
             return
         record = {"pid": os.getpid(), "argv": sys.argv[:1], "counts": counts, "autocast": sorted(autocast_seen),
-                  **info}
+                  "loss_devices": sorted(loss_devices), "trained_devices": sorted(trained_devices), **info}
         with open(out, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -1,10 +1,18 @@
-"""torch.tpu / torch_tpu.tpu: devices, random numbers and autocast state."""
+"""torch.tpu / torch_tpu.tpu: devices, random numbers and autocast state.
+
+What each era's plugin exports: the 2.1-era package has devices, amp and the
+autocast functions (and synchronize, which the emulator always had); the
+2.8-era one adds the RNG functions' *_all forms, get_device_properties /
+get_device_name and the CUDA-style memory functions (tpu/memory.py), which
+are exported only when the emulator is built for torch 2.8, so that code
+calling them on a 2.1 card fails here too.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from torch_tpu import _C
+from torch_tpu import _C, _era
 from torch_tpu.tpu import amp
 from torch_tpu.tpu.random import (
     _index,
@@ -92,9 +100,40 @@ def get_amp_supported_dtype() -> list[torch.dtype]:
     return [torch.float16, torch.bfloat16]
 
 
+class _TPUDeviceProperties:
+    """What the 2.8-era get_device_properties returns: a name and total_memory (0 on the real
+    plugin, whose query is commented out; here the emulated capacity, else 0)."""
+
+    def __init__(self, name: str, total_memory: int) -> None:
+        self.name, self.total_memory = name, total_memory
+
+    def __repr__(self) -> str:
+        return f"_TPUDeviceProperties(name='{self.name}', total_memory={self.total_memory / 2**20}MB)"
+
+
+def _get_device_properties(device: torch.device | str | int | None = None) -> _TPUDeviceProperties:
+    index = _index(device)
+    if index < 0 or index >= device_count():
+        raise AssertionError("Invalid device id")
+    return _TPUDeviceProperties("BM1684X (emulated)", _C.memory_stats(index)["capacity"])
+
+
+def _get_device_name(device: torch.device | str | int | None = None) -> str:
+    return _get_device_properties(device).name
+
+
 __all__ = [
     "amp", "current_device", "default_generators", "device", "device_count", "get_amp_supported_dtype",
     "get_autocast_dtype", "get_rng_state", "init", "initial_seed", "is_autocast_enabled", "is_available",
     "is_initialized", "manual_seed", "manual_seed_all", "seed", "seed_all", "set_autocast_dtype",
     "set_autocast_enabled", "set_device", "set_rng_state", "synchronize",
 ]
+
+if _era.TORCH_28:
+    from torch_tpu.tpu import memory
+    from torch_tpu.tpu.memory import *  # noqa: F403
+    from torch_tpu.tpu.random import get_rng_state_all, set_rng_state_all
+
+    get_device_properties, get_device_name = _get_device_properties, _get_device_name
+    __all__ += ["get_device_name", "get_device_properties", "get_rng_state_all", "set_rng_state_all",
+                *memory.__all__]

@@ -59,3 +59,12 @@ def get_rng_state(device: torch.device | str | int = "tpu") -> torch.Tensor:
 
 def set_rng_state(new_state: torch.Tensor, device: torch.device | str | int = "tpu") -> None:
     _generator(device).set_state(new_state)
+
+
+def get_rng_state_all() -> list[torch.Tensor]:
+    return [generator.get_state() for generator in default_generators]
+
+
+def set_rng_state_all(new_states: list[torch.Tensor]) -> None:
+    for generator, state in zip(default_generators, new_states):
+        generator.set_state(state)

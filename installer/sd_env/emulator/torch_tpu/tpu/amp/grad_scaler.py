@@ -1,10 +1,12 @@
-"""torch_tpu.tpu.amp.GradScaler: torch 2.1's CUDA loss scaler, on "tpu".
+"""torch_tpu.tpu.amp.GradScaler: the CUDA loss scaler's arithmetic, on "tpu".
 
-The CUDA class does the bookkeeping (step skipping, state_dict); what it
-hard-codes for CUDA is redone here: it disables itself without CUDA, and
-asserts that tensors are CUDA tensors when scaling and unscaling. The two
-kernels it calls (_amp_foreach_non_finite_check_and_unscale_,
-_amp_update_scale_) are the emulator's own (csrc/scaler.cpp).
+torch 2.1: the CUDA class does the bookkeeping (step skipping, state_dict);
+what it hard-codes for CUDA is redone here: it disables itself without CUDA,
+and asserts that tensors are CUDA tensors when scaling and unscaling.
+torch 2.8: torch.amp.GradScaler takes a device; the 2.8-era plugin's class
+also takes allow_fp16 (unscale fp16 gradients). In both, the two kernels it
+calls (_amp_foreach_non_finite_check_and_unscale_, _amp_update_scale_) are
+the emulator's own (csrc/scaler.cpp), and a tensor not on "tpu" is refused.
 """
 
 from __future__ import annotations
@@ -13,8 +15,14 @@ from collections import abc, defaultdict
 from typing import Any
 
 import torch
-from torch.cuda.amp.grad_scaler import GradScaler as _CudaGradScaler
-from torch.cuda.amp.grad_scaler import _refresh_per_optimizer_state
+
+from torch_tpu import _era
+
+if not _era.TORCH_28:
+    from torch.cuda.amp.grad_scaler import GradScaler as _CudaGradScaler
+    from torch.cuda.amp.grad_scaler import _refresh_per_optimizer_state
+else:
+    _CudaGradScaler = object
 
 
 def _on_tpu(tensor: torch.Tensor) -> None:
@@ -34,7 +42,9 @@ class _PerDevice:
         return self.copies[device]
 
 
-class GradScaler(_CudaGradScaler):
+class _GradScaler21(_CudaGradScaler):
+    """torch 2.1: the CUDA scaler, on "tpu"."""
+
     def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
                  growth_interval: int = 2000, enabled: bool = True) -> None:
         super().__init__(init_scale, growth_factor, backoff_factor, growth_interval, enabled=False)
@@ -109,3 +119,32 @@ class GradScaler(_CudaGradScaler):
             self._per_optimizer_states = defaultdict(_refresh_per_optimizer_state)
             return
         super().update(new_scale)
+
+
+class _GradScaler28(torch.amp.GradScaler if _era.TORCH_28 else object):  # type: ignore[misc]
+    """torch 2.8: torch.amp.GradScaler("tpu"), with the 2.8-era plugin's allow_fp16."""
+
+    def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
+                 growth_interval: int = 2000, enabled: bool = True, allow_fp16: bool = False) -> None:
+        super().__init__("tpu", init_scale=init_scale, growth_factor=growth_factor, backoff_factor=backoff_factor,
+                         growth_interval=growth_interval, enabled=enabled)
+        self.allow_fp16 = allow_fp16
+
+    def scale(self, outputs: Any) -> Any:
+        if self._enabled:
+            stack = [outputs]
+            while stack:
+                value = stack.pop()
+                if isinstance(value, torch.Tensor):
+                    _on_tpu(value)
+                elif isinstance(value, (list, tuple)):
+                    stack.extend(value)
+        return super().scale(outputs)
+
+    def _unscale_grads_(self, optimizer: torch.optim.Optimizer, inv_scale: torch.Tensor, found_inf: torch.Tensor,
+                        allow_fp16: bool) -> dict[torch.device, torch.Tensor]:
+        return super()._unscale_grads_(optimizer, inv_scale, found_inf, allow_fp16 or self.allow_fp16)
+
+
+GradScaler = _GradScaler28 if _era.TORCH_28 else _GradScaler21
+GradScaler.__name__ = GradScaler.__qualname__ = "GradScaler"  # as users and logs see it: torch_tpu...GradScaler
