@@ -267,15 +267,18 @@ def no_history(name: str, tag: str) -> str:
 
 
 def one_component_manifest(root: Path, ports: list[Path], name: str, version: str, patch: str, *,
-                           python: str = "3.9", git_url: str | None = None, commit: str | None = None) -> Path:
+                           python: str = "3.9", git_url: str | None = None, commit: str | None = None,
+                           torch: str = "2.1.0", profile: str | None = None) -> Path:
     """A manifest of one real upstream component at `version` with `patch`, and copies of `ports` in
     root/patches (where repatch writes). `git_url` defaults to huggingface/NAME on GitHub (a mirror
-    rewrites it); an unreachable one makes sd-env take the sdist."""
+    rewrites it); an unreachable one makes sd-env take the sdist. `profile`: the emulated device's
+    strict profile ([emulator], as the SD 1.5 stack names torch_tpu-2.8)."""
     own = root / "patches"
     own.mkdir()
     for port in ports:
         shutil.copy(port, own / port.name)
     url = git_url or f"https://github.com/huggingface/{name}.git"
+    emulator = f'\n[emulator]\nprofile = "{profile}"\n' if profile else ""
     path = root / "manifests" / f"{name}.toml"
     path.parent.mkdir(parents=True)
     path.write_text(f'''schema = 1
@@ -285,9 +288,9 @@ device = "tpu:0"
 patches_dir = "{own}"
 
 [torch]
-requirements = ["torch==2.1.0"]
+requirements = ["torch=={torch}"]
 index = "https://pypi.org/simple"
-
+{emulator}
 [[component]]
 name = "{name}"
 git = "{url}"

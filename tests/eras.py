@@ -3,8 +3,10 @@
 An era overlay is a small venv layered on a cached torch venv (its packages seen
 through a .pth file): what the release's example imports, resolved by uv as PyPI
 had it shortly after the release (`--exclude-newer`), torch, torchvision and
-setuptools held at the base's (whatever their upload date), installed with
---no-deps where the base has another version.
+setuptools held at the base's, installed with --no-deps where the base has
+another version. What torch itself requires (its nvidia-* wheels, sympy, ...)
+is exempt from the date: torch 2.8 pins nvidia wheels of 2025, which an era of
+2024 would otherwise not have.
 The release's own library is not installed: the caller puts its source first on
 PYTHONPATH. Overlays are cached per machine under $SD_ENV_TEST_CACHE/eras, keyed
 by what they were resolved from.
@@ -24,6 +26,22 @@ from sd_env.closure import find_uv
 from tests.conftest import run_in
 
 COMPLETE = ".sd-env-era-complete"
+# The names of the installed distributions torch requires, transitively (extras left out), torch included.
+_TORCH_CLOSURE = """
+import importlib.metadata as md, json, re
+todo, seen = ["torch"], set()
+while todo:
+    name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
+    if name in seen:
+        continue
+    try:
+        dist = md.distribution(name)
+    except md.PackageNotFoundError:
+        continue
+    seen.add(name)
+    todo += [re.match(r"[A-Za-z0-9._-]+", r).group(0) for r in dist.requires or [] if "extra ==" not in r]
+print(json.dumps(sorted(seen)))
+"""
 
 
 def _name(text: str) -> str:
@@ -40,7 +58,10 @@ def overlay(base: Path, cache: Path, label: str, requirements: list[str], exclud
     # setuptools 70 no longer has.
     held = [f"{p['name']}=={p['version']}" for p in have
             if _name(p["name"]) in ("torch", "torchvision", "triton", "setuptools")]
-    key = hashlib.sha256(json.dumps([str(base), requirements, held, str(exclude_newer)]).encode()).hexdigest()[:12]
+    undated = sorted({_name(pin.split("==")[0]) for pin in held} |
+                     set(json.loads(run_in(base, _TORCH_CLOSURE))))
+    key = hashlib.sha256(json.dumps([str(base), requirements, held, undated, str(exclude_newer)]).encode()
+                         ).hexdigest()[:12]
     where = cache / f"{label}-{key}"
     python = where / "venv" / "bin" / "python"
     if (where / COMPLETE).is_file():
@@ -51,7 +72,7 @@ def overlay(base: Path, cache: Path, label: str, requirements: list[str], exclud
     version = run_in(base, "import sys; print('%d.%d' % sys.version_info[:2])")
     subprocess.run([uv, "pip", "compile", "-q", str(where / "requirements.in"), "--python-version", version,
                     "--exclude-newer", exclude_newer.isoformat(), "-o", str(where / "pins.txt"),
-                    *[arg for pin in held for arg in ("--exclude-newer-package", f"{pin.split('==')[0]}=2100-01-01")]],
+                    *[arg for name in undated for arg in ("--exclude-newer-package", f"{name}=2100-01-01")]],
                    check=True,
                    timeout=600)
     installed = {_name(p["name"]): p["version"] for p in have}

@@ -7,7 +7,10 @@ tpu:0 gets torch_tpu's GradScaler, trains 2 steps and skips the step with an inj
   nearest rung, stops on the conflict its 3-way merge leaves, and after the user's fix is proven;
 - heavy: the whole ladder 0.16.0 -> 1.14.0, one release at a time, on Python 3.10 + torch 2.1.0 (the
   py310 stack's lock; accelerate 1.14.0 needs Python 3.10), and the unpatched first rungs refusing fp16;
-- heavy: the same ports under torch 2.8 (the SD 1.5 stack's era) once the emulator supports it.
+  1.10.0 imports torch.distributed.device_mesh (torch >= 2.2): its proof fails there, as expected;
+- heavy: the torch 2.8 era (the SD 1.5 stack's Python 3.11, torch 2.8.0 and lock, the emulated torch_tpu
+  2.8 with the strict profile that stack names): from its 0.30.1 to every later release and back, 1.10.0
+  proven there.
 
 accelerate 0.32.0 on imports `split_torch_state_dict_into_shards` (huggingface_hub >= 0.23) and 1.0.0
 on wants safetensors >= 0.4.3, newer than the 2023 era lock's 0.16.4 and 0.3.3: the targets that go
@@ -44,8 +47,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 COMMIT_0160 = "36beea9a1be9251a3ad07f7c10fd425c96954f46"
 NEWER = ["huggingface_hub==0.25.2", "safetensors==0.4.5"]  # what accelerate >= 0.32.0 / 1.0.0 import
-PROVEN = "ported and proven (emulated): an fp16 Accelerator on tpu:0 gets torch_tpu's GradScaler"
+CLAIM = "an fp16 Accelerator on tpu:0 gets torch_tpu's GradScaler"
 PY310_LOCK = ROOT / "manifests" / "sc7-sd14-lora-py310.pypi.lock.txt"
+SD15_LOCK = ROOT / "manifests" / "sc7-sd15-lora.pypi.lock.txt"
+SD15_PIN = "0.30.1"  # the SD 1.5 stack's accelerate: where the torch 2.8 walk starts and ends
+STRICT_28 = "torch_tpu-2.8"  # the profile the SD 1.5 stack names: its plugin refuses int64 on the device
 # Releases that do not import with torch 2.1 (what they need first appeared in torch 2.2): proven under 2.8.
 SAYS = {"0.32.1": "0.32.0"}  # the tag's __version__, where upstream did not bump it (the sdist says 0.32.1)
 NEEDS_NEWER_TORCH = {"1.10.0": "No module named 'torch.distributed.device_mesh'"}
@@ -66,14 +72,15 @@ def layered(base: Path, where: Path, extra: list[str] | None = None) -> Path:
 
 
 def project(tmp_path: Path, python: str, version: str = "0.16.0", upto: str | None = None,
-            git: bool = False) -> Path:
+            git: bool = False, torch: str = "2.1.0", profile: str | None = None) -> Path:
     """A manifest of accelerate at `version` with its rung's patch, and a copy of the shipped ports (up to
     `upto`) beside it, where repatch writes. From git (through a mirror) or, git unreachable, the sdist."""
     ports = [p for p in (ROOT / "patches").glob("accelerate-*-tpu.diff")
              if upto is None or Version(p.name[len("accelerate-"):-len("-tpu.diff")]) <= Version(upto)]
     url = None if git else (tmp_path / "unreachable" / "accelerate.git").as_uri()  # git fails: the sdist
     return one_component_manifest(tmp_path, ports, "accelerate", version, patch_for(version).name, python=python,
-                                  git_url=url, commit=COMMIT_0160 if version == "0.16.0" else None)
+                                  git_url=url, commit=COMMIT_0160 if version == "0.16.0" else None, torch=torch,
+                                  profile=profile)
 
 
 def seed_emulator(home: Path, emu: emulation.Emulator) -> None:
@@ -87,11 +94,14 @@ def seed_emulator(home: Path, emu: emulation.Emulator) -> None:
 class Walker:
     """`sd-env ... --json` on one home; each repatch's port and proof rows."""
 
-    def __init__(self, manifest: Path, home: Path, python: Path, capsys, mirror: Path | None = None) -> None:
+    def __init__(self, manifest: Path, home: Path, python: Path, capsys, mirror: Path | None = None,
+                 era: str = "2.1", profile: str | None = None) -> None:
         self.common = ["-m", str(manifest), "--home", str(home), "--python", str(python), "--json"]
         if mirror is not None:
             self.common += ["--git-mirror", str(mirror)]
         self.manifest, self.home, self.capsys = manifest, home, capsys
+        self.newer_torch = NEEDS_NEWER_TORCH if era == "2.1" else {}  # what the target's torch cannot import
+        self.proven = f"ported and proven (emulated{f', strict profile {profile}' if profile else ''}): {CLAIM}"
 
     def run(self, *args: str) -> tuple[int, dict, str]:
         self.capsys.readouterr()
@@ -105,12 +115,12 @@ class Walker:
         on that import (it is proven in the torch 2.8 era)."""
         code, doc, err = self.run("repatch", "--to", f"accelerate=={release}")
         rows = {r["step"]: r for r in doc["results"]}
-        if release in NEEDS_NEWER_TORCH and "proof" in rows:
+        if release in self.newer_torch and "proof" in rows:
             assert code == 1 and rows["finish"]["status"] == "ok", (release, rows)
-            assert NEEDS_NEWER_TORCH[release] in rows["proof"]["detail"], (release, rows["proof"])
+            assert self.newer_torch[release] in rows["proof"]["detail"], (release, rows["proof"])
         else:
             assert code == 0, f"repatch --to {release}:\n{json.dumps(doc, indent=1)[-4000:]}\n{err[-3000:]}"
-            assert rows["proof"]["status"] == "ok" and rows["proof"]["detail"].startswith(PROVEN), \
+            assert rows["proof"]["status"] == "ok" and rows["proof"]["detail"].startswith(self.proven), \
                 (release, rows["proof"])
         self.assert_applied(release)
         return rows["port"]["detail"], rows["proof"]["detail"]
@@ -166,7 +176,7 @@ def test_a_jump_past_the_ladder_starts_from_the_nearest_rung(tmp_path, torch_pyt
     code, doc, err = walker.run("repatch", "--continue", "--accept")
     assert code == 0, err[-3000:]
     rows = {r["step"]: r for r in doc["results"]}
-    assert rows["proof"]["detail"].startswith(PROVEN), rows["proof"]
+    assert rows["proof"]["detail"].startswith(walker.proven), rows["proof"]
     new = tmp_path / "patches" / "accelerate-1.0.1-tpu.diff"
     assert patches.load(new).header["Ported-From"] == "accelerate-0.30.0-tpu.diff (manual, by sd-env repatch)"
     walker.assert_applied("1.0.1")
@@ -220,12 +230,7 @@ def test_repatch_walks_the_whole_ladder(tmp_path, archives, capsys, monkeypatch)
     for release in releases[1:]:
         table[release] = walker.repatch(release)
         shutil.copytree(checkout / "src", trees / release)
-    for release, (ported, proof) in table.items():
-        print(f"{release:8} | {ported} | {proof.split(': ')[0]}")
-        if release in SHIPPED - {"0.16.0"}:  # a new rung: its shipped port, named for it, is taken and named
-            assert f"shipped (took the shipped port {patch_for(release).name}" in ported, (release, ported)
-        elif release != "0.16.0":  # within a rung the plain port of the previous release's patch fits
-            assert re.search(r": (exact|offset) \(", ported), (release, ported)
+    check_walk(table, "0.16.0", capsys)
     # The unpatched first release of each rung, as a check that can fail, and every patched tree, in one probe.
     upstream = tmp_path / "upstream"
     for first in SHIPPED:
@@ -250,6 +255,19 @@ def test_repatch_walks_the_whole_ladder(tmp_path, archives, capsys, monkeypatch)
             assert row.get("error_type") == "ValueError" and "fp16 mixed precision requires a" in row["error"], row
 
 
+def check_walk(table: dict[str, tuple[str, str]], start: str, capsys) -> None:
+    """Print the walk's table (past the capture of the walker's output: `pytest -s` shows it); each new rung
+    took its shipped port, named for it; within a rung the plain port of the previous release's patch fitted."""
+    with capsys.disabled():
+        for release, (ported, proof) in table.items():
+            print(f"{release:8} | {ported} | {proof.split(': ')[0]}")
+    for release, (ported, _proof) in table.items():
+        if release in SHIPPED - {start}:
+            assert f"shipped (took the shipped port {patch_for(release).name}" in ported, (release, ported)
+        elif release != start:
+            assert re.search(r": (exact|offset) \(", ported), (release, ported)
+
+
 def release_tree(where: Path, release: str, history: Path | None, archives: dict[str, Path]) -> Path:  # noqa: F811
     """Upstream's `release` unpacked in `where` (its src/ at least): from PyPI, else from the git history."""
     where.mkdir(parents=True)
@@ -265,35 +283,28 @@ def release_tree(where: Path, release: str, history: Path | None, archives: dict
     return where
 
 
-def supports_torch_28() -> bool:
-    supported = emulation.SUPPORTED_TORCH
-    return "2.8" in ((supported,) if isinstance(supported, str) else tuple(supported))
-
-
 @pytest.mark.heavy
-def test_the_sd15_stacks_port_proven_under_torch_28(tmp_path, archives):  # noqa: F811
-    """The SD 1.5 stack (Python 3.11, torch 2.8.0) runs accelerate 0.30.1 with accelerate-0.30.0-tpu.diff:
-    its proof on the emulated device of that era. The releases that need torch >= 2.2 and the newest rungs
-    are proven there too."""
-    if not supports_torch_28():
-        pytest.skip("skipped: waits for the torch 2.8 emulator (issue 19); the emulator supports torch "
-                    f"{emulation.SUPPORTED_TORCH} only")
-    target = layered(torch_venv("3.11", ROOT / "manifests" / "sc7-sd15-lora.pypi.lock.txt", torch="2.8.0"),
-                     tmp_path / "venv")
-    emu = emulation.build(Runner(), target, Paths(tmp_path / "home"))
-    history, _ = walk_source()
-    trees = {}
-    for release in ("0.30.1", *NEEDS_NEWER_TORCH, "1.10.1", "1.14.0"):
-        if release in archives or history is not None:
-            tree = release_tree(tmp_path / release, release, history, archives)
-            subprocess.run(["git", "apply", str(patch_for(release))], cwd=tree, check=True,
-                           env={**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path)})
-            trees[release] = tree / "src"
-    emulated = emulation.environment(emu)
-    for release, src in trees.items():
-        env = {**os.environ, **emulated, "PYTHONPATH": os.pathsep.join([str(src), emulated["PYTHONPATH"]])}
-        got = subprocess.run([str(target), str(ROOT / "installer" / "sd_env" / "probes" / "accelerate_proof.py")],
-                             capture_output=True, text=True, timeout=900, env=env)
-        proof = json.loads(got.stdout.splitlines()[-1])
-        assert got.returncode == 0 and proof["ok"] and proof["emulated"], (release, proof, got.stderr[-2000:])
-        assert proof["accelerate_file"].startswith(str(src)), proof
+def test_the_torch_28_era_walk(tmp_path, archives, capsys, monkeypatch):  # noqa: F811
+    """The SD 1.5 stack's era: Python 3.11, torch 2.8.0 and that stack's lock, the emulated torch_tpu 2.8 with
+    the strict profile the stack names. From its accelerate 0.30.1 (accelerate-0.30.0-tpu.diff) repatch --to
+    every later release, 1.10.0 among them (it needs torch >= 2.2), and back to 0.30.1: each stop patched
+    and proven by repatch's own proof row on that device."""
+    history, releases = walk_source()
+    if history is None:
+        print(no_history("accelerate", "v1.14.0") + ": walking the releases on PyPI only")
+        monkeypatch.setenv("PIP_FIND_LINKS", str(cache()))
+        monkeypatch.setenv("PIP_NO_INDEX", "1")
+    target = layered(torch_venv("3.11", SD15_LOCK, torch="2.8.0"), tmp_path / "venv")
+    manifest = project(tmp_path, "3.11", version=SD15_PIN, git=history is not None, torch="2.8.0",
+                       profile=STRICT_28)
+    walker = Walker(manifest, tmp_path / "home", target, capsys, mirror=history, era="2.8", profile=STRICT_28)
+    assert walker.run("install")[0] == 0
+    table = {SD15_PIN: (f"{patch_for(SD15_PIN).name}: installed", "")}
+    for release in [r for r in releases if Version(r) > Version(SD15_PIN)]:
+        table[release] = walker.repatch(release)
+    assert set(NEEDS_NEWER_TORCH) <= set(table), "the releases torch 2.1 cannot prove are proven here"
+    check_walk(table, SD15_PIN, capsys)
+    back, _proof = walker.repatch(SD15_PIN)  # the pin again: the rung's shipped port, no new file
+    assert f"shipped (took the shipped port {patch_for(SD15_PIN).name}" in back, back
+    assert [p.name for p in sd_manifest.load(manifest).component("accelerate").patches] == \
+        [patch_for(SD15_PIN).name]

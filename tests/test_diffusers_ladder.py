@@ -15,7 +15,9 @@ The example exists only in diffusers' git history: every test here needs a git m
 Each release runs in an era overlay (tests/eras.py): what its example imports, as PyPI had it two weeks
 after the release, on the cached Python 3.9 + torch 2.1.0 venv; diffusers itself from the tag's source.
 From 0.32.0 the library imports torch.uint1 (torch >= 2.3), and from 0.35.0 the era's transformers needs
-torch >= 2.2: their proofs (heavy, on the SD 1.5 stack's torch 2.8.0) wait for the torch 2.8 emulator.
+torch >= 2.2: their proofs (heavy), and the SD 1.5 stack's 0.29.2 again, run in the torch 2.8 era: the
+SD 1.5 stack's Python 3.11 + torch 2.8.0 venv, the emulated torch_tpu 2.8 with the strict profile that
+stack names (int64 refused on the device: the ports from 0.29.2 draw int32 timesteps).
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from sd_env.cli import main
 from sd_env.paths import Paths
 from sd_env.runner import Runner
 from tests import eras
-from tests.conftest import ROOT, git, no_history, one_component_manifest, upstream_history
-from tests.test_accelerate_walk import supports_torch_28
+from tests.conftest import ROOT, SD15_MANIFEST, git, no_history, one_component_manifest, upstream_history
+from tests.test_accelerate_walk import SD15_LOCK
 from tests.test_real_accelerate import cache_dir, torch_python, torch_venv  # noqa: F401
 
 EXAMPLE = "examples/text_to_image/train_text_to_image_lora.py"
@@ -180,9 +182,10 @@ def apply_without(work: Path, patch: patches.Patch, keep, where: Path) -> None:
         git(work, "reset", "-q")
 
 
-def run_example(python: Path, emu: emulation.Emulator, work: Path, home: Paths,
-                out: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, **emulation.environment(emu), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+def run_example(python: Path, emu: emulation.Emulator, work: Path, home: Paths, out: Path,
+                man: sd_manifest.Manifest | None = None) -> subprocess.CompletedProcess:
+    setup = emulation.settings(man, emu) if man is not None else None
+    env = {**os.environ, **emulation.environment(emu, setup=setup), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "ACCELERATE_TORCH_DEVICE": "tpu:0"}
     env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(work / "src")])
     return subprocess.run([str(python), str(work / EXAMPLE), "--pretrained_model_name_or_path",
@@ -193,21 +196,22 @@ def run_example(python: Path, emu: emulation.Emulator, work: Path, home: Paths,
                           text=True, timeout=1800)
 
 
-def prove_release(repo: Path, release: str, base: Path, home: Paths, emu: emulation.Emulator, tmp: Path) -> dict:
-    """The three proofs of one release; what each found, for the table."""
+def prove_release(repo: Path, release: str, base: Path, home: Paths, emu: emulation.Emulator, tmp: Path,
+                  man: sd_manifest.Manifest | None = None) -> dict:
+    """The three proofs of one release (on the device `man`'s [emulator] sets up); what each found."""
     python = era(repo, release, base)
     got = ported(repo, release, tmp / "ported", library=True)
     assert got.ported, (release, got.detail)
     work = tmp / "ported"
     # 1. The port trains: 2 fp32 steps on "tpu", the LoRA weights move.
-    verdict, evidence = proof.example(Runner(), python, home, work, work / "src")
+    verdict, evidence = proof.example(Runner(), python, home, work, work / "src", man)
     assert verdict == proof.OBSOLETE, (release, evidence)  # here: the ported example trains
-    # 2. The placement fix: what the example does without it.
-    apply_without(work, got.patch, lambda added: "accelerator.device" not in added, tmp / "no-placement.diff")
-    needed, why = proof.gone_hunks(Runner(), python, home, "diffusers", work)
+    # 2. The placement fix (the hunk that moves the LoRA layers): what the example does without it.
+    apply_without(work, got.patch, lambda added: ".to(accelerator.device)" not in added, tmp / "no-placement.diff")
+    needed, why = proof.gone_hunks(Runner(), python, home, "diffusers", work, man)
     # 3. The import hunk: without it, with the era's upstream accelerate, "tpu:0" is not a device yet.
     apply_without(work, got.patch, lambda added: "import torch_tpu" not in added, tmp / "no-import.diff")
-    stopped = run_example(python, emu, work, home, tmp / "no-import")
+    stopped = run_example(python, emu, work, home, tmp / "no-import", man)
     assert stopped.returncode != 0 and DEVICE_STRING in stopped.stderr, (release, stopped.stderr[-2000:])
     return {"port": f"{got.method} ({got.patch.name})", "trains": evidence, "placement": (needed, why)}
 
@@ -252,7 +256,7 @@ def test_every_example_up_to_the_torch_21_era(torch_python, tiny_home, emulator,
     table = {}
     for release in distinct_examples(repo):
         if Version(release) > TORCH_21_UNTIL:
-            table[release] = {"port": expected(release), "proof": "waits for the torch 2.8 emulator"}
+            table[release] = {"port": expected(release), "proof": "in the torch 2.8 era (the test below)"}
             continue
         found = prove_release(repo, release, torch_python, tiny_home, emulator, tmp_path / release)
         if Version(release) < Version("0.29.2"):
@@ -340,15 +344,17 @@ def test_repatch_keeps_a_gone_hunk_that_is_still_needed(torch_python, tiny_home,
 @pytest.mark.heavy
 @pytest.mark.network
 def test_the_examples_of_the_torch_28_era(tiny_home, tmp_path):
-    """0.32.0 on: they need torch >= 2.3; proven on the SD 1.5 stack's torch 2.8.0 (Python 3.11) once the
-    emulator supports it."""
-    if not supports_torch_28():
-        pytest.skip("skipped: waits for the torch 2.8 emulator (issue 19); the emulator supports torch "
-                    f"{emulation.SUPPORTED_TORCH} only")
+    """0.32.0 on (they need torch >= 2.3), and the SD 1.5 stack's 0.29.2: proven on that stack's Python 3.11 +
+    torch 2.8.0 and the emulated torch_tpu 2.8 with its strict profile."""
     repo = history()
-    base = torch_venv("3.11", ROOT / "manifests" / "sc7-sd15-lora.pypi.lock.txt", torch="2.8.0")
+    base = torch_venv("3.11", SD15_LOCK, torch="2.8.0")
     emu = emulation.build(Runner(), base, tiny_home)
-    for release in [r for r in distinct_examples(repo) if Version(r) > TORCH_21_UNTIL]:
-        found = prove_release(repo, release, base, tiny_home, emu, tmp_path / release)
+    man = sd_manifest.load(SD15_MANIFEST)  # [emulator] profile = "torch_tpu-2.8"
+    table = {}
+    for release in ["0.29.2", *[r for r in distinct_examples(repo) if Version(r) > TORCH_21_UNTIL]]:
+        found = prove_release(repo, release, base, tiny_home, emu, tmp_path / release, man)
+        assert found["port"] == "{} ({})".format(*expected(release)), (release, found)
         assert found["placement"][0] == proof.OBSOLETE, (release, found)
+        table[release] = found
+    for release, found in table.items():
         print(f"{release:8} | {json.dumps(found)}")

@@ -180,10 +180,12 @@ def test_sophgos_own_patch_applied_in_place_is_recognised_and_trains(sd15_home, 
 
 
 def test_repatch_proof_on_a_torch_28_target(sd15_target, sd15_emulator) -> None:
-    """`sd-env repatch`'s proof of an accelerate port runs on the torch 2.8 stack's emulator as on 2.1."""
+    """`sd-env repatch`'s proof of an accelerate port runs on the torch 2.8 stack's emulator as on 2.1, on the
+    device the manifest's [emulator] sets up (the strict torch_tpu-2.8 profile)."""
     from sd_env import proof
     from sd_env.runner import Runner
 
     python, paths = sd15_target
-    (row,) = proof.after_port(Runner(), python, paths, "accelerate")
-    assert row.status == "ok" and row.detail.startswith("ported and proven (emulated)"), row
+    (row,) = proof.after_port(Runner(), python, paths, "accelerate", load(SD15_MANIFEST))
+    assert row.status == "ok" and row.detail.startswith(
+        "ported and proven (emulated, strict profile torch_tpu-2.8): an fp16 Accelerator on tpu:0"), row

@@ -11,6 +11,9 @@ the target's torch, the component's proof runs on it in the target environment
 The diffusers run also decides hunks whose target text is gone from a new
 release (`gone_hunks`): the new release's example with the rest of the patch
 trains (the hunks are no longer needed) or it does not (they still are).
+The device is set up as the manifest's [emulator] says (a strict profile: the
+SD 1.5 stack names torch_tpu-2.8, whose plugin refuses int64 on the device), as
+for `verify --emulate`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from sd_env import emulation, probe, verify
 from sd_env.errors import SdEnvError
+from sd_env.manifest import Manifest
 from sd_env.paths import Paths
 from sd_env.report import FAIL, OK, SKIPPED, Result, progress
 from sd_env.runner import Runner
@@ -36,8 +40,10 @@ OBSOLETE, NEEDED, UNPROVEN = "obsolete", "needed", "unproven"
 _TWO_DEVICES = re.compile(r"Expected all tensors to be on the same device[^\n]*")
 
 
-def after_port(runner: Runner, python: Path, paths: Paths, component: str) -> list[Result]:
-    """The proof's result row, or no row for a component without a proof."""
+def after_port(runner: Runner, python: Path, paths: Paths, component: str,
+               man: Manifest | None = None) -> list[Result]:
+    """The proof's result row, or no row for a component without a proof. `man`: whose [emulator]
+    sets up the device (none: the emulation's defaults)."""
     if component not in PROVEN:
         return []
     if component == "diffusers" and not (paths.checkout(component) / verify.EXAMPLE).exists():
@@ -46,23 +52,23 @@ def after_port(runner: Runner, python: Path, paths: Paths, component: str) -> li
     progress(f"proving the port of {component} on the emulated tpu")
     try:
         emu = emulation.build(runner, python, paths)
+        setup = emulation.settings(man, emu) if man is not None else None  # a profile that is not there refuses
     except SdEnvError as exc:
         return [Result(component, "proof", SKIPPED, f"skipped: ported, not proven: the emulated torch_tpu is not "
                        f"available ({exc.message}{' -> ' + exc.hint if exc.hint else ''})")]
+    proven = f"ported and proven (emulated{_strict(setup)})"
     if component == "diffusers":
-        verdict, evidence, seconds = _example(runner, python, paths, emu, paths.checkout(component), None)
+        verdict, evidence, seconds = _example(runner, python, paths, emu, paths.checkout(component), None, setup)
         if verdict == OBSOLETE:  # here: the patched example trains
-            return [Result(component, "proof", OK, f"ported and proven (emulated): {EXAMPLE_CLAIM}, {evidence}",
-                           seconds)]
+            return [Result(component, "proof", OK, f"{proven}: {EXAMPLE_CLAIM}, {evidence}", seconds)]
         return [Result(component, "proof", FAIL, f"ported, but the proof failed on the emulated tpu: {evidence}",
                        seconds)]
     got = probe.run(runner, python, probe.script("accelerate_proof.py"), [], timeout=TIMEOUT,
-                    env=emulation.environment(emu))
+                    env=emulation.environment(emu, setup=setup))
     if got.ok and got.data is not None:
         steps = got.data.get("steps", [])
         scales = f" (scale {steps[-1]['scale_before']:g} -> {steps[-1]['scale_after']:g})" if steps else ""
-        return [Result(component, "proof", OK, f"ported and proven (emulated): {ACCELERATE_CLAIM}{scales}",
-                       got.seconds)]
+        return [Result(component, "proof", OK, f"{proven}: {ACCELERATE_CLAIM}{scales}", got.seconds)]
     data = got.data or {}
     why = got.problem or data.get("error") or ", ".join(
         f"{k}={data.get(k)}" for k in ("device", "scaler", "trained", "skipped_on_inf"))
@@ -71,7 +77,8 @@ def after_port(runner: Runner, python: Path, paths: Paths, component: str) -> li
                    got.seconds)]
 
 
-def gone_hunks(runner: Runner, python: Path, paths: Paths, component: str, work: Path) -> tuple[str, str]:
+def gone_hunks(runner: Runner, python: Path, paths: Paths, component: str, work: Path,
+               man: Manifest | None = None) -> tuple[str, str]:
     """Are the hunks whose target text is gone still needed? The work tree holds the new release with
     the rest of the patch; its example runs 2 fp32 steps on the emulated tpu, with the new release's
     library first on the path. The LoRA weights move: OBSOLETE; they do not (or the step fails on two
@@ -80,22 +87,28 @@ def gone_hunks(runner: Runner, python: Path, paths: Paths, component: str, work:
     if component != "diffusers":
         return UNPROVEN, f"sd-env has no proof for {component}'s patches"
     progress("proving whether the hunks are still needed: the example without them, 2 fp32 steps on the emulated tpu")
-    verdict, evidence = example(runner, python, paths, work, work / "src")
+    verdict, evidence = example(runner, python, paths, work, work / "src", man)
     return verdict, "without them " + evidence
 
 
-def example(runner: Runner, python: Path, paths: Paths, tree: Path, library: Path | None) -> tuple[str, str]:
+def example(runner: Runner, python: Path, paths: Paths, tree: Path, library: Path | None,
+            man: Manifest | None = None) -> tuple[str, str]:
     """`tree`'s LoRA example on the emulated tpu (see _example), building the emulation if need be."""
     try:
         emu = emulation.build(runner, python, paths)
+        setup = emulation.settings(man, emu) if man is not None else None
     except SdEnvError as exc:
         return UNPROVEN, f"the emulated torch_tpu is not available ({exc.message})"
-    verdict, evidence, _seconds = _example(runner, python, paths, emu, tree, library)
+    verdict, evidence, _seconds = _example(runner, python, paths, emu, tree, library, setup)
     return verdict, evidence
 
 
+def _strict(setup: emulation.Settings | None) -> str:
+    return f", strict profile {setup.profile.stem}" if setup is not None and setup.profile else ""
+
+
 def _example(runner: Runner, python: Path, paths: Paths, emu: emulation.Emulator, tree: Path,
-             library: Path | None) -> tuple[str, str, float]:
+             library: Path | None, setup: emulation.Settings | None = None) -> tuple[str, str, float]:
     """`tree`'s LoRA example, 2 fp32 steps of the tiny model on the emulated tpu (`library` first on the
     path when given): OBSOLETE when the LoRA weights moved, NEEDED when they did not or the step found
     two devices, UNPROVEN when it could not run; the evidence; the seconds it took."""
@@ -105,7 +118,7 @@ def _example(runner: Runner, python: Path, paths: Paths, emu: emulation.Emulator
         return UNPROVEN, f"the tiny model could not be built: {tiny.problem}", tiny.seconds
     out = paths.repatch / "example-proof"
     shutil.rmtree(out, ignore_errors=True)
-    env = {**emulation.environment(emu), **verify.hf_env(ACCELERATE_TORCH_DEVICE="tpu:0")}
+    env = {**emulation.environment(emu, setup=setup), **verify.hf_env(ACCELERATE_TORCH_DEVICE="tpu:0")}
     if library is not None:
         env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(library)])
     args = ["--pretrained_model_name_or_path", str(paths.tiny_sd / "model"), "--train_data_dir",

@@ -192,7 +192,7 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
                                                      fuzz, accept))
         got = choice.result
         if got.method == port.GONE:
-            got = _settle_gone(runner, opts, paths, session, work, got)
+            got = _settle_gone(man, runner, opts, paths, session, work, got)
         started = ""
         if choice.start != patch.path and got.method != port.SHIPPED:
             started = f"started from {choice.start.name}, the nearest shipped port below {session.to_version}; "
@@ -228,7 +228,7 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
     save_session(paths, session)
     faults.point("finishing")
     finished = _finish(man, paths, runner, opts, session, outputs)
-    return results + finished + proof.after_port(runner, opts.python, paths, session.component)
+    return results + finished + proof.after_port(runner, opts.python, paths, session.component, man)
 
 
 def _plain_port(paths: Paths, runner: Runner, opts: Options, comp: Component, session: Session, work: Path,
@@ -244,11 +244,11 @@ def _plain_port(paths: Paths, runner: Runner, opts: Options, comp: Component, se
     return got
 
 
-def _settle_gone(runner: Runner, opts: Options, paths: Paths, session: Session, work: Path,
+def _settle_gone(man: Manifest, runner: Runner, opts: Options, paths: Paths, session: Session, work: Path,
                  got: port.PortResult) -> port.PortResult:
     """Hunks whose target text is gone, the rest ported into the work tree: dropped when the component's
     proof shows they are no longer needed, else a conflict that says whether they still are."""
-    verdict, evidence = proof.gone_hunks(runner, opts.python, paths, session.component, work)
+    verdict, evidence = proof.gone_hunks(runner, opts.python, paths, session.component, work, man)
     shutil.rmtree(work / ".git" / "sd-env-rest", ignore_errors=True)
     gone = "; ".join(got.gone) + ": target text gone from the new file"
     if verdict == proof.OBSOLETE:
