@@ -185,11 +185,20 @@ def test_bad_patch(installed, case, name):
     assert code in (1, 2) and expected in text and PATCH in text, text
 
 
-def test_patch_header_only_change_is_no_change(installed, case):
+def test_patch_header_only_change_is_recorded_and_nothing_else(installed, case):
+    """The checkout is exactly what the edited file produces: install records the new file (state and
+    the applied copy), the target and the checkout's files stay as they are; the next run does nothing."""
     text = installed.patch.read_text()
-    installed.patch.write_text(text.replace("Description: test patch", "Description: tinypkg on a TPU card"))
-    code, out = case("install")
-    assert code == 0 and "up to date" in out, out
+    checkout = installed.project.home / "src" / "tinypkg"
+    tree = git(checkout, "diff")
+    for edited in (text.replace("Description: test patch", "Description: tinypkg on a TPU card"), text):
+        installed.patch.write_text(edited)
+        code, out = case("install", changes_ok=True)
+        assert code == 0 and f"recorded {PATCH} (the patch file changed since it was applied; the checkout is " \
+            "already what it produces)" in out, out
+        assert git(checkout, "diff") == tree
+        code, out = case("install")
+        assert code == 0 and "up to date" in out, out
 
 
 # --- lock files --------------------------------------------------------------------------------------------

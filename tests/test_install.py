@@ -304,3 +304,42 @@ def test_a_deleted_patched_file_is_reported_then_repaired_and_json_says_changed(
     assert [r["step"] for r in doc["results"] if r["component"] == "tinypkg"] == ["restore", "patch"]
     assert core.read_text() == patched
     assert run_in(fresh_target, SCALER) == "torch_tpu.GradScaler"
+
+
+def test_a_header_only_edit_of_a_patch_file_is_recorded_and_verify_passes(project, upstream, fresh_target, capsys):
+    """Only `Last-Update:` changed: the checkout is exactly what the new file produces. verify says so
+    without failing; install records the new file (nothing else runs); then status and verify say applied."""
+    from sd_env import status, verify
+    setup_tiny(project, upstream)
+    assert project.cli("install", python=fresh_target) == 0
+    patch = project.root / "patches" / "tiny-tpu.diff"
+    patch.write_text("Last-Update: 2031-01-02\n" + patch.read_text())
+    new_sha = patches.load(patch).sha256
+    man, paths = manifest.load(project.manifest), Paths(project.home)
+
+    def sources_check() -> verify.Check:
+        ctx = verify.Context(man, paths, Runner(), fresh_target, quick=True)
+        return verify.check_sources(ctx, status.collect(man, paths, Runner(), fresh_target))
+
+    before = sources_check()
+    assert before.status == "warn" and "sd-env install` records it" in before.detail, before
+    assert "repatch" not in before.detail
+    tree = [git(checkout(project), *args) for args in (["rev-parse", "HEAD"], ["diff"])]
+    runner = Runner()
+    outcome = install.run(man, paths, runner, install.Options(fresh_target))
+    assert outcome.error is None and outcome.changed
+    recorded = [r for r in outcome.results if r.step == "patch"]
+    assert [r.status for r in recorded] == ["ok"] and recorded[0].detail.startswith(
+        "recorded tiny-tpu.diff (the patch file changed since it was applied; the checkout is already what it "
+        "produces)"), recorded
+    assert not any(r.step == "build" for r in outcome.results)
+    assert [git(checkout(project), *args) for args in (["rev-parse", "HEAD"], ["diff"])] == tree, "the tree is kept"
+    rec = state.load(project.home / "state.json").components["tinypkg"]
+    assert [(p.name, p.sha256) for p in rec.patches] == [("tiny-tpu.diff", new_sha)]
+    capsys.readouterr()
+    assert project.cli("status", "--json", python=fresh_target) == 0
+    assert json.loads(capsys.readouterr().out)["components"][0]["patches"] == {"tiny-tpu.diff": "applied"}
+    after = sources_check()
+    assert after.status == "ok", after
+    again = install.run(man, paths, runner, install.Options(fresh_target))
+    assert not again.changed and [r.step for r in again.results] == ["install", "wheel"]

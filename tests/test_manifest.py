@@ -17,15 +17,17 @@ from tests.conftest import ROOT
 
 ACCELERATE_COMMIT = "36beea9a1be9251a3ad07f7c10fd425c96954f46"
 DIFFUSERS_COMMIT = "e3380c02cf177a8027efea5d233afa9abb1870da"
-PATCH_TARGETS = {
-    "accelerate-0.16.0-tpu.diff": "src/accelerate/accelerator.py",
-    "diffusers-0.20.0-train-lora.diff": "examples/text_to_image/train_text_to_image_lora.py",
-}
-# Patches of the other shipped stacks and the accelerate ladder's shipped ports (tests/test_accelerate_ladder.py).
+EXAMPLE = ("examples/text_to_image/train_text_to_image_lora.py",)
+ACCELERATOR = ("src/accelerate/accelerator.py",)
+PATCH_TARGETS = {"accelerate-0.16.0-tpu.diff": ACCELERATOR, "diffusers-0.20.0-train-lora.diff": EXAMPLE}
+# Patches of the other shipped stacks and the ladders' shipped ports (tests/test_accelerate_ladder.py,
+# tests/test_diffusers_ladder.py); from accelerate 1.1.0 the scaler is built in utils/modeling.py.
 OTHER_TARGETS = {
-    "diffusers-0.29.2-train-lora.diff": "examples/text_to_image/train_text_to_image_lora.py",
-    **{f"accelerate-{v}-tpu.diff": "src/accelerate/accelerator.py"
-       for v in ("0.20.0", "0.21.0", "0.23.0", "0.25.0", "0.28.0", "0.29.0", "0.30.0")},
+    **{f"diffusers-{v}-train-lora.diff": EXAMPLE for v in ("0.22.0", "0.24.0", "0.25.0", "0.29.2")},
+    **{f"accelerate-{v}-tpu.diff": ACCELERATOR
+       for v in ("0.20.0", "0.21.0", "0.23.0", "0.25.0", "0.28.0", "0.29.0", "0.30.0", "0.32.0", "0.33.0", "1.0.0")},
+    **{f"accelerate-{v}-tpu.diff": (*ACCELERATOR, "src/accelerate/utils/modeling.py")
+       for v in ("1.1.0", "1.5.0", "1.11.0")},
 }
 
 # The shape of manifests/sc7-sd14-lora.toml; {patches} is a folder holding dummy patch files.
@@ -243,8 +245,8 @@ def test_repository_patch_has_header_one_file_and_full_index(path):
         version = re.search(r"-(\d+\.\d+\.\d+)-", path.name).group(1)  # type: ignore[union-attr]
         assert re.match(rf"\w+ v{re.escape(version)} \([0-9a-f]{{40}}", patch.header["Upstream-Version"])
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", patch.header["Last-Update"])
-    assert [f.path for f in patch.files] == [{**PATCH_TARGETS, **OTHER_TARGETS}[path.name]]
-    assert not patch.files[0].added and not patch.files[0].removed
+    assert [f.path for f in patch.files] == list({**PATCH_TARGETS, **OTHER_TARGETS}[path.name])
+    assert not any(f.added or f.removed for f in patch.files)
     index_lines = [ln for ln in patch.text.splitlines() if ln.startswith("index ")]
     assert len(index_lines) == len(patch.files)
     for line in index_lines:

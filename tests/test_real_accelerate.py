@@ -44,31 +44,32 @@ PROBE = ROOT / "tests" / "real_accelerate_probe.py"
 COMPLETE = ".sd-env-test-complete"  # written last, with what was installed
 
 
-def find_python39() -> str | None:
-    """python3.9 on PATH, else pyenv's 3.9.x; each must actually run as 3.9 (a pyenv shim on
+def find_python(minor: str = "3.9") -> str | None:
+    """python3.X on PATH, else pyenv's 3.X.y; each must actually run as 3.X (a pyenv shim on
     PATH fails with exit 127 when the global pyenv version is another one)."""
-    candidates = [shutil.which("python3.9")]
+    candidates = [shutil.which(f"python{minor}")]
     pyenv = shutil.which("pyenv")
     if pyenv:
         root = subprocess.run([pyenv, "root"], capture_output=True, text=True).stdout.strip()
-        candidates += sorted(glob.glob(os.path.join(root, "versions", "3.9*", "bin", "python")), reverse=True)
+        candidates += sorted(glob.glob(os.path.join(root, "versions", f"{minor}.*", "bin", "python")), reverse=True)
     for candidate in filter(None, candidates):
         got = subprocess.run([candidate, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
                              capture_output=True, text=True)
-        if got.returncode == 0 and got.stdout.strip() == "3.9":
+        if got.returncode == 0 and got.stdout.strip() == minor:
             return candidate
     return None
 
 
-def cache_dir() -> Path:
+def cache_dir(minor: str = "3.9", torch: str = "2.1.0") -> Path:
     base = os.environ.get("SD_ENV_TEST_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "sd-env-tests") / "venv39-torch21"
+    name = f"venv{minor.replace('.', '')}-torch{''.join(torch.split('.')[:2])}"
+    return (Path(base) if base else Path.home() / ".cache" / "sd-env-tests") / name
 
 
-def wanted() -> str:
+def wanted(lock: Path = LOCK) -> str:
     """What the cached venv must have been built from: the lock's sha256, or the fallback list."""
-    if LOCK.is_file():
-        return "lock sha256 " + hashlib.sha256(LOCK.read_bytes()).hexdigest()
+    if lock.is_file():
+        return "lock sha256 " + hashlib.sha256(lock.read_bytes()).hexdigest()
     return "fallback " + " ".join(FALLBACK)
 
 
@@ -78,19 +79,19 @@ def torch_version(python: Path) -> str | None:
     return got.stdout.strip() if got.returncode == 0 else None
 
 
-def build_venv(where: Path, base: str) -> None:
+def build_venv(where: Path, base: str, lock: Path = LOCK) -> None:
     shutil.rmtree(where, ignore_errors=True)  # only ever a half-made or outdated one (see COMPLETE)
     where.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([base, "-m", "venv", str(where)], check=True)
     python = where / "bin" / "python"
     uv = find_uv()  # on PATH, or next to the interpreter running the tests (as sd-env finds it)
-    if LOCK.is_file():
+    if lock.is_file():
         if uv:
             argv = [uv, "pip", "install", "--python", str(python), "--require-hashes", "--no-deps",
-                    "--index-url", PYPI, "-r", str(LOCK)]
+                    "--index-url", PYPI, "-r", str(lock)]
         else:
             argv = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-deps",
-                    "--require-hashes", "--index-url", PYPI, "-r", str(LOCK)]
+                    "--require-hashes", "--index-url", PYPI, "-r", str(lock)]
     elif uv:
         argv = [uv, "pip", "install", "--python", str(python), "--index-url", PYPI, *FALLBACK]
     else:
@@ -99,28 +100,33 @@ def build_venv(where: Path, base: str) -> None:
     subprocess.run(argv, check=True, timeout=3600)
 
 
-@pytest.fixture(scope="session")
-def torch_python() -> Path:
-    """A Python 3.9 venv with torch 2.1.0 and the era lock, built once and reused across sessions."""
-    where = cache_dir()
+def torch_venv(minor: str = "3.9", lock: Path = LOCK, torch: str = "2.1.0") -> Path:
+    """A Python 3.X venv with `torch` and the era lock of that stack, built once per machine."""
+    where = cache_dir(minor, torch)
     python = where / "bin" / "python"
     marker = where / COMPLETE
-    want = wanted()
+    want = wanted(lock)
     if python.exists() and marker.is_file() and marker.read_text().strip() == want:
         version = torch_version(python)
-        if version and version.split("+")[0] == "2.1.0":
+        if version and version.split("+")[0] == torch:
             return python
-    base = find_python39()
+    base = find_python(minor)
     if base is None:
-        pytest.skip("no Python 3.9 found (python3.9 on PATH or $(pyenv root)/versions/3.9*): "
-                    "install one, e.g. `pyenv install 3.9`")
+        pytest.skip(f"no Python {minor} found (python{minor} on PATH or $(pyenv root)/versions/{minor}.*): "
+                    f"install one, e.g. `pyenv install {minor}`")
     started = time.monotonic()
-    build_venv(where, base)
+    build_venv(where, base, lock)
     version = torch_version(python)
-    assert version and version.split("+")[0] == "2.1.0", f"{python} imports torch {version}"
+    assert version and version.split("+")[0] == torch, f"{python} imports torch {version}"
     marker.write_text(want + "\n")
     print(f"built {where} in {time.monotonic() - started:.0f} s ({want.split()[0]})")
     return python
+
+
+@pytest.fixture(scope="session")
+def torch_python() -> Path:
+    """A Python 3.9 venv with torch 2.1.0 and the era lock, built once and reused across sessions."""
+    return torch_venv()
 
 
 @pytest.fixture

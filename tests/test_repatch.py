@@ -35,15 +35,18 @@ HEADER = ("Description: tinypkg on TPU\nAuthor: sd-env tests\nLast-Update: 2023-
 CORE_PY = "src/tinypkg/core.py"
 
 PATCHED = TPU_PATCH[CORE_PY]
-XPU = CORE.replace('        return "gpu"\n', '        return "gpu"\n    if name.startswith("xpu"):\n'
-                   '        return "xpu"\n').replace(
-    '        return "cuda.GradScaler"\n', '        return "cuda.GradScaler"\n    if kind == "xpu":\n'
-    '        return "xpu.GradScaler"\n')
+
+
+def add_device(text: str, after: tuple[str, str], device: str, scaler: str) -> str:
+    """`text` (a core.py) with one more device kind and its scaler, right after `after`'s two lines."""
+    kind_line, scaler_line = (f'        return "{a}"\n' for a in after)
+    return text.replace(kind_line, kind_line + f'    if name.startswith("{device}"):\n        return "{device}"\n') \
+        .replace(scaler_line, scaler_line + f'    if kind == "{device}":\n        return "{scaler}"\n')
+
+
+XPU = add_device(CORE, ("gpu", "cuda.GradScaler"), "xpu", "xpu.GradScaler")
 # v1.4's file with the TPU change added by hand: what a user writes to resolve the conflict.
-XPU_AND_TPU = XPU.replace('        return "xpu"\n', '        return "xpu"\n    if name.startswith("tpu"):\n'
-                          '        return "tpu"\n').replace(
-    '        return "xpu.GradScaler"\n', '        return "xpu.GradScaler"\n    if kind == "tpu":\n'
-    '        return "torch_tpu.GradScaler"\n')
+XPU_AND_TPU = add_device(XPU, ("xpu", "xpu.GradScaler"), "tpu", "torch_tpu.GradScaler")
 
 RELEASES: dict[str, dict[str, str | None]] = {
     "1.1": {CORE_PY: CORE, "README.md": "tinypkg: a tiny package\n"},

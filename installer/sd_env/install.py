@@ -231,6 +231,8 @@ def _component(comp: Component, paths: Paths, runner: Runner, opts: Options,
         series, skipped = applicable(runner, comp, checkout, rec.source if rec else "git")
         notes += _skipped_notes(comp, skipped)
         seen = _observe(runner, comp, checkout, series, rec)
+        if seen.kind == "applied" and rec is not None and head is not None:
+            notes += _record_changed(comp, checkout, series, rec, head)
     obs = Observed(head, pinned, seen, inst, checkout.resolve().as_uri())
     steps = plan(obs)
     if not steps:
@@ -299,6 +301,18 @@ def _observe(runner: Runner, comp: Component, checkout: Path, series: list[patch
         f"sd-env will not overwrite them. Keep them with `git -C {checkout} diff > my-edits.diff`, "
         f"then discard with `git -C {checkout} checkout -- . && git -C {checkout} clean -fd` "
         "and run again (or add the diff to the manifest's patches)")
+
+
+def _record_changed(comp: Component, checkout: Path, series: list[patches.Patch], rec: state.ComponentState,
+                    head: str) -> list[Result]:
+    """The series is applied but the record names other files (a header-only edit of a patch file, or
+    a lost record): the checkout already is what the files produce, so only the record changes."""
+    if [(p.name, p.sha256) for p in rec.patches] == [(p.name, p.sha256) for p in series]:
+        return []
+    why = "the patch file changed since it was applied" if rec.patches else "no record of it was left"
+    record_applied(checkout, series, rec, head)
+    return [Result(comp.name, PATCH, OK, f"recorded {', '.join(p.name for p in series)} ({why}; the checkout is "
+                   "already what it produces)")]
 
 
 def _adopt(runner: Runner, comp: Component, checkout: Path) -> state.ComponentState:

@@ -16,11 +16,14 @@ from pathlib import Path
 from unidiff import PatchSet
 
 from sd_env import gitcmd
-from sd_env.patches import FAILED_HUNK, Patch
+from sd_env.patches import FAILED_HUNK, Patch, parse
 from sd_env.runner import Runner
 
 EXACT, OFFSET, THREE_WAY, FUZZED, OBSOLETE, CONFLICT = "exact", "offset", "3-way", "fuzzed", "obsolete", "conflict"
 SHIPPED = "shipped"  # a hand-made port for the release, shipped next to the patch (ladder.py)
+# Some hunks' target text is gone from the new release and the others port: not a port yet, until a proof
+# says those hunks are no longer needed (DROPPED) or still are (a conflict). See repatch and proof.py.
+GONE, DROPPED = "target gone", "hunk dropped as obsolete"
 _INDEX = re.compile(r"^index ([0-9a-f]{7,40})\.\.([0-9a-f]{7,40})", re.M)
 _OFFSET = re.compile(r"Hunk #\d+ succeeded at \d+ \(offset")
 
@@ -31,10 +34,12 @@ class PortResult:
     method: str
     detail: str
     conflicts: list[str] = field(default_factory=list)  # "file: hunk at line L, nearest match at line N (xx%)"
+    gone: list[str] = field(default_factory=list)  # the hunks whose target text is gone, named
+    rest: Patch | None = None  # GONE: the patch without those hunks, ported into the tree
 
     @property
     def ported(self) -> bool:
-        return self.method in (EXACT, OFFSET, THREE_WAY, FUZZED, SHIPPED)
+        return self.method in (EXACT, OFFSET, THREE_WAY, FUZZED, SHIPPED, DROPPED)
 
 
 def port(runner: Runner, repo: Path, patch: Patch, *, blobs_from: Path | None, fuzz: int = 0) -> PortResult:
@@ -52,7 +57,10 @@ def port(runner: Runner, repo: Path, patch: Patch, *, blobs_from: Path | None, f
         method = OFFSET if _OFFSET.search(trial.stderr) else EXACT
         return _checked(repo, patch, PortResult(patch, method, _offset_note(trial.stderr)))
     failed_at = _failures(repo, patch, trial.stderr)
-    missing = _ensure_blobs(runner, repo, patch, blobs_from)
+    lost = gone_hunks(repo, patch)
+    if lost:  # a merge cannot bring back text the new file no longer has: port the rest, name these
+        return _without_gone(runner, repo, patch, lost, blobs_from, fuzz, failed_at)
+    missing = ensure_blobs(runner, repo, patch, blobs_from)
     if not missing:
         merge = _git_apply(runner, repo, patch, "-3")
         unmerged = gitcmd.out(runner, repo, "diff", "--name-only", "--diff-filter=U")
@@ -69,6 +77,49 @@ def port(runner: Runner, repo: Path, patch: Patch, *, blobs_from: Path | None, f
     _git_apply(runner, repo, patch, "--reject")  # the hunks that fit, and .rej files for the rest
     why = "no 3-way merge possible: pre-image blob(s) " + ", ".join(missing) + " unavailable" if missing else ""
     return PortResult(patch, CONFLICT, why or "does not apply", failed_at)
+
+
+def gone_hunks(repo: Path, patch: Patch) -> dict[tuple[str, int], str]:
+    """(file, hunk number) -> its name, for each hunk whose target text the new file no longer has: none of
+    the lines it removes (of its context, for a hunk that only adds) is there, not even changed a little
+    (a line 80% alike: then it is a conflict to resolve, not a target gone); punctuation-only lines aside."""
+    gone = {}
+    for pf in PatchSet(patch.text):
+        target = repo / pf.path
+        if pf.is_added_file or not target.exists():
+            continue
+        present = [line.strip() for line in target.read_text(encoding="utf-8", errors="replace").splitlines()]
+        exact = set(present)
+        for number, hunk in enumerate(pf, 1):
+            removed = [line.value.strip() for line in hunk if line.is_removed]
+            wanted = [t for t in (removed or [line.value.strip() for line in hunk if line.is_context])
+                      if re.search(r"\w", t)]
+            if wanted and not any(t in exact or difflib.get_close_matches(t, present, n=1, cutoff=0.8)
+                                  for t in wanted):
+                gone[(pf.path, number)] = f"hunk #{number} of {pf.path} (`{wanted[0]}`)"
+    return gone
+
+
+def _without_gone(runner: Runner, repo: Path, patch: Patch, gone: dict[tuple[str, int], str],
+                  blobs_from: Path | None, fuzz: int, failed_at: list[str]) -> PortResult:
+    """Port the patch without the hunks whose target is gone: GONE when the rest ports (the caller proves
+    whether those hunks are still needed), else the conflict of the rest, naming the gone ones too."""
+    named = "; ".join(gone.values()) + ": target text gone from the new file"
+    lost = list(gone.values())
+    parsed = PatchSet(patch.text)
+    for pf in parsed:
+        pf[:] = [h for number, h in enumerate(pf, 1) if (pf.path, number) not in gone]
+    kept = [pf for pf in parsed if len(pf)]
+    if not kept:
+        return PortResult(patch, GONE, "nothing else to port", gone=lost)
+    header = patch.text.split("diff --git", 1)[0]
+    where = repo / ".git" / "sd-env-rest" / patch.name
+    where.parent.mkdir(parents=True, exist_ok=True)
+    where.write_text(header + "".join(str(pf) for pf in kept), encoding="utf-8")
+    rest = port(runner, repo, parse(where.read_text(encoding="utf-8"), where), blobs_from=blobs_from, fuzz=fuzz)
+    if rest.ported:
+        return PortResult(patch, GONE, f"the rest: {rest.method} ({rest.detail})", gone=lost, rest=rest.patch)
+    return PortResult(patch, CONFLICT, f"{named}; the rest: {rest.detail}", rest.conflicts or failed_at, gone=lost)
 
 
 def verify_port(repo: Path, patch: Patch) -> list[str]:
@@ -125,8 +176,9 @@ def _offset_note(stderr: str) -> str:
                                                 ((h, at, int(o)) for h, at, o in offsets))
 
 
-def _ensure_blobs(runner: Runner, repo: Path, patch: Patch, blobs_from: Path | None) -> list[str]:
-    """Copy the patch's pre-image blobs into `repo` from the old checkout; the ids still missing."""
+def ensure_blobs(runner: Runner, repo: Path, patch: Patch, blobs_from: Path | None) -> list[str]:
+    """Copy the patch's pre-image blobs into `repo` from `blobs_from` (a checkout that has them);
+    the ids still missing."""
     missing = []
     for old, _new in _INDEX.findall(patch.text):
         if set(old) == {"0"} or gitcmd.git(runner, repo, "cat-file", "-e", old, check=False).returncode == 0:

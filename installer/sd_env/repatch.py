@@ -10,15 +10,13 @@ checkout swap, editable rebuild) is ordered so each step can be redone.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd_env import faults, fsutil, gitcmd, ladder, manifest_edit, patches, port, proof, sources, state, status, target
+from sd_env import faults, fsutil, gitcmd, ladder, patches, port, proof, refresh, sources, state, status, target
 from sd_env.checkouts import record_applied
 from sd_env.errors import InputError, SdEnvError, StepError
 from sd_env.install import Options
@@ -56,6 +54,7 @@ class Session:
     sdist_sha256: str | None = None
     fuzz: int = 0  # --fuzz of the start, kept for the patches ported after a --continue
     fuzzed: str = ""  # detail of the stopped patch's fuzzed port, waiting for --continue --accept
+    start: str = ""  # the file the current patch's port started from (a nearer rung), when not the patch
 
 
 def session_path(paths: Paths) -> Path:
@@ -135,7 +134,7 @@ def resume(man: Manifest, paths: Paths, runner: Runner, opts: Options, accept: b
     work = Path(session.work)
     if session.phase == "porting":
         index = len(session.done)
-        patch = patches.load(Path(session.patch_files[index]))
+        patch = patches.load(Path(session.start or session.patch_files[index]))
         leftovers = [str(p.relative_to(work)) for p in work.rglob("*.rej")] + \
             [str(p.relative_to(work)) for p in work.rglob("*.orig")]
         if leftovers:
@@ -161,7 +160,7 @@ def resume(man: Manifest, paths: Paths, runner: Runner, opts: Options, accept: b
         _commit(runner, work, f"{patch.name} ({method})")
         session.done.append({"name": patch.name, "path": str(patch.path), "method": method,
                              "detail": detail, "commit": gitcmd.head(runner, work)})
-        session.fuzzed = ""
+        session.fuzzed = session.start = ""
         save_session(paths, session)
     return _port_all(man, paths, runner, opts, session, session.fuzz, accept)
 
@@ -182,28 +181,32 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
               accept: bool) -> list[Result]:
     work = Path(session.work)
     old_checkout = paths.checkout(session.component)
+    comp = _component(man, session.component)
     results = [Result(session.component, "port", OK, f"{d['name']}: {d['method']} ({d['detail']})")
                for d in session.done]
     while session.phase == "porting" and len(session.done) < len(session.patch_files):
         patch = patches.load(Path(session.patch_files[len(session.done)]))
         progress(f"porting {patch.name} to {session.component} {session.to_tag}")
-        shipped = ladder.candidates(patch.path, session.from_version, session.to_version)
-        exact = ladder.named_for(patch.path, session.from_version, session.to_version, shipped)
-        got = (exact and ladder.take_shipped(runner, work, [exact])) or \
-            _plain_port(paths, runner, session, work, patch, old_checkout, fuzz, accept)
-        others = [p for p in shipped if p != exact]  # the exact one, if any, was tried first
-        if got.method == port.CONFLICT and others:
-            # The plain port conflicts: the newest shipped port that fits this release, else the
-            # conflict again (taking a shipped port resets the work tree).
-            got = ladder.take_shipped(runner, work, others) or \
-                _plain_port(paths, runner, session, work, patch, old_checkout, fuzz, accept)
-            if got.method == port.SHIPPED:
-                session.fuzzed = ""
+        choice = ladder.choose(runner, work, patch, session.from_version, session.to_version,
+                               lambda p: _plain_port(paths, runner, opts, comp, session, work, p, old_checkout,
+                                                     fuzz, accept))
+        got = choice.result
+        if got.method == port.GONE:
+            got = _settle_gone(man, runner, opts, paths, session, work, got)
+        started = ""
+        if choice.start != patch.path and got.method != port.SHIPPED:
+            started = f"started from {choice.start.name}, the nearest shipped port below {session.to_version}; "
+            progress(f"{patch.name}: {started.rstrip('; ')}")
+        session.start = str(choice.start) if choice.start != patch.path else ""
+        if got.method == port.SHIPPED:
+            session.fuzzed = ""
         if got.method == port.CONFLICT:
             where = "\n  ".join(got.conflicts) or "see the files in the work tree"
-            results.append(Result(session.component, "port", FAIL, f"{patch.name}: {got.detail}"))
+            save_session(paths, session)
+            results.append(Result(session.component, "port", FAIL, f"{patch.name}: {started}{got.detail}"))
             raise RepatchConflict(
-                f"{patch.name} does not port to {session.component} {session.to_tag}: {got.detail}\n  {where}",
+                f"{got.patch.name} does not port to {session.component} {session.to_tag}: {started}{got.detail}"
+                f"\n  {where}",
                 f"nothing installed changed. Fix it in {work} (conflict markers or .rej files), then "
                 "`sd-env repatch --continue`; or `sd-env repatch --abort`", results)
         commit = ""
@@ -211,23 +214,29 @@ def _port_all(man: Manifest, paths: Paths, runner: Runner, opts: Options, sessio
             commit = _commit(runner, work, f"{patch.name} ({got.method})")
             faults.point("ported")
         session.done.append({"name": got.patch.name, "path": str(got.patch.path), "method": got.method,
-                             "detail": got.detail, "commit": commit, "shipped": got.method == port.SHIPPED})
+                             "detail": started + got.detail, "commit": commit, "shipped": got.method == port.SHIPPED,
+                             "dropped": got.gone if got.method == port.DROPPED else []})
+        session.start = ""
         save_session(paths, session)
         status_ = WARN if got.method in (port.OBSOLETE, port.FUZZED) else OK
-        results.append(Result(session.component, "port", status_, f"{patch.name}: {got.method} ({got.detail})"))
+        results.append(Result(session.component, "port", status_,
+                              f"{patch.name}: {got.method} ({started}{got.detail})"))
     # Everything that can refuse (a patch that does not parse, a manifest that cannot be edited) is
     # checked while --abort is still possible; finishing only writes what was checked.
-    outputs = _outputs(man, runner, session)
+    outputs = refresh.outputs(man.path, _component(man, session.component), runner, session)
     session.phase = "finishing"
     save_session(paths, session)
     faults.point("finishing")
     finished = _finish(man, paths, runner, opts, session, outputs)
-    return results + finished + proof.after_port(runner, opts.python, paths, session.component)
+    return results + finished + proof.after_port(runner, opts.python, paths, session.component, man)
 
 
-def _plain_port(paths: Paths, runner: Runner, session: Session, work: Path, patch: patches.Patch,
-                old_checkout: Path, fuzz: int, accept: bool) -> port.PortResult:
-    got = port.port(runner, work, patch, blobs_from=old_checkout if old_checkout.exists() else None, fuzz=fuzz)
+def _plain_port(paths: Paths, runner: Runner, opts: Options, comp: Component, session: Session, work: Path,
+                patch: patches.Patch, old_checkout: Path, fuzz: int, accept: bool) -> port.PortResult:
+    blobs = old_checkout if old_checkout.exists() else None
+    if port.ensure_blobs(runner, work, patch, blobs):
+        _pre_image(paths, runner, opts, comp, session, work, patch)
+    got = port.port(runner, work, patch, blobs_from=blobs, fuzz=fuzz)
     if got.method == port.FUZZED and not accept:
         session.fuzzed = got.detail
         save_session(paths, session)
@@ -235,77 +244,55 @@ def _plain_port(paths: Paths, runner: Runner, session: Session, work: Path, patc
     return got
 
 
-Outputs = tuple[list[tuple[Path, str]], list[Path], str]
+def _settle_gone(man: Manifest, runner: Runner, opts: Options, paths: Paths, session: Session, work: Path,
+                 got: port.PortResult) -> port.PortResult:
+    """Hunks whose target text is gone, the rest ported into the work tree: dropped when the component's
+    proof shows they are no longer needed, else a conflict that says whether they still are."""
+    verdict, evidence = proof.gone_hunks(runner, opts.python, paths, session.component, work, man)
+    shutil.rmtree(work / ".git" / "sd-env-rest", ignore_errors=True)
+    gone = "; ".join(got.gone) + ": target text gone from the new file"
+    if verdict == proof.OBSOLETE:
+        return port.PortResult(got.patch, port.DROPPED, f"{gone}; dropped: no longer needed (proven on the emulated "
+                               f"device: {evidence}); {got.detail}", gone=got.gone)
+    for hunk in got.gone:  # the user's to-do in the work tree, as a plain conflict leaves it
+        path = hunk.split(" of ", 1)[1].rsplit(" (`", 1)[0]
+        with open(work / f"{path}.rej", "a", encoding="utf-8") as rej:
+            rej.write(f"sd-env: {hunk}: target text gone from the new file\n")
+    why = (f"still needed (proven on the emulated device: {evidence})" if verdict == proof.NEEDED
+           else f"not proven obsolete ({evidence})")
+    return port.PortResult(got.patch, port.CONFLICT, f"{gone}, {why}; {got.detail}, in the work tree: write "
+                           "the fix for the new code by hand", gone=got.gone)
 
 
-def _outputs(man: Manifest, runner: Runner, session: Session) -> Outputs:
-    """What finishing writes: the refreshed patch files (path, text; empty text: an existing file with
-    the same change is reused), the new series in order, and the manifest's new text."""
-    comp = _component(man, session.component)
-    work = Path(session.work)
-    files: list[tuple[Path, str]] = []
-    series: list[Path] = []
-    parent = session.base
-    for done in session.done:
-        if not done["commit"]:
-            continue  # obsolete upstream: dropped from the series
-        if done.get("shipped"):
-            series.append(Path(done["path"]))  # used as shipped, not rewritten: it is the maintained file
-            parent = done["commit"]
-            continue
-        old = patches.load(Path(done["path"]))
-        new_path = old.path.with_name(_new_name(old.name, session.from_version, session.to_version))
-        if not work.exists():
-            series.append(new_path)  # an interrupted finish already wrote the patches and moved the work tree
-            continue
-        # Not gitcmd.out: stripping would cut a trailing blank context line off the diff.
-        diff = gitcmd.git(runner, work, "diff", "--full-index", parent, done["commit"]).stdout
-        parent = done["commit"]
-        same = _same_change(diff, [old.path, new_path, *sorted(old.path.parent.iterdir())], session)
-        if same is not None:
-            series.append(same)  # going back to a release a patch file was made for: no duplicate
-            continue
-        text = _new_header(old, session, done["method"]) + "\n" + diff
-        patches.parse(text, new_path)  # a refreshed patch that does not parse must not replace anything
-        files.append((new_path, text))
-        series.append(new_path)
-    commit = session.to_commit if session.source == "git" else None
-    manifest_text = manifest_edit.updated_text(man.path, comp.name, tag=session.to_tag, version=session.to_version,
-                                               commit=commit, patches=[p.name for p in series],
-                                               pending=frozenset(p.name for p, _ in files))
-    return files, series, manifest_text
-
-
-def _same_change(diff: str, candidates: list[Path], session: Session) -> Path | None:
-    """The first candidate patch file made for the target release whose diff (its header aside) is `diff`."""
-    want = _body(diff)
-    for path in candidates:
-        if path.suffix not in (".diff", ".patch") or not path.is_file():
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        # Made for the target: its Upstream-Version names the tag, or (no such header) its name the version.
-        made_for = patches.parse_header(text).get("Upstream-Version")
-        fits = session.to_tag in made_for.split() if made_for else session.to_version in path.name
-        if fits and _body(text) == want:
-            return path
-    return None
-
-
-def _body(text: str) -> str:
-    at = text.find("diff --git")
-    return (text[at:] if at >= 0 else text).rstrip()
+def _pre_image(paths: Paths, runner: Runner, opts: Options, comp: Component, session: Session, work: Path,
+               patch: patches.Patch) -> None:
+    """Copy `patch`'s pre-image blobs into the work tree from the release it was made for (in its
+    name), fetched for this: a shipped port of another release than the checkout's can then be
+    merged 3-way. Nothing when that release cannot be fetched (the port says the blobs are missing)."""
+    version = ladder.version_in_name(patch.name, session.from_version)
+    if not version or version in (session.from_version, session.to_version):
+        return
+    rung = dataclasses.replace(comp, tag=_tag_for(comp, version), version=version, commit=None)
+    where = paths.work / f"pre-image-{session.component}-{version}"
+    shutil.rmtree(where, ignore_errors=True)
+    progress(f"fetching {session.component} {rung.tag} for the pre-image of {patch.name}")
+    try:
+        sources.fetch(rung, where, paths.work, runner, mirror=opts.mirror, expect=None, python=opts.python,
+                      sdist_fallback=opts.sdist_fallback)
+        port.ensure_blobs(runner, work, patch, where)
+    except SdEnvError as exc:
+        progress(f"{patch.name}: no pre-image to merge from ({exc.message.splitlines()[0]})")
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def _finish(man: Manifest, paths: Paths, runner: Runner, opts: Options, session: Session,
-            outputs: Outputs | None = None) -> list[Result]:
+            outputs: refresh.Outputs | None = None) -> list[Result]:
     """Write the refreshed patches, point the manifest at them, swap the checkout, rebuild.
     `outputs`: what _outputs gave just before (a resumed finish works them out again)."""
     comp = _component(man, session.component)
     work = Path(session.work)
-    files, written, manifest_text = outputs or _outputs(man, runner, session)
+    files, written, manifest_text = outputs or refresh.outputs(man.path, comp, runner, session)
     for path, text in files:
         fsutil.write_atomic(path, text)
     faults.point("patches-written")
@@ -337,31 +324,6 @@ def _finish(man: Manifest, paths: Paths, runner: Runner, opts: Options, session:
     shown = ", ".join(p.name for p in written) or "no patches left (all obsolete upstream)"
     return [Result(comp.name, "finish", OK, f"now {session.to_tag} at {session.base[:12]} ({session.source}); "
                    f"wrote {shown}; manifest updated; editable install rebuilt")]
-
-
-def _new_name(old: str, from_version: str, to_version: str) -> str:
-    if from_version and from_version in old:
-        return old.replace(from_version, to_version, 1)
-    stem, dot, ext = old.rpartition(".")
-    return f"{stem}-{to_version}.{ext}" if dot else f"{old}-{to_version}"
-
-
-def _new_header(old: patches.Patch, session: Session, method: str) -> str:
-    header_text = old.text.split("diff --git", 1)[0].rstrip("\n")
-    today = datetime.date.today().isoformat()
-    upstream = f"{session.component} {session.to_tag}" + (
-        f" ({session.to_commit})" if session.source == "git" else f" (PyPI sdist, sha256 {session.sdist_sha256})")
-    header_text = _set_field(header_text, "Upstream-Version", upstream)
-    header_text = _set_field(header_text, "Last-Update", today)
-    header_text = _set_field(header_text, "Ported-From", f"{old.name} ({method}, by sd-env repatch)")
-    return header_text + "\n"
-
-
-def _set_field(text: str, key: str, value: str) -> str:
-    pattern = re.compile(rf"^{re.escape(key)}:.*$", re.M)
-    if pattern.search(text):
-        return pattern.sub(f"{key}: {value}", text, count=1)
-    return text + f"\n{key}: {value}"
 
 
 def _commit(runner: Runner, work: Path, message: str) -> str:

@@ -21,6 +21,9 @@ from sd_env.runner import Runner
 
 APPLIED = "applied"
 NOT_APPLICABLE = "not applicable to this source"  # an sdist lacks the file (diffusers' examples/)
+# The patch file changed since it was applied (its header, say), but the checkout is exactly what the
+# new file produces: nothing to repair; `sd-env install` records the new file.
+APPLIED_CHANGED = "applied (patch file changed since; it matches the new file)"
 
 
 @dataclass
@@ -40,7 +43,7 @@ class ComponentStatus:
 
     @property
     def patches_ok(self) -> bool:
-        return all(state in (APPLIED, NOT_APPLICABLE) for state in self.patches.values())
+        return all(state in (APPLIED, APPLIED_CHANGED, NOT_APPLICABLE) for state in self.patches.values())
 
 
 def collect(manifest: Manifest, paths: Paths, runner: Runner, python: Path | None,
@@ -101,7 +104,7 @@ def _patch_states(runner: Runner, comp, checkout: Path, rec, row: ComponentStatu
     recorded = {p.name: p.sha256 for p in (rec.patches if rec else [])}
     for p in series:
         if seen.kind == "applied" and p.name in recorded and recorded[p.name] != p.sha256:
-            row.patches[p.name] = "applied (patch file changed since; it matches the new file)"
+            row.patches[p.name] = APPLIED_CHANGED
         elif seen.kind == "applied":
             row.patches[p.name] = APPLIED
         elif seen.kind == "edited" and p.name in recorded:

@@ -274,6 +274,9 @@ def check_sources(ctx: Context, rows: list[status.ComponentStatus]) -> Check:
             ctx.facts[f"patch {name}"] = state + where
             if state == status.NOT_APPLICABLE:
                 notes.append(f"{name} not applicable ({row.name} from its sdist)")
+            elif state == status.APPLIED_CHANGED:
+                notes.append(f"{name} changed since it was applied, the checkout is what it produces "
+                             "(`sd-env install` records it)")
             elif state != status.APPLIED:
                 problems.append(f"{row.name}: {name} is {state}")
         if row.edited:

@@ -1,11 +1,17 @@
-"""Probe: a few LoRA training steps, the same as diffusers v0.20.0's example.
+"""Probe: a few LoRA training steps, the same as the installed diffusers' example.
 
 Used when examples/text_to_image/train_text_to_image_lora.py is not available
 (diffusers installed from its PyPI sdist has no examples/). Written for sd-env,
 not copied: it makes the same library calls as the script's training step, with
 the script's defaults (rank 4, AdamW lr 1e-4, constant schedule, grad clip 1.0,
-epsilon prediction, no SNR weighting), including the sd-env patch's
-`AttnProcsLayers(...).to(accelerator.device)`.
+epsilon prediction, no SNR weighting), and what sd-env's patch of that script
+changes. Two forms, by how the installed release's example makes its LoRA layers:
+- up to 0.24.x, attention processors (diffusers v0.20.0's example): LoRAAttnProcessor
+  on every attention, with the patch's `AttnProcsLayers(...).to(accelerator.device)`;
+- from 0.25.0, peft (diffusers v0.29.2's example; LoRAAttnProcessor is gone from 0.29):
+  `unet.add_adapter(LoraConfig(...))` on the UNet already on the device, the trainable
+  parameters cast to fp32 in fp16, the weights saved with `save_lora_weights`, and the
+  patch's int32 timesteps (int64 is unsupported on the SC7).
 
     python lora_step.py --model DIR --data DIR --out DIR --device tpu:0 --steps 2
 
@@ -43,6 +49,18 @@ def same_device(requested, actual):
     return requested.index is None or actual.index is None or requested.index == actual.index
 
 
+PEFT_FROM = (0, 25, 0)  # the first diffusers whose example trains its LoRA layers with peft
+
+
+def uses_peft(version):
+    """Whether diffusers `version` ("0.29.2", "0.30.0.dev0") is of the peft form."""
+    numbers = []
+    for part in version.split(".")[:3]:
+        digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
+        numbers.append(int(digits) if digits else 0)
+    return tuple(numbers) >= PEFT_FROM
+
+
 def lora_processors(unet, rank):
     # The script's sizing: attn1 is self-attention (no cross_attention_dim);
     # hidden_size follows the block's channels, reversed for the up blocks.
@@ -63,10 +81,48 @@ def lora_processors(unet, rank):
     return processors
 
 
+def add_peft_adapter(unet, mixed_precision, rank):
+    """diffusers v0.29.2's example: peft LoRA layers on the attention projections of the UNet, which is on
+    the device already (peft makes them where the layer they wrap is), trainable parameters in fp32."""
+    import torch
+    from peft import LoraConfig
+
+    for param in unet.parameters():
+        param.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    if mixed_precision == "fp16":
+        try:
+            from diffusers.training_utils import cast_training_params
+        except ImportError:  # 0.25.x: the example casts them itself
+            for param in unet.parameters():
+                if param.requires_grad:
+                    param.data = param.to(torch.float32)
+        else:
+            cast_training_params(unet, dtype=torch.float32)
+
+
+def save_peft_lora(unet, out):
+    """The example's save: the adapter's state in diffusers' key format, as pytorch_lora_weights.safetensors."""
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(unet)
+    try:
+        from diffusers.utils import convert_state_dict_to_diffusers
+    except ImportError:  # 0.25.x saves peft's keys as they are
+        pass
+    else:
+        state = convert_state_dict_to_diffusers(state)
+    StableDiffusionPipeline.save_lora_weights(save_directory=out, unet_lora_layers=state, safe_serialization=True)
+
+
 def count_tensors(out):
+    """The weights file written, its tensor count, the LoRA ranks and the largest |up| weight (the up/B
+    matrices start at 0: still 0 means the optimizer never moved them)."""
     files = sorted(Path(out).glob("pytorch_lora_weights.*"))
     if not files:
-        return None, 0, []
+        return None, 0, [], None
     if files[0].suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -75,8 +131,10 @@ def count_tensors(out):
         import torch
 
         tensors = torch.load(str(files[0]), map_location="cpu")
-    ranks = sorted({int(t.shape[0]) for k, t in tensors.items() if k.endswith("down.weight")})
-    return str(files[0]), len(tensors), ranks
+    # "lora.down/up.weight" in diffusers' key format, "lora_A/B.weight" in peft's.
+    ranks = sorted({int(t.shape[0]) for k, t in tensors.items() if k.endswith(("down.weight", "lora_A.weight"))})
+    ups = [float(t.float().abs().max()) for k, t in tensors.items() if k.endswith(("up.weight", "lora_B.weight"))]
+    return str(files[0]), len(tensors), ranks, max(ups) if ups else None
 
 
 def main():
@@ -98,12 +156,12 @@ def main():
         torch_tpu = None
     if device_arg.startswith("tpu") and torch_tpu is None:
         raise RuntimeError(f"--device {device_arg} needs Sophgo's torch_tpu, which is not importable here")
+    import diffusers
     import torch.nn.functional as F
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from datasets import load_dataset
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from diffusers.loaders import AttnProcsLayers
     from diffusers.optimization import get_scheduler
     from torchvision import transforms
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -125,11 +183,19 @@ def main():
     for frozen in (unet, vae, text_encoder):
         frozen.to(accelerator.device, dtype=weight_dtype)
 
-    unet.set_attn_processor(lora_processors(unet, rank=4))
-    lora_layers = AttnProcsLayers(unet.attn_processors).to(accelerator.device)
+    peft = uses_peft(diffusers.__version__)
+    if peft:
+        add_peft_adapter(unet, accelerator.mixed_precision, rank=4)
+        trained = unet  # what accelerator.prepare wraps: the example prepares the UNet
+        params = [p for p in unet.parameters() if p.requires_grad]
+    else:
+        from diffusers.loaders import AttnProcsLayers
 
-    optimizer = torch.optim.AdamW(lora_layers.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2,
-                                  eps=1e-8)
+        unet.set_attn_processor(lora_processors(unet, rank=4))
+        trained = AttnProcsLayers(unet.attn_processors).to(accelerator.device)
+        params = list(trained.parameters())
+
+    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
 
     # The script's imagefolder call (data_files with "**"); a private cache so the
     # probe leaves nothing in ~/.cache and never reads a stale copy.
@@ -160,7 +226,9 @@ def main():
                                          collate_fn=collate, batch_size=1, num_workers=0)
     lr_scheduler = get_scheduler("constant", optimizer=optimizer, num_warmup_steps=0,
                                  num_training_steps=args.steps)
-    lora_layers, optimizer, loader, lr_scheduler = accelerator.prepare(lora_layers, optimizer, loader, lr_scheduler)
+    trained, optimizer, loader, lr_scheduler = accelerator.prepare(trained, optimizer, loader, lr_scheduler)
+    if peft:
+        unet = trained  # as the example: the prepared UNet trains (its forward as accelerate set it up)
 
     losses = []
     loss_devices, trained_devices = set(), set()  # measured, not assumed: what verify's row names
@@ -171,17 +239,20 @@ def main():
                 latents = vae.encode(batch["pixel_values"].to(dtype=weight_dtype)).latent_dist.sample()
                 latents = latents * vae.config.scaling_factor
                 noise = torch.randn_like(latents)
+                # The peft form's patch draws int32 timesteps (int64 is unsupported on the SC7); v0.20.0's, int64.
                 timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                          device=latents.device).long()
+                                          device=latents.device, dtype=torch.int32 if peft else torch.int64)
                 noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-                encoder_hidden_states = text_encoder(batch["input_ids"])[0]
-                model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
+                encoder_hidden_states = text_encoder(batch["input_ids"], return_dict=False)[0]
+                model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
                 loss = F.mse_loss(model_pred.float(), noise.float(), reduction="mean")  # epsilon target
                 loss_devices.add(str(loss.device))
                 trained_devices.update(str(p.device) for group in optimizer.param_groups for p in group["params"])
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(lora_layers.parameters(), 1.0)
+                    # The peft example passes its `filter` of the trainable parameters, already used up by
+                    # the optimizer (so it clips nothing); the parameters themselves are what it means.
+                    accelerator.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
@@ -191,9 +262,12 @@ def main():
                 break
 
     accelerator.wait_for_everyone()
-    unet.to(torch.float32).save_attn_procs(args.out)
+    if peft:
+        save_peft_lora(accelerator.unwrap_model(unet.to(torch.float32)), args.out)
+    else:
+        unet.to(torch.float32).save_attn_procs(args.out)
     cache.cleanup()
-    weights, tensors, ranks = count_tensors(args.out)
+    weights, tensors, ranks, up_max = count_tensors(args.out)
     finite = bool(losses) and all(math.isfinite(x) for x in losses)
     wanted = torch.device(device_arg)
     right_device = all(same_device(wanted, torch.device(d)) for d in {str(accelerator.device)} | loss_devices |
@@ -206,11 +280,14 @@ def main():
         "requested_device": device_arg,
         "torch_tpu": torch_tpu is not None,
         "mixed_precision": accelerator.mixed_precision,
+        "lora": "peft" if peft else "attention processors",
+        "diffusers": diffusers.__version__,
         "losses": losses,
         "finite": finite,
         "weights": weights,
         "tensors": tensors,
         "ranks": ranks,
+        "up_max": up_max,
         "seconds": round(time.monotonic() - started, 3),
     }
 

@@ -14,6 +14,10 @@ from pathlib import Path
 
 from _result import report
 
+# The up (B) matrices: "...lora.up.weight" in diffusers' own format, "...lora_B.weight" in peft's (the
+# example saves that from diffusers 0.25.0 on).
+UP = ("up.weight", "lora_B.weight")
+
 
 def main(folder):
     files = sorted(Path(folder).glob("pytorch_lora_weights.*"))
@@ -27,14 +31,14 @@ def main(folder):
         arrays = load_file(str(path))
         finite = all(bool(np.isfinite(t.astype(np.float32)).all()) for t in arrays.values())
         count = len(arrays)
-        ups = [float(np.abs(t.astype(np.float32)).max()) for k, t in arrays.items() if k.endswith("up.weight")]
+        ups = [float(np.abs(t.astype(np.float32)).max()) for k, t in arrays.items() if k.endswith(UP)]
     else:
         import torch
 
         tensors = torch.load(str(path), map_location="cpu")
         finite = all(math.isfinite(float(t.float().abs().max())) for t in tensors.values())
         count = len(tensors)
-        ups = [float(t.float().abs().max()) for k, t in tensors.items() if k.endswith("up.weight")]
+        ups = [float(t.float().abs().max()) for k, t in tensors.items() if k.endswith(UP)]
     # LoRA up-weights start at zero: all still zero means the optimizer never moved them.
     return {"ok": count > 0 and finite, "file": str(path), "tensors": count, "finite": finite,
             "up_max": max(ups) if ups else None, "losses": logged_losses(Path(folder)),
