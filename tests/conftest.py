@@ -17,6 +17,7 @@ from sd_env import emulation
 from sd_env.cli import main
 from sd_env.paths import Paths
 from sd_env.runner import Runner
+from tests.pythonkit import JSON_VAR, MIRROR_VAR, Mirror, session_mirror
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = "SD_ENV_TEST_HEAVY"
@@ -46,6 +47,24 @@ def subprocess_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
         os.environ.pop("TMPDIR", None)
     else:
         os.environ["TMPDIR"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def standalone_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
+    """The tests' stand-in for the servers of standalone CPython builds, which tests cannot reach
+    (tests/pythonkit.py: an archive packed from the Python running the tests, in a mirror's layout,
+    with uv's download metadata), given to uv as a user gives it a mirror, for the whole session:
+    every `bundle create` and bootstrap here takes its standalone Python from it, never from the
+    Internet. CI's unprivileged run is handed root's mirror in the same two variables."""
+    mirror = session_mirror(tmp_path_factory.mktemp("standalone"))
+    old = {var: os.environ.get(var) for var in (MIRROR_VAR, JSON_VAR)}
+    os.environ.update({MIRROR_VAR: mirror.url, JSON_VAR: str(mirror.meta)})
+    yield mirror
+    for var, value in old.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
 
 
 GIT_ENV = {
