@@ -149,22 +149,27 @@ def make_mirror(archives: list[Archive], mirror: Path, build: str = BUILD) -> Pa
     return meta
 
 
-def main(argv: list[str]) -> int:
-    """OUT PYTHON...: a mirror in OUT of each interpreter's installation; prints the two settings."""
-    out = Path(argv[0]).resolve()
-    archives = [standalone_archive(Path(p), out / "archives") for p in argv[1:]]
-    meta = make_mirror(archives, out / "mirror")
-    print(f"UV_PYTHON_INSTALL_MIRROR={(out / 'mirror').as_uri()}")
-    print(f"UV_PYTHON_DOWNLOADS_JSON_URL={meta}")
-    return 0
+# What a host without Python has: coreutils' programs (those bootstrap.sh, pip and git may call).
+COREUTILS = ("basename", "cat", "chmod", "chown", "cp", "cut", "date", "dirname", "du", "echo", "env", "expr", "false",
+             "head", "id", "ln", "ls", "mkdir", "mktemp", "mv", "nproc", "od", "printf", "pwd", "readlink", "realpath",
+             "rm", "rmdir", "sha256sum", "sleep", "sort", "stat", "tail", "tee", "touch", "tr", "true", "uname", "wc")
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def minimal_bin(where: Path, *extra: str) -> Path:
+    """A folder of links to coreutils' programs and the `extra` ones: a PATH holding nothing else."""
+    where.mkdir(parents=True, exist_ok=True)
+    for name in (*COREUTILS, *extra):
+        found = shutil.which(name, path="/usr/bin:/bin")
+        if found is None:
+            raise FileNotFoundError(f"{name} is not installed in /usr/bin or /bin")
+        (where / name).symlink_to(found)
+    return where
 
 
 # -- the tests' mirror (conftest.py's session fixture) ------------------------------------------------------
 MIRROR_VAR, JSON_VAR = "UV_PYTHON_INSTALL_MIRROR", "UV_PYTHON_DOWNLOADS_JSON_URL"
+# The shipped stacks' Pythons, and the one running the tests: each one this machine has is packed (about 1 s each).
+STACK_VERSIONS = tuple(dict.fromkeys([f"{sys.version_info[0]}.{sys.version_info[1]}", "3.9", "3.10", "3.11"]))
 
 
 def interpreter_for(minor: str) -> Path | None:
@@ -190,7 +195,6 @@ class Mirror:
 
     root: Path  # MIRROR (BUILD/FILE under it)
     meta: Path  # downloads.json
-    writable: bool = True  # False: given by the environment (CI's, made by root): only read
 
     @property
     def url(self) -> str:
@@ -201,33 +205,17 @@ class Mirror:
         doc = json.loads(self.meta.read_text())
         return {f"{e['major']}.{e['minor']}": f"{e['major']}.{e['minor']}.{e['patch']}" for e in doc.values()}
 
-    def add(self, minor: str) -> str | None:
-        """Make sure an archive of Python `minor` is listed (packing one when needed); its full
-        version, or None when there is no such Python here to pack."""
-        have = self.versions()
-        if minor in have or not self.writable:
-            return have.get(minor)
-        python = interpreter_for(minor)
-        if python is None:
-            return None
-        archive = standalone_archive(python, self.root.parent / "archives")
-        listed = json.loads(self.meta.read_text())
-        make_mirror([archive], self.root)
-        listed.update(json.loads(self.meta.read_text()))
-        self.meta.write_text(json.dumps(listed, indent=1) + "\n")
-        return archive.version
-
 
 def session_mirror(where: Path) -> Mirror:
     """The environment's mirror when it names one (CI gives the unprivileged user root's), else a
-    new one in `where` holding the Python running the tests."""
+    new one in `where` holding the Python running the tests and each stack's this machine has."""
     given = os.environ.get(JSON_VAR)
     if given and os.environ.get(MIRROR_VAR, "").startswith("file://"):
         return Mirror(Path(urllib.request.url2pathname(urllib.parse.urlparse(os.environ[MIRROR_VAR]).path)),
-                      Path(given), writable=False)
+                      Path(given))
     mirror = Mirror(where / "mirror", where / "mirror" / "downloads.json")
-    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    make_mirror([standalone_archive(Path(sys.base_prefix) / "bin" / f"python{here}", where / "archives")], mirror.root)
+    found = [p for p in (interpreter_for(minor) for minor in STACK_VERSIONS) if p is not None]
+    make_mirror([standalone_archive(p, where / "archives") for p in found], mirror.root)
     return mirror
 
 
@@ -252,3 +240,19 @@ def serve(folder: Path) -> Iterator[tuple[str, list[str]]]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def main(argv: list[str]) -> int:
+    """OUT [PYTHON...]: a mirror in OUT of each interpreter's installation (default: each of the
+    stacks' versions found here); prints the two settings that point uv at it."""
+    out = Path(argv[0]).resolve()
+    found = [Path(p) for p in argv[1:]] or [p for p in map(interpreter_for, STACK_VERSIONS) if p is not None]
+    archives = [standalone_archive(p, out / "archives") for p in found]
+    meta = make_mirror(archives, out / "mirror")
+    print(f"{MIRROR_VAR}={(out / 'mirror').as_uri()}")
+    print(f"{JSON_VAR}={meta}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

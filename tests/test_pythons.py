@@ -25,8 +25,8 @@ from sd_env.cli import main
 from sd_env.errors import StepError
 from sd_env.fsutil import sha256_file
 from sd_env.runner import Runner
-from tests.bundlekit import LOCK_TABLE
-from tests.conftest import ROOT, git, make_upstream, tiny_component
+from tests.bundlekit import BUILD_PINS, make_project
+from tests.conftest import ROOT
 from tests.pythonkit import JSON_VAR, MIRROR_VAR, serve
 
 HERE = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -62,7 +62,7 @@ def test_a_machine_without_the_python_gets_a_standalone_one_from_the_mirror(mino
                                                                              standalone_mirror, capsys):
     """The 3.9, 3.10 and 3.11 stacks alike: uv installs the mirror's archive under the home, the
     target venv is made from it, and the messages say what, how large and where."""
-    version = standalone_mirror.add(minor)
+    version = standalone_mirror.versions().get(minor)
     if version is None:
         pytest.skip(f"skipped: no Python {minor} on this machine to pack a standalone archive from")
     url, asked = served
@@ -129,24 +129,14 @@ def test_an_unreachable_source_names_the_mirror_setting_and_conda(no_python, tmp
     assert not (tmp_path / "home" / "venv").exists()
 
 
-SETUPTOOLS_LOCK = """setuptools==68.1.2 \\
-    --hash=sha256:3d4dfa6d95f1b101d695a6160a7626e15583af71a5f52176efa5d39a054d475d
-wheel==0.41.2 \\
-    --hash=sha256:0c5ac5ff2afb79ac23ab82bab027a0be7b5dbcf2e54dc50efe4bf507de1f7985
-"""
-
-
 @pytest.mark.network
-def test_install_takes_the_mirror_from_the_project_config(no_python, served, project, capsys, monkeypatch):
+def test_install_takes_the_mirror_from_the_project_config(no_python, served, tmp_path, capsys, monkeypatch):
     """python-mirror in sd-env.toml (a config file beside manifests/): `sd-env config` shows it, and
     install hands it to uv; UV_PYTHON_INSTALL_MIRROR (uv's own variable) overrides it. The lock
     (setuptools, wheel: through the package index) lets the new venv build the component."""
     url, asked = served
     (no_python.parent / "empty-bin" / "git").symlink_to(shutil.which("git", path=BARE_PATH) or "git")
-    up = make_upstream(project.root.parent)
-    project.write_manifest([tiny_component(up, git(up.repo, "rev-parse", "HEAD"))], extra=LOCK_TABLE)
-    (project.manifest.parent / "requirements.in").write_text("setuptools\nwheel\n")
-    (project.manifest.parent / "test.pypi.lock.txt").write_text(SETUPTOOLS_LOCK)
+    project, _ = make_project(tmp_path, pins=BUILD_PINS)
     (project.root / "sd-env.toml").write_text(f'python-mirror = "{url}"\n')
     assert main(["config", "-m", str(project.manifest), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)["settings"]["python-mirror"]

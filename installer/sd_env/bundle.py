@@ -149,7 +149,7 @@ def read_index(root: Path, raw: bytes | None = None) -> Index:
         raise BundleError(f"{path}: corrupt index ({exc})", "copy the bundle again, or re-create it") from None
     if not isinstance(doc, dict) or doc.get("format") not in READS:
         got = doc.get("format") if isinstance(doc, dict) else None
-        raise BundleError(f"{path}: bundle format {got!r}, this sd-env reads {FORMAT}",
+        raise BundleError(f"{path}: bundle format {got!r}, this sd-env reads {' or '.join(map(str, READS))}",
                           "use the sd-env version that made the bundle (its wheel is in tool/), or re-create "
                           "the bundle with this one")
     try:

@@ -69,7 +69,7 @@ def obtain(runner: Runner, home: Path, want: str, sources: Sources, looked: str)
     why = f"no Python {want} found (looked at {looked})"
     if uv is None:
         raise InputError(f"{why}, and no uv to download one",
-                         _hint(want, "install uv (pip install uv) and run again; or"))
+                         _hint(want, "install uv (pip install uv) and run again"))
     env = {MIRROR_VAR: as_url(sources.mirror)} if sources.mirror else {}
     url = _download_url(runner, uv, want, env)
     dest = folder(home)
@@ -124,7 +124,7 @@ def download_archive(runner: Runner, want: str, sources: Sources, work: Path) ->
     except CommandError as exc:
         said = [line.strip() for line in exc.output.splitlines() if line.strip()]
         raise StepError(f"uv could not download Python {want}: {said[-1] if said else exc.message}",
-                        _hint(want, "pass --no-python (hosts then need their own Python); or")) from None
+                        _hint(want, "pass --no-python (hosts then need their own Python)")) from None
     shutil.rmtree(scratch, ignore_errors=True)
     # uv names its cached archive HASHPREFIX-NAME ("+" made "-"): the member keeps NAME.
     got = [p for p in sorted(cache.glob("*.tar.gz")) if ARCHIVE.match(p.name.split("-", 1)[-1])]
@@ -134,7 +134,7 @@ def download_archive(runner: Runner, want: str, sources: Sources, work: Path) ->
 
 
 def _hint(want: str, first: str = "") -> str:
-    return ((first + "; ") if first else "") + (
+    return ((first + "; or ") if first else "") + (
         f"point uv at a mirror of the standalone Python builds: python-mirror = \"URL\" in sd-env.toml or "
         f"~/.config/sd-env/config.toml (or {MIRROR_VAR}=URL, or --python-mirror URL); or install Python {want} "
         f"yourself: conda create -n sd python={want} && conda activate sd (or pass --python /path/to/python{want}), "
