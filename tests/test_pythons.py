@@ -27,7 +27,7 @@ from sd_env.fsutil import sha256_file
 from sd_env.runner import Runner
 from tests.bundlekit import BUILD_PINS, make_project
 from tests.conftest import ROOT
-from tests.pythonkit import JSON_VAR, MIRROR_VAR, serve
+from tests.pythonkit import JSON_VAR, MIRROR_VAR, minimal_bin, serve
 
 HERE = f"{sys.version_info[0]}.{sys.version_info[1]}"
 BARE_PATH = "/usr/bin:/bin"
@@ -251,3 +251,28 @@ def test_install_python_from_the_shell(tmp_path, served, standalone_mirror):
     assert f"installing a standalone CPython {HERE} with uv into {tmp_path / 'home' / 'python'}" in got.stderr
     assert "Downloading cpython" in got.stderr  # uv's own line, with the size
     assert bash('managed_python "$1" "$2"', str(tmp_path / "home"), HERE, env=env).stdout.strip() == str(python)
+
+
+@pytest.mark.network
+def test_bootstrap_with_no_python_at_all(tmp_path, served, standalone_mirror):
+    """A machine with bash, coreutils, sed, grep, gzip, tar, git and curl, and no Python: bootstrap.sh
+    fetches uv's wheel from the package index (the real one, PyPI here), installs the stack's
+    standalone Python from the mirror for sd-env's own venv, and `sd-env install` makes the target
+    from that same interpreter: downloaded once."""
+    url, asked = served
+    project, _ = make_project(tmp_path, pins=BUILD_PINS)
+    env = {"PATH": str(minimal_bin(tmp_path / "bin", "bash", "sed", "grep", "gzip", "tar", "git", "curl")),
+           "HOME": str(tmp_path / "user"), "SD_ENV_HOME": str(tmp_path / "home"), "LANG": "C.UTF-8",
+           "TMPDIR": os.environ.get("TMPDIR", "/tmp"), JSON_VAR: str(standalone_mirror.meta),
+           **{k: v for k, v in os.environ.items() if k in ("SSL_CERT_FILE", "PIP_CERT")}}
+    assert shutil.which("python3", path=env["PATH"]) is None and shutil.which("uv", path=env["PATH"]) is None
+    got = subprocess.run([shutil.which("bash") or "/bin/bash", str(ROOT / "bootstrap.sh"), "-m", str(project.manifest),
+                          "--python-mirror", url, "--no-verify"], env=env, capture_output=True, text=True, timeout=1200)
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-5000:]
+    home = tmp_path / "home"
+    assert "getting uv (uv-" in got.stderr and (home / "bin" / "uv").is_file()
+    assert f"installing a standalone CPython {HERE} with uv into {home / 'python'}" in got.stderr
+    base = home / "python" / f"cpython-{standalone_mirror.versions()[HERE]}-linux-{os.uname().machine}-gnu" / "bin"
+    for venv in ("tool", "venv"):
+        assert f"home = {base}" in (home / venv / "pyvenv.cfg").read_text(), venv
+    assert len(archive_gets(asked)) == 1, asked
