@@ -178,8 +178,11 @@ def interpreter_for(minor: str) -> Path | None:
     if f"{sys.version_info[0]}.{sys.version_info[1]}" == minor:
         return Path(sys.base_prefix) / "bin" / f"python{minor}"
     root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    found = sorted(root.glob(f"{minor}.*/bin/python{minor}"),
-                   key=lambda p: [int(x) for x in p.parents[1].name.split(".") if x.isdigit()])
+    try:
+        found = sorted(root.glob(f"{minor}.*/bin/python{minor}"),
+                       key=lambda p: [int(x) for x in p.parents[1].name.split(".") if x.isdigit()])
+    except OSError:  # another user's pyenv
+        found = []
     for candidate in [*reversed(found), *filter(None, [shutil.which(f"python{minor}")])]:
         try:
             if os.access(candidate, os.X_OK) and version_of(Path(candidate)).startswith(minor + "."):
