@@ -14,8 +14,11 @@
 # On a fresh machine: finds a Python >= 3.9 for sd-env itself, installs sd-env
 # into its own venv (.sd-env/tool), then runs `sd-env install` (which finds or
 # creates the Python 3.9 target environment, .sd-env/venv by default) and
-# `sd-env verify`. Needs only bash, git and some Python >= 3.9. Re-running on
-# a finished machine changes nothing and takes seconds.
+# `sd-env verify`. Needs bash, git and some Python >= 3.9; without one, it installs a
+# standalone CPython of the stack's version into $SD_ENV_HOME/python with uv (fetched from the
+# package index when there is no Python at all: then curl or wget, sed, grep, gzip and
+# coreutils suffice), from --python-mirror / UV_PYTHON_INSTALL_MIRROR / python-mirror in
+# sd-env.toml when given. Re-running on a finished machine changes nothing and takes seconds.
 #
 # ./bootstrap.sh --bundle OUT [--expect ID] [--allowed-signers FILE]: no network at
 # all. The bundle's index is checked first against the id (or the signature) given,
@@ -23,7 +26,8 @@
 # (scripts/bundle-tool.sh), with the Python version the bundle was made for; then
 # `sd-env install --bundle OUT` (with the same flags) checks every member again. A
 # bundle carries this script: OUT/bootstrap.sh installs from OUT itself, into
-# $SD_ENV_HOME (default: .sd-env in the current folder).
+# $SD_ENV_HOME (default: .sd-env in the current folder). A host without the bundle's Python version
+# gets the standalone Python the bundle carries: then bash, coreutils, sed, grep, gzip, tar and git suffice.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/scripts/find-python.sh"
@@ -72,11 +76,19 @@ if [ -n "$bundle" ]; then
   # sd-env's own wheels in the bundle were downloaded for the bundle's Python: use that version.
   want=$(bundle_python "$index")
   [ -n "$want" ] || die "the bundle's index names no Python version" "re-create the bundle with this sd-env" 1
-  py=$(find_python "${want#3.}" "${want#3.}") || die "no Python $want to run sd-env from this bundle" \
+  # None of the host's own: the one under the home, else the bundle's standalone Python (unpacked; no network).
+  py=$(find_python "${want#3.}" "${want#3.}") || py=$(managed_python "$home" "$want") \
+    || py=$(bundle_interpreter "$bundle" "$index" "$home" "$scratch" "$want") \
+    || die "no Python $want to run sd-env from this bundle" \
     "its wheels are for Python $want: install it (conda create -n sd python=$want; or pyenv install $want) and pass SD_ENV_PYTHON=/path/to/python$want"
 else
-  py=$(find_python 9) || die "no Python >= 3.9 to run sd-env" \
-    "install one: sudo apt install python3 python3-venv; or conda create -n sd python=3.9; or pyenv install 3.9"
+  # None on the machine: a standalone CPython of the stack's version under the home, with uv (fetched from
+  # the package index when there is no Python at all), which `sd-env install` then also uses for the target.
+  want=$(stack_version "$here" ${args[@]+"${args[@]}"})
+  py=$(find_python 9) || py=$(managed_python "$home" "$want") \
+    || py=$(install_python "$want" "$home" "$here" "$(python_mirror "$here" ${args[@]+"${args[@]}"})") \
+    || die "no Python >= 3.9 to run sd-env" \
+    "install one: sudo apt install python3 python3-venv; or conda create -n sd python=$want; or pyenv install $want; or $(python_hint)"
 fi
 
 # --json: fd 3 is the real stdout, for install's JSON document only; all else goes to stderr.

@@ -1,7 +1,7 @@
 # Sourced by bootstrap.sh for `./bootstrap.sh --bundle OUT`: the bundle's anchor, then
 # sd-env's own venv from the wheels its index lists, with no network. Defines flag_arg,
-# bundle_arg, bundle_anchor, bundle_python, bundle_manifest, bundle_tool, and run_or_die
-# (bootstrap.sh's own install uses it too).
+# bundle_arg, bundle_anchor, bundle_python, bundle_interpreter, bundle_manifest, bundle_tool,
+# and run_or_die (bootstrap.sh's own install uses it too).
 
 # run_or_die FOLDER ERROR HINT CMD...: runs CMD (which writes into FOLDER: a venv, a pip install);
 # when it fails, shows its output and stops with ERROR and HINT, or with a full disk's own
@@ -84,6 +84,52 @@ bundle_anchor() {
 # bundle_python INDEX: the Python version (3.N) the bundle was made for, from a checked index copy.
 bundle_python() {
   sed -n 's/^ *"python": *"\(3\.[0-9][0-9]*\)",\{0,1\} *$/\1/p' "$1" | head -n 1
+}
+
+# bundle_interpreter BUNDLE INDEX HOME SCRATCH X.Y: the standalone CPython X.Y the bundle carries (the
+# member its checked index copy INDEX names as "interpreter"), copied into SCRATCH, checked against
+# the index's sha256 and unpacked into HOME/python/NAME (as sd-env's pythons.py does); prints the
+# interpreter's path. Only bash, coreutils, sed, grep, gzip and tar: the host may have no Python.
+bundle_interpreter() {
+  local bundle=$1 index=$2 home=$3 scratch=$4 want=$5 rel entry sha name dest tmp
+  rel=$(sed -n 's/^ *"interpreter": *"\([^"]*\)",\{0,1\} *$/\1/p' "$index" | head -n 1)
+  if [ -z "$rel" ]; then
+    say "the bundle carries no Python (made with --no-python, or by an older sd-env)"
+    return 1
+  fi
+  # the rules of bundle.py's confine: a plain file python/cpython-X.Y.Z...tar.gz, listed with kind python
+  [[ $rel =~ ^python/cpython-${want//./\\.}\.[0-9]+[A-Za-z0-9._+-]*\.tar\.gz$ ]] \
+    || { say "the bundle's interpreter $rel is not a Python $want archive: not used"; return 1; }
+  entry=$(grep -F -A 3 "\"path\": \"$rel\"," "$index")
+  sha=$(printf '%s\n' "$entry" | sed -n 's/^ *"sha256": *"\([0-9a-f]\{64\}\)",\{0,1\} *$/\1/p' | head -n 1)
+  if [ -z "$sha" ] || ! printf '%s\n' "$entry" | grep -q '^ *"kind": *"python" *$'; then
+    say "the bundle's index does not list $rel as its interpreter: not used"
+    return 1
+  fi
+  if [ -L "$bundle/python" ] || [ -L "$bundle/$rel" ] || [ ! -f "$bundle/$rel" ]; then
+    say "bundle member $rel is missing or a symbolic link: not used"
+    return 1
+  fi
+  cp "$bundle/$rel" "$scratch/python.tar.gz"  # what is checked is what is unpacked
+  if [ "$(sha256sum "$scratch/python.tar.gz" | cut -d' ' -f1)" != "$sha" ]; then
+    say "bundle member $rel does not match the index (copy the bundle again): not used"
+    return 1
+  fi
+  name=${rel#python/}
+  name=${name%.tar.gz}
+  dest=$home/python/$name
+  say "no Python $want on this host: unpacking the bundle's $name ($(du -h "$scratch/python.tar.gz" | cut -f1)) into $dest"
+  mkdir -p "$home/python"
+  tmp=$(mktemp -d "$home/python/.unpack-XXXXXX")
+  if ! tar -xzf "$scratch/python.tar.gz" -C "$tmp" --no-same-owner || [ ! -x "$tmp/python/bin/python$want" ]; then
+    say "$rel did not unpack to python/bin/python$want"
+    rm -rf "$tmp"
+    return 1
+  fi
+  rm -rf "$dest"
+  mv "$tmp/python" "$dest"
+  rm -rf "$tmp" "$scratch/python.tar.gz"
+  echo "$dest/bin/python$want"
 }
 
 # bundle_manifest PY BUNDLE INDEX: the path of the bundle's own manifest copy.

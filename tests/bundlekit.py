@@ -22,6 +22,11 @@ PINS = {  # name==version -> sha256 of its only artifact (pure-Python wheels)
     "six==1.16.0": "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254",
     "idna==3.4": "90b77e79eaa3eba6de819a0c442c0b4ceefc341a7a2ab77d7562bf49f425c5c2",
 }
+# What a fresh venv needs to build the tiny component editable (setuptools >= 64), as the real locks pin it.
+BUILD_PINS = {
+    "setuptools==68.1.2": "3d8083eed2d13afc9426f227b24fd1659489ec107c0e86cec2ffdde5c92e790b",
+    "wheel==0.41.2": "75909db2664838d015e3d9139004ee16711748a52c8f336b52882266540215d8",
+}
 SIX = "packages/six-1.16.0-py2.py3-none-any.whl"
 IDNA = "packages/idna-3.4-py3-none-any.whl"
 SD_ENV = str(Path(sys.executable).with_name("sd-env"))
@@ -61,7 +66,8 @@ def make_key(where: Path, principal: str) -> tuple[Path, Path]:
     return key, allowed
 
 
-def make_project(root: Path, name: str = "test") -> tuple[Project, str]:
+def make_project(root: Path, name: str = "test", pins: dict[str, str] | None = None) -> tuple[Project, str]:
+    """The small project (PINS, or `pins`: name==version -> sha256 of its only artifact)."""
     up = make_upstream(root)
     commit = git(up.repo, "rev-parse", "HEAD")
     project = Project(root / "project")
@@ -71,9 +77,10 @@ def make_project(root: Path, name: str = "test") -> tuple[Project, str]:
     if name != "test":
         project.manifest.write_text(project.manifest.read_text().replace('name = "test"', f'name = "{name}"'))
     folder = project.manifest.parent
-    (folder / "requirements.in").write_text("six\nidna\n")
+    pins = pins or PINS
+    (folder / "requirements.in").write_text("".join(pin.split("==")[0] + "\n" for pin in pins))
     (folder / "test.pypi.lock.txt").write_text("".join(f"{pin} \\\n    --hash=sha256:{digest}\n"
-                                                       for pin, digest in PINS.items()))
+                                                       for pin, digest in pins.items()))
     return project, commit
 
 
@@ -117,8 +124,10 @@ def site_of(python: Path) -> Path:
 # -- connect() calls, recorded with strace inside a namespace with no network ------------------------------
 def offline(argv: list[str], trace: Path, **kw) -> subprocess.CompletedProcess:
     """`argv` in a new network namespace (only a down loopback), its connect() calls traced."""
-    strace = ["strace", "-f", "--seccomp-bpf", "-qq", "-e", "trace=connect", "-o", str(trace)]
-    return subprocess.run(["unshare", "-n", *strace, *argv], capture_output=True, text=True, timeout=900, **kw)
+    # by path: `env` may give the command a PATH without them
+    strace = [shutil.which("strace") or "strace", "-f", "--seccomp-bpf", "-qq", "-e", "trace=connect", "-o", str(trace)]
+    return subprocess.run([shutil.which("unshare") or "unshare", "-n", *strace, *argv], capture_output=True, text=True,
+                          timeout=900, **kw)
 
 
 _LOCAL = re.compile(r"sa_family=AF_UNIX|inet_addr\(\"127\.|inet_pton\(AF_INET6, \"::1\"")

@@ -18,6 +18,7 @@ from sd_env import emulation
 from sd_env.cli import main
 from sd_env.paths import Paths
 from sd_env.runner import Runner
+from tests.pythonkit import JSON_VAR, MIRROR_VAR, Mirror, session_mirror
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = "SD_ENV_TEST_HEAVY"
@@ -47,6 +48,24 @@ def subprocess_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
         os.environ.pop("TMPDIR", None)
     else:
         os.environ["TMPDIR"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def standalone_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
+    """The tests' stand-in for the servers of standalone CPython builds, which tests cannot reach
+    (tests/pythonkit.py: an archive packed from the Python running the tests, in a mirror's layout,
+    with uv's download metadata), given to uv as a user gives it a mirror, for the whole session:
+    every `bundle create` and bootstrap here takes its standalone Python from it, never from the
+    Internet. CI's unprivileged run is handed root's mirror in the same two variables."""
+    mirror = session_mirror(tmp_path_factory.mktemp("standalone"))
+    old = {var: os.environ.get(var) for var in (MIRROR_VAR, JSON_VAR)}
+    os.environ.update({MIRROR_VAR: mirror.url, JSON_VAR: str(mirror.meta)})
+    yield mirror
+    for var, value in old.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
 
 
 GIT_ENV = {
@@ -209,7 +228,9 @@ def target_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     configured package index (pip's cache makes later sessions fast).
     """
     where = tmp_path_factory.mktemp("target") / "venv"
-    venv.EnvBuilder(with_pip=True).create(where)
+    # symlinks (as `python -m venv` makes them): a standalone CPython's binary finds libpython at
+    # $ORIGIN/../lib, which a copy in the venv's bin/ would not (a user without Python 3.9 has one)
+    venv.EnvBuilder(with_pip=True, symlinks=True).create(where)
     python = where / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                     "setuptools>=64,<70", "wheel"], check=True)
@@ -225,7 +246,7 @@ def run_in(python: Path, code: str) -> str:
 def fresh_target(tmp_path: Path, target_python: Path) -> Path:
     """A per-test venv sharing the session venv's packages (fast), but with its own site."""
     where = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=False, system_site_packages=False).create(where)
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(where)
     site = run_in(where / "bin" / "python", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     shared = run_in(target_python, "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     # pip, setuptools and wheel come from the session venv through a .pth file.
@@ -303,18 +324,27 @@ patches = ["{patch}"]
 
 
 def bootstrap(home: Path) -> subprocess.CompletedProcess:
-    """./bootstrap.sh with SD_ENV_HOME=home, outside any active environment.
+    """./bootstrap.sh with SD_ENV_HOME=home, outside any active environment, on a PATH without any
+    python3.9 (nor pyenv): as on Debian 12 or Ubuntu 22.04, sd-env's own venv is made with the
+    system's python3 and the target's Python 3.9 comes from the session's standalone mirror.
 
     With the shared mirrors, accelerate and diffusers come from git (the real tag and commit
     checks, and diffusers' patched example script, which no sdist has); transformers, which
     is not mirrored, still takes the sdist fallback.
     """
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "SD_ENV_PYTHON")}
-    env.update(SD_ENV_HOME=str(home), COLUMNS="200")
+    env.update(SD_ENV_HOME=str(home), COLUMNS="200", PATH=path_without("python3.9", "pyenv"))
     mirrors = shared_mirrors()
     if mirrors is not None:
         env["SD_ENV_GIT_MIRROR"] = str(mirrors)
     return subprocess.run([str(ROOT / "bootstrap.sh")], env=env, capture_output=True, text=True, timeout=3600)
+
+
+def path_without(*programs: str) -> str:
+    """$PATH less every folder that holds one of `programs`."""
+    keep = [d for d in os.environ.get("PATH", "").split(os.pathsep)
+            if d and not any(os.path.exists(os.path.join(d, p)) for p in programs)]
+    return os.pathsep.join(keep)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ own mounts: a private folder bind-mounted at the same path on every host (its
 install folder), a tmpfs on /run, and private overlays on the paths a test asks
 for (/var/lib/dpkg and /usr/local/bin for the driver packages: the hosts share the
 machine's root filesystem, and a package "installed" on one host must not appear
-on the others or stay on the machine). Host keys and a client key are generated;
+on the others or stay on the machine), and empty folders over paths a host must
+not see (pyenv's Pythons, for a host without Python 3.9). Host keys and a client key are generated;
 the inventory and known_hosts files are written for Ansible.
 
 Teardown (always, from `__exit__`): every pid in each namespace is killed (the
@@ -91,6 +92,7 @@ class Fleet:
     count: int = 2
     overlays: tuple[str, ...] = ()  # root-filesystem folders each host gets a private writable copy of
     empties: tuple[str, ...] = ()  # root-filesystem folders each host sees as a private empty folder
+    hidden: dict[str, tuple[str, ...]] = field(default_factory=dict)  # host name -> folders it sees empty
     hosts: list[Host] = field(default_factory=list)
     tag: str = field(default_factory=lambda: f"sdf{os.getpid() % 100000}")
     subnet: str = ""
@@ -182,7 +184,7 @@ class Fleet:
             upper.mkdir(parents=True, exist_ok=True)
             work.mkdir(parents=True, exist_ok=True)
             lines.append(f"mount -t overlay overlay -o lowerdir={folder},upperdir={upper},workdir={work} {folder}")
-        for n, folder in enumerate(self.empties):
+        for n, folder in enumerate((*self.empties, *self.hidden.get(host.name, ()))):
             (host.root / f"empty{n}").mkdir(exist_ok=True)
             lines.append(f"mount --bind {host.root / f'empty{n}'} {folder}")
         lines.append(f"exec /usr/sbin/sshd -D -e -f {config}")

@@ -47,7 +47,7 @@ def installed(tmp_path_factory, target_python) -> Home:
     up = make_upstream(base)
     commit = git(up.repo, "rev-parse", "HEAD")
     where = base / "venv"
-    venv.EnvBuilder(with_pip=False).create(where)
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(where)
     python = where / "bin" / "python"
     site = run_in(python, "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     shared = run_in(target_python, "import sysconfig; print(sysconfig.get_paths()['purelib'])")

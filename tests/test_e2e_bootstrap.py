@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,22 @@ def test_first_run_reports_what_it_did(bootstrapped):
     # Without a card the torch_tpu row is skipped: said, never "all checks passed".
     assert "no check failed, but not everything was checked: not checked: torch_tpu (no SC7 card here) (log: " \
         in first.stdout
+
+
+def test_the_target_python_came_from_the_standalone_mirror(bootstrapped, standalone_mirror):
+    """bootstrap ran on a PATH with no python3.9 (conftest.bootstrap): sd-env's venv used the system's
+    python3, and `sd-env install` had uv put the mirror's CPython 3.9 under the home."""
+    home, first = bootstrapped
+    version = standalone_mirror.versions()[MANIFEST.python]
+    base = home / "python" / f"cpython-{version}-linux-{os.uname().machine}-gnu"
+    assert f"home = {base / 'bin'}" in (home / "venv" / "pyvenv.cfg").read_text()
+    assert f"installing a standalone CPython {MANIFEST.python} with uv into {home / 'python'}" in first.stderr
+    assert f"Python {MANIFEST.python} is {base / 'bin' / f'python{MANIFEST.python}'}" in first.stderr
+    # the very interpreter the mirror's archive holds (tests/pythonkit.py rewrote its RUNPATH: no other has it)
+    archive = next(standalone_mirror.root.glob(f"*/cpython-{version}+*.tar.gz"))
+    with tarfile.open(archive) as tar:
+        packed = tar.extractfile(f"python/bin/python{MANIFEST.python}")
+        assert packed is not None and packed.read() == (base / "bin" / f"python{MANIFEST.python}").read_bytes()
 
 
 def test_mirrored_components_came_from_git(bootstrapped):

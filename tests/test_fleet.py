@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from sd_env.cli import main
 from tests import fleetkit
-from tests.bundlekit import make_project
+from tests.bundlekit import BUILD_PINS, PINS, make_project
 from tests.conftest import run_in
 
 why_not = fleetkit.available()
@@ -43,28 +45,40 @@ def ansible_bin(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def small_bundle(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fleet-bundle")
-    project, _ = make_project(root)
+    # setuptools and wheel in the lock: a venv the install makes itself (node2's, without Python 3.9)
+    # builds the component with them; the torch targets already have these very versions
+    project, _ = make_project(root, pins={**PINS, **BUILD_PINS})
     out = root / "bundle"
     assert main(["bundle", "create", str(out), "-m", str(project.manifest), "--home", str(project.home)]) == 0
     return out
 
 
+PYENV = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+
+
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory, emulator_target):
+def fleet(tmp_path_factory, emulator_target, standalone_mirror):
     """Two hosts, each with its own dpkg database, /usr/local/bin and /var/log (overlays: a package
     installed on one host appears neither on the other nor on this machine, nor in its dpkg.log) and
-    a target venv seeing torch."""
+    a target venv seeing torch. node2 sees pyenv's folder empty: no Python 3.9 of its own (its
+    target venv's base is the session mirror's standalone 3.9, unpacked outside pyenv)."""
     cannot = fleetkit.netns_works()
     if cannot:
         pytest.skip(f"skipped: {cannot}")
     torch_python, _ = emulator_target
     torch_site = run_in(torch_python, "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     where = tmp_path_factory.mktemp("fleet")
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    archive = next(standalone_mirror.root.glob(f"*/cpython-{here}.*.tar.gz"))
+    (where / "python-base").mkdir()
+    subprocess.run(["tar", "-xzf", str(archive), "-C", str(where / "python-base")], check=True, timeout=120)
+    base = where / "python-base" / "python" / "bin" / f"python{here}"
+    hidden = {"node2": (str(PYENV),)} if PYENV.is_dir() else {}
     try:
-        with fleetkit.Fleet(where, 2, overlays=("/var/lib/dpkg", "/usr/local/bin", "/var/log")) as fleet:
+        with fleetkit.Fleet(where, 2, overlays=("/var/lib/dpkg", "/usr/local/bin", "/var/log"), hidden=hidden) as fleet:
             for host in fleet.hosts:
                 target = host.private / "target"
-                subprocess.run([str(torch_python), "-m", "venv", "--without-pip", str(target)], check=True, timeout=120)
+                subprocess.run([str(base), "-m", "venv", "--without-pip", str(target)], check=True, timeout=120)
                 site = run_in(target / "bin" / "python", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
                 Path(site, "_torch_env.pth").write_text(torch_site + "\n")
             yield fleet
@@ -248,6 +262,51 @@ def test_the_bundle_is_never_copied_into_a_folder_of_someone_elses(first, ansibl
                                                                              "state.json"]
     home = play(ansible_bin, fleet, {**variables, "sd_env_bundle_dest": variables["sd_env_home"]}, "--tags", "bundle")
     assert home.code != 0 and "not the home, nor a folder above it" in home.output
+
+
+def test_a_host_without_python_3_9_gets_a_working_environment_from_the_bundles_python(first, ansible_bin, fleet,
+                                                                                     variables, emulator_target):
+    """node2 has no Python 3.9 of its own (pyenv's folder is empty there, its PATH has no python3.9)
+    and no sd_env_python: its bootstrap.sh unpacks the bundle's standalone Python for sd-env's own
+    venv and the target venv. The small bundle carries no torch, so before verify the test lets
+    that venv see the torch environment's other packages (as the fixture does for the other targets)."""
+    node2 = fleet.hosts[1]
+    seen = fleet.host_ssh(node2, "command -v python3.9 pyenv; python3 -c 'import sys; print(sys.version_info[1])'")
+    assert "python3.9" not in seen.stdout and "pyenv" not in seen.stdout and seen.stdout.split()[-1] != "9", seen
+    home = fleet.mount / "home-nopy"
+    given = {**variables, "sd_env_home": str(home), "sd_env_python": ""}
+    got = play(ansible_bin, fleet, given, "--limit", "node2", "--tags", "bundle,install")
+    assert results(got.output, "Run the bundle's bootstrap.sh") == ["changed: [node2]"], got.output[-6000:]
+    index = json.loads((Path(variables["sd_env_bundle"]) / "index.json").read_text())
+    stem = index["interpreter"][len("python/"):-len(".tar.gz")]
+    private = node2.private / "home-nopy"
+    for venv in ("tool", "venv"):
+        cfg = (private / venv / "pyvenv.cfg").read_text()
+        assert f"home = {home / 'python' / stem / 'bin'}" in cfg, (venv, cfg)
+    torch_python, _ = emulator_target
+    torch_site = Path(run_in(torch_python, "import sysconfig; print(sysconfig.get_paths()['purelib'])"))
+    site = private / "venv" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    (site / "_torch_env.pth").write_text(f"{torch_view(torch_site, site, private.parent / 'torch-view')}\n")
+    checked = play(ansible_bin, fleet, given, "--limit", "node2", "--tags", "verify")
+    assert checked.code == 0, checked.output[-6000:]
+    doc = reports(variables)["node2"]
+    assert doc["exit_code"] == 0 and failed_checks(doc) == [] and doc["python"] == f"{home}/venv/bin/python"
+
+
+def torch_view(torch_site: Path, site: Path, view: Path) -> Path:
+    """A folder of links to what `torch_site` holds, less every distribution and top-level name `site`
+    already has (two copies of one distribution fail verify's pins row)."""
+    def project(name: str) -> str:
+        return name.split("-")[0].lower().replace("_", "-")
+
+    own = {project(p.name) for p in site.glob("*.dist-info")} | {p.name for p in site.iterdir()}
+    view.mkdir(exist_ok=True)
+    for entry in torch_site.iterdir():
+        if entry.suffix == ".pth" or entry.name in own or (entry.suffix in (".dist-info", ".egg-info")
+                                                           and project(entry.name) in own):
+            continue
+        (view / entry.name).symlink_to(entry)
+    return view
 
 
 def standin_deb(where: Path, version: str = STANDIN_VERSION) -> Path:

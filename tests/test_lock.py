@@ -74,7 +74,7 @@ def offline_wheel(tmp_path, monkeypatch):
                        ("UV_FIND_LINKS", str(wheels))):
         monkeypatch.setenv(var, value)
     where = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=True).create(where)
+    venv.EnvBuilder(with_pip=True, symlinks=True).create(where)
     return where / "bin" / "python"
 
 
@@ -113,7 +113,7 @@ def test_matching_hash_installs(tmp_path, offline_wheel, use_uv):
 def test_lock_finds_uv_beside_its_interpreter_when_path_has_none(tmp_path, offline_wheel):
     """As from bootstrap's tool venv, not activated: uv is in its bin/, not on PATH."""
     tool = tmp_path / "tool"
-    venv.EnvBuilder(with_pip=False).create(tool)
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(tool)
     purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     site, here = (subprocess.run([python, "-c", purelib], check=True, capture_output=True, text=True).stdout.strip()
                   for python in (str(tool / "bin" / "python"), sys.executable))

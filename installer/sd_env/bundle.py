@@ -13,6 +13,8 @@ checked member by member after a partial copy):
     sdist/NAME-V.tar.gz   or its PyPI sdist, when the manifest pins that (sdist_sha256)
     tool/*.whl            sd-env itself, its dependencies and uv (those not in packages/)
     torch_tpu/*.whl       Sophgo's wheel, when given
+    python/cpython-*.tar.gz  a standalone CPython of the manifest's version (python-build-standalone's
+                          archive, as uv downloads it), for hosts without one (pythons.py)
     extra/NAME/...        named extra folders (weights, datasets)
 
 `verify` trusts index.json only as far as its anchor goes (its sha256, the
@@ -41,19 +43,24 @@ from sd_env.errors import InputError, StepError
 from sd_env.fsutil import sha256_file
 from sd_env.report import progress
 
-FORMAT = 2  # 2: member paths confined, the tool venv's wheels listed, sdists carried as files
+FORMAT = 3  # 2: member paths confined, the tool venv's wheels listed, sdists carried as files; 3: a Python
+READS = (2, 3)  # a format-2 index is a format-3 one without an interpreter
 INDEX = "index.json"
 SIGNATURE = "index.json.sig"  # beside the index, never listed in it (it signs the index)
-PACKAGES, GIT, SDIST, TOOL, TORCH_TPU, EXTRA, MANIFESTS = (
-    "packages", "git", "sdist", "tool", "torch_tpu", "extra", "manifests")
+PACKAGES, GIT, SDIST, TOOL, TORCH_TPU, EXTRA, MANIFESTS, PYTHON = (
+    "packages", "git", "sdist", "tool", "torch_tpu", "extra", "manifests", "python")
 # Each kind of member lives in its own folder; the project files (manifest, lock, patches) keep
 # their places relative to the manifest, anywhere but in those folders.
-FOLDERS = {"package": PACKAGES, "git": GIT, "sdist": SDIST, "tool": TOOL, "torch_tpu": TORCH_TPU, "extra": EXTRA}
+FOLDERS = {"package": PACKAGES, "git": GIT, "sdist": SDIST, "tool": TOOL, "torch_tpu": TORCH_TPU, "extra": EXTRA,
+           "python": PYTHON}
 PROJECT_KINDS = ("manifest", "lock", "patch")
 # bootstrap.sh and what it sources: `OUT/bootstrap.sh` installs from the bundle it lies in,
 # so a host (or an image build) needs nothing from sd-env's repository.
 BOOTSTRAP = ("bootstrap.sh", "scripts/find-python.sh", "scripts/bundle-tool.sh")
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+# The standalone build's archive name (bundle-tool.sh checks the same before unpacking it).
+ARCHIVE_NAME = r"cpython-(3\.[0-9]+)\.[0-9]+[A-Za-z0-9._+-]*\.tar\.gz"
+INTERPRETER = re.compile(rf"^{PYTHON}/{ARCHIVE_NAME}$")
 
 
 class BundleError(StepError):
@@ -65,7 +72,7 @@ class Member:
     path: str  # relative, with "/" separators
     size: int
     sha256: str
-    kind: str  # package, git, sdist, tool, bootstrap, torch_tpu, extra, manifest, lock, patch
+    kind: str  # package, git, sdist, tool, bootstrap, torch_tpu, python, extra, manifest, lock, patch
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,9 @@ class Index:
     # The wheels of sd-env's own venv, by member path (tool/, and packages/ for those the lock has
     # too): bootstrap installs exactly these, by path and hash, and nothing else it finds there.
     tool: list[str] = field(default_factory=list)
+    # The standalone Python's archive (member path under python/), unpacked on a host without
+    # Python `python`; None: the bundle carries none (the host needs its own).
+    interpreter: str | None = None
 
     def member(self, path: str) -> Member | None:
         return next((m for m in self.members if m.path == path), None)
@@ -137,9 +147,9 @@ def read_index(root: Path, raw: bytes | None = None) -> Index:
         doc = json.loads(raw.decode("utf-8"))
     except ValueError as exc:
         raise BundleError(f"{path}: corrupt index ({exc})", "copy the bundle again, or re-create it") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") not in READS:
         got = doc.get("format") if isinstance(doc, dict) else None
-        raise BundleError(f"{path}: bundle format {got!r}, this sd-env reads {FORMAT}",
+        raise BundleError(f"{path}: bundle format {got!r}, this sd-env reads {' or '.join(map(str, READS))}",
                           "use the sd-env version that made the bundle (its wheel is in tool/), or re-create "
                           "the bundle with this one")
     try:
@@ -224,6 +234,13 @@ def confine(index: Index, where: Path) -> None:
     extra_wheels = [m.path for m in seen.values() if m.kind == "torch_tpu" and m.path != index.torch_tpu]
     if extra_wheels:
         raise bad("member", extra_wheels[0], "a torch_tpu member the index does not name as its wheel")
+    if index.interpreter is not None:
+        member_of("the interpreter", index.interpreter, ("python",))
+        if not INTERPRETER.match(index.interpreter):
+            raise bad("the interpreter", index.interpreter, "not python/cpython-X.Y.Z...tar.gz")
+    extra_pythons = [m.path for m in seen.values() if m.kind == "python" and m.path != index.interpreter]
+    if extra_pythons:
+        raise bad("member", extra_pythons[0], "a python member the index does not name as its interpreter")
     names = set()
     for hist in index.components:
         if hist.source not in ("git", "sdist") or not _NAME.match(str(hist.name)) or hist.name in names:

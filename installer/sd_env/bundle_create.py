@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sd_env import __version__, bundle_trust, gitcmd, lockfile, sources, state, torchtpu
+from sd_env import __version__, bundle_trust, gitcmd, lockfile, pythons, sources, state, torchtpu
 from sd_env.bundle import (
     BOOTSTRAP,
     EXTRA,
@@ -25,6 +25,7 @@ from sd_env.bundle import (
     INDEX,
     MANIFESTS,
     PACKAGES,
+    PYTHON,
     SDIST,
     SIGNATURE,
     TOOL,
@@ -63,6 +64,7 @@ class CreateOptions:
     from_home: Path | None = None  # a finished home to take checkouts from (read only)
     reuse: tuple[Path, ...] = ()  # folders of wheels (and sdists) to take pinned artifacts from before downloading
     sign: Path | None = None  # an SSH private key: index.json.sig by `ssh-keygen -Y sign`
+    python: pythons.Sources | None = None  # where the standalone Python comes from; None: the bundle carries none
 
 
 class _Members:
@@ -108,6 +110,7 @@ def create(man: Manifest, paths: Paths, runner: Runner, opts: CreateOptions) -> 
     lock = lockfile.read(man.lock.files[lockfile.flavour_order(man)[0]]) if man.lock else None
     progress(f"bundle of {man.name} -> {out}: {len(lock.pins) if lock else 0} locked packages, "
              f"{len(man.components)} git histories, sd-env and its dependencies"
+             + (f", a standalone Python {man.python}" if opts.python else ", no Python (--no-python)")
              + (f", torch_tpu {wheel.name}" if wheel else ", no torch_tpu wheel")
              + "".join(f", extra {n} ({len(f)} files)" for n, f in extras.items()))
     _room(out, known, f"known so far (extras, torch_tpu): {human(known)}, plus the locked packages, whose size "
@@ -132,6 +135,8 @@ def create(man: Manifest, paths: Paths, runner: Runner, opts: CreateOptions) -> 
     for comp in man.components:
         index.components.append(_source(comp, source_home, paths, members, runner, opts))
     index.tool = _tool(members, runner, man)
+    if opts.python is not None:
+        index.interpreter = _interpreter(members, runner, man, opts.python)
     _room(out, known, f"written: {human(members.size)}; still to write: {human(known)} (bundle total "
           f"{human(members.size + known)})")
     if wheel is not None:
@@ -370,6 +375,18 @@ def _tool(members: _Members, runner: Runner, man: Manifest) -> list[str]:
         members.add(rel, "bootstrap", REPO / rel)
         (members.root / rel).chmod(0o755)
     return sorted(wheels)
+
+
+def _interpreter(members: _Members, runner: Runner, man: Manifest, given: pythons.Sources) -> str:
+    """The standalone CPython of the manifest's version (sd-env's own venv uses the same version: its
+    wheels in tool/ are downloaded for it), for hosts that have none."""
+    work = members.root / "tmp"
+    archive = pythons.download_archive(runner, man.python, given, work)
+    rel = f"{PYTHON}/{archive.name}"
+    (members.root / PYTHON).mkdir(exist_ok=True)
+    os.replace(archive, members.root / rel)
+    shutil.rmtree(work, ignore_errors=True)
+    return members.add(rel, "python").path
 
 
 def _torch_tpu_wheel(man: Manifest, paths: Paths, runner: Runner, opts: CreateOptions) -> Path | None:

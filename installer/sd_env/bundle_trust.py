@@ -26,6 +26,7 @@ from pathlib import Path
 from sd_env import lockfile, manifest, stacks
 from sd_env.bundle import (
     INDEX,
+    INTERPRETER,
     PACKAGES,
     SIGNATURE,
     BundleError,
@@ -209,6 +210,11 @@ def complete(root: Path, index: Index) -> tuple[manifest.Manifest, lockfile.Lock
         if wheel.sha256 != man.torch_tpu.sha256:
             raise BundleError(f"bundle's {index.torch_tpu} is not the torch_tpu wheel the manifest pins "
                               f"(sha256 {man.torch_tpu.sha256})", "re-create the bundle with the right wheel")
+    if index.interpreter is not None:
+        got = INTERPRETER.match(index.interpreter)
+        if got is None or got.group(1) != man.python:
+            raise BundleError(f"the bundle's interpreter {index.interpreter} is not a Python {man.python}, which "
+                              "its manifest wants", "re-create the bundle")
     if not any(listed[p].kind == "tool" and Path(p).name.startswith("sd_env-") for p in index.tool):
         raise BundleError("bundle lacks sd-env's own wheel (tool/sd_env-*.whl)", "re-create the bundle")
     return man, lock

@@ -35,6 +35,7 @@ from sd_env import (
     install,
     lockfile,
     manifest,
+    pythons,
     readiness,
     repatch,
     run,
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-tpu-wheel", metavar="PATH_OR_URL", default=None,
                    help="Sophgo's torch_tpu wheel (overrides the manifest; also $SD_ENV_TORCH_TPU_WHEEL)")
     p.add_argument("--no-uv", action="store_true", help="install the lock with pip even when uv is available")
+    python_mirror(p)
     p.add_argument("--bundle", metavar="OUT", type=Path, help="install from an offline bundle only (no index, "
                    "no git remote); the manifest defaults to the bundle's own")
     anchors(p)
@@ -122,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take locked artifacts (and pinned sdists) from this folder before downloading; repeatable")
     b.add_argument("--sign", type=Path, metavar="KEY", help="sign index.json with this SSH private key "
                    "(ssh-keygen -Y sign, namespace sd-env-bundle) into index.json.sig")
+    python_mirror(b)
+    b.add_argument("--no-python", action="store_true", help="leave out the standalone Python (hosts then need "
+                   "their own Python of the manifest's version)")
     b.set_defaults(func=_cmd_bundle_create)
     b = bsub.add_parser("verify", help="check a bundle's anchor, every member and its completeness")
     b.add_argument("out", type=Path, metavar="OUT")
@@ -234,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def python_mirror(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--python-mirror", metavar="URL", default=None, help="where uv downloads a standalone Python "
+                   "when the machine has none of the manifest's version: a mirror of python-build-standalone's "
+                   "release downloads (also $UV_PYTHON_INSTALL_MIRROR or python-mirror in a config file)")
+
+
 def anchors(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expect", metavar="ID", help="refuse any bundle but this one (the bundle id that `bundle "
                    "create` printed: the sha256 of its index.json)")
@@ -334,7 +345,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
         raise InputError("--expect and --allowed-signers anchor an offline bundle: they need --bundle OUT",
                          "add --bundle OUT, or drop them (an install from git and PyPI checks commits and hashes)")
     man, paths, runner = _setup(args, "install")
-    found = envs.resolve(runner, args.python, paths.home, man.python)
+    found = envs.resolve(runner, args.python, paths.home, man.python, sources=_python_sources(args, paths))
     python = found.python
     assert python is not None
     progress(f"target: {python} ({found.how})")
@@ -355,6 +366,17 @@ def _cmd_install(args: argparse.Namespace) -> int:
     said = {"bundle": {"id": anchor.id, "anchored": anchor.how, "signer": anchor.signer}} if anchor else {}
     return _report("install", outcome.results, outcome.error, args, paths,
                    title=f"sd-env install ({man.name} -> {python})", python=str(python), changed=changed, **said)
+
+
+def _python_sources(args: argparse.Namespace, paths: Paths) -> pythons.Sources:
+    """Where a missing Python comes from: the bundle's own (and nothing else) when installing one."""
+    checked = getattr(args, "_checked", None)
+    if checked is None:
+        return pythons.Sources(mirror=args.python_mirror)
+    rel = checked.index.interpreter
+    if rel is None:
+        return pythons.Sources(archive=lambda: pythons.missing_from_bundle(checked.root, checked.index.python))
+    return pythons.Sources(archive=lambda: bundle_install.private_copy(checked, rel, paths.work))
 
 
 def _use_bundle(args: argparse.Namespace) -> None:
@@ -392,7 +414,8 @@ def _cmd_bundle_create(args: argparse.Namespace) -> int:
         includes[name] = Path(path)
     opts = bundle_create.CreateOptions(args.out, torch_tpu_wheel=args.torch_tpu_wheel, includes=includes,
                                        mirror=args.git_mirror, from_home=args.from_home, reuse=tuple(args.reuse),
-                                       sign=args.sign)
+                                       sign=args.sign, python=None if args.no_python else
+                                       pythons.Sources(mirror=args.python_mirror))
     index = bundle_create.create(man, paths, runner, opts)
     if args.json:
         args._reported = True

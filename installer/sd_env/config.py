@@ -26,6 +26,9 @@ KEYS = {
     "git-mirror": ("SD_ENV_GIT_MIRROR", True),
     "torch-tpu-wheel": ("SD_ENV_TORCH_TPU_WHEEL", True),
     "index-url": (None, False),
+    # A mirror of the standalone CPython builds uv downloads when the machine has no Python of the
+    # stack's version (pythons.py); uv's own variable, so uv and `sd-env config` agree on it.
+    "python-mirror": ("UV_PYTHON_INSTALL_MIRROR", True),
 }
 
 

@@ -3,7 +3,8 @@
 Order: --python / $SD_ENV_PYTHON (an environment is used as it is; a bare
 interpreter becomes the base of a new venv), the active venv, the active
 conda env (not `base`), an earlier `<home>/venv`, then a new one made with
-conda, pyenv's 3.9 or python3.9 on PATH.
+conda, pyenv's 3.9, python3.9 on PATH, or a standalone CPython 3.9 under the home
+(pythons.py: one there already, the bundle's, or one uv downloads).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from sd_env import stacks
+from sd_env import pythons, stacks
 from sd_env.errors import InputError
 from sd_env.paths import Paths
 from sd_env.report import progress
@@ -57,9 +58,11 @@ class Target:
     inventory: Inventory | None = None
 
 
-def resolve(runner: Runner, explicit: str | None, home: Path, want: str, create: bool = True) -> Target:
+def resolve(runner: Runner, explicit: str | None, home: Path, want: str, create: bool = True,
+            sources: pythons.Sources | None = None) -> Target:
     """The target interpreter and how it was found; `<home>/venv` is created when needed
-    unless `create` is False (read-only commands), which gives a Target without python."""
+    unless `create` is False (read-only commands), which gives a Target without python.
+    With `sources`, a machine without Python `want` gets a standalone one under the home."""
     base: tuple[Path, str, Inventory] | None = None
     for value, source in ((explicit, "--python"), (os.environ.get("SD_ENV_PYTHON"), "$SD_ENV_PYTHON")):
         if value:
@@ -95,15 +98,20 @@ def resolve(runner: Runner, explicit: str | None, home: Path, want: str, create:
         (venv_dir / COMPLETE).write_text("created by conda\n")
         _check_version(runner, existing, want, "conda")
         return Target(existing, "new conda env", created=True)
-    found = find_base(runner, want)
+    found = find_base(runner, want) or pythons.installed(home, want)
+    if found is None and sources is not None:
+        found = pythons.obtain(runner, home, want, sources, LOOKED.format(want=want))
     if found is None:
         raise InputError(
-            f"no Python {want} found (looked at --python, $SD_ENV_PYTHON, the active venv/conda env, "
-            f"conda, pyenv and python{want} on PATH)",
+            f"no Python {want} found (looked at {LOOKED.format(want=want)})",
             f"install one, then run again: `conda create -n sd python={want}` and activate it; or "
             f"`pyenv install {want}`; or `sudo apt install python{want} python{want}-venv`; or pass "
             f"--python /path/to/python{want}" + stacks.for_this_machine(want))
     return Target(_create_venv(runner, found, venv_dir, want, str(found)), f"new venv from {found}", created=True)
+
+
+LOOKED = ("--python, $SD_ENV_PYTHON, the active venv/conda env, conda, pyenv, python{want} on PATH and the home's "
+          "python/")
 
 
 def _interpreter(path: Path, source: str) -> Path:

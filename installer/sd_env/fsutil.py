@@ -90,3 +90,8 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def tree_size(folder: Path) -> int:
+    """Bytes of the regular files under `folder` (links not followed, not counted)."""
+    return sum(p.lstat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
