@@ -14,6 +14,8 @@ checked member by member after a partial copy):
     tool/*.whl            sd-env itself, its dependencies and uv (those not in packages/)
     torch_tpu/*.whl       Sophgo's wheel, when given
     extra/NAME/...        named extra folders (weights, datasets)
+    model/PATH            the model lock's files (bundle create --with-model), as its paths in the repository
+    data/PATH             the pinned dataset's locked files (--with-data)
 
 `verify` trusts index.json only as far as its anchor goes (its sha256, the
 bundle id, or a signature: bundle_trust.py), and the manifest only as far as a
@@ -44,12 +46,13 @@ from sd_env.report import progress
 FORMAT = 2  # 2: member paths confined, the tool venv's wheels listed, sdists carried as files
 INDEX = "index.json"
 SIGNATURE = "index.json.sig"  # beside the index, never listed in it (it signs the index)
-PACKAGES, GIT, SDIST, TOOL, TORCH_TPU, EXTRA, MANIFESTS = (
-    "packages", "git", "sdist", "tool", "torch_tpu", "extra", "manifests")
-# Each kind of member lives in its own folder; the project files (manifest, lock, patches) keep
-# their places relative to the manifest, anywhere but in those folders.
-FOLDERS = {"package": PACKAGES, "git": GIT, "sdist": SDIST, "tool": TOOL, "torch_tpu": TORCH_TPU, "extra": EXTRA}
-PROJECT_KINDS = ("manifest", "lock", "patch")
+PACKAGES, GIT, SDIST, TOOL, TORCH_TPU, EXTRA, MANIFESTS, MODEL, DATA = (
+    "packages", "git", "sdist", "tool", "torch_tpu", "extra", "manifests", "model", "data")
+# Each kind of member lives in its own folder; the project files (manifest, lock, patches, the
+# model lock) keep their places relative to the manifest, anywhere but in those folders.
+FOLDERS = {"package": PACKAGES, "git": GIT, "sdist": SDIST, "tool": TOOL, "torch_tpu": TORCH_TPU, "extra": EXTRA,
+           "model": MODEL, "data": DATA}
+PROJECT_KINDS = ("manifest", "lock", "patch", "model-lock")
 # bootstrap.sh and what it sources: `OUT/bootstrap.sh` installs from the bundle it lies in,
 # so a host (or an image build) needs nothing from sd-env's repository.
 BOOTSTRAP = ("bootstrap.sh", "scripts/find-python.sh", "scripts/bundle-tool.sh")
@@ -65,7 +68,7 @@ class Member:
     path: str  # relative, with "/" separators
     size: int
     sha256: str
-    kind: str  # package, git, sdist, tool, bootstrap, torch_tpu, extra, manifest, lock, patch
+    kind: str  # package, git, sdist, tool, bootstrap, torch_tpu, extra, model, data, manifest, lock, patch, model-lock
 
 
 @dataclass(frozen=True)
