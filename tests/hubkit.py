@@ -19,6 +19,7 @@ import hashlib
 import json
 import random
 import re
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -257,3 +258,37 @@ def synthetic_model(weight_bytes: int = 200_000, seed: int = 0) -> dict[str, byt
 
 def folder_files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# What a real repository carries beside fp32 safetensors, made from the real weights in the target (torch):
+# .bin (torch.save), fp16 variants, and the UNet's non_ema .bin; the lock must leave all of them out.
+OTHER_FORMATS = """
+import sys, torch
+from pathlib import Path
+from safetensors.torch import load_file, save_file
+for path in sorted(Path(sys.argv[1]).rglob("*.safetensors")):
+    tensors = load_file(str(path))
+    stem = str(path)[: -len(".safetensors")]
+    torch.save(tensors, stem + ".bin")
+    save_file({k: v.half().contiguous() for k, v in tensors.items()}, stem + ".fp16.safetensors", {"format": "pt"})
+    if path.parent.name == "unet":
+        torch.save(tensors, stem + ".non_ema.bin")
+"""
+
+
+def stack_project(root: Path, repo: str, commit: str, dataset: tuple[str, str] | None = None) -> Path:
+    """A copy of the default manifest (its lock, requirements and patches beside it, as in this repository)
+    whose [model] is `repo` at `commit` (and a [dataset], when given); returns the manifest's path."""
+    here = Path(__file__).resolve().parents[1]
+    (root / "manifests").mkdir(parents=True)
+    shutil.copytree(here / "patches", root / "patches")
+    for name in ("sc7-sd14-lora.pypi.lock.txt", "requirements.in"):
+        shutil.copyfile(here / "manifests" / name, root / "manifests" / name)
+    text = (here / "manifests" / "sc7-sd14-lora.toml").read_text()
+    start, end = text.index("[model]\n"), text.index("\n\n", text.index("[model]\n"))
+    table = f'[model]\nrepo = "{repo}"\nrevision = "{commit}"\nweights = "safetensors"'
+    if dataset:
+        table += f'\n\n[dataset]\nrepo = "{dataset[0]}"\nrevision = "{dataset[1]}"'
+    manifest = root / "manifests" / "sc7-sd14-lora.toml"
+    manifest.write_text(text[:start] + table + text[end:])
+    return manifest
