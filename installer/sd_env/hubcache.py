@@ -13,6 +13,7 @@ HUGGINGFACE_HUB_CACHE (what huggingface_hub 0.16 reads), HF_HOME/hub, else
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,3 +103,18 @@ class Snapshot:
         if pointer.is_symlink() or pointer.exists():
             pointer.unlink()
         pointer.symlink_to(target)
+
+    def plain_view(self, dest: Path) -> Path:
+        """The snapshot as plain files (hard links to the blobs, copies across file systems) in `dest`: the
+        datasets library follows a snapshot's links to blob names without suffixes, so an image folder read
+        through them has neither images nor metadata.jsonl (0 examples, then `--caption_column' value 'text'
+        needs to be one of: image`)."""
+        shutil.rmtree(dest, ignore_errors=True)
+        for f in self.repo.files:
+            target = dest / f.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(self.blob(f), target)
+            except OSError:
+                shutil.copyfile(self.blob(f), target)
+        return dest

@@ -102,7 +102,9 @@ def build(env: dict[str, Any], model: dict[str, Any], data: dict[str, Any], scri
             places.append(PLACES[argv[i - 1]])
         else:
             places.append(arg)
-    seed = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--seed"), None)
+    seeds = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--seed"]
+    seeds += [a.split("=", 1)[1] for a in argv if a.startswith("--seed=")]
+    seed = seeds[-1] if seeds else None  # the script's argparse takes the last one given
     return {"version": VERSION, "run_id": str(uuid.uuid4()), "sd_env": __version__, "host": socket.gethostname(),
             "started": started, "finished": finished, "seconds": round(seconds, 1), "output": str(output),
             **env, "model": model, "data": data,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sd_env import envs, models, precision, probe, readiness, runrecord, state, trainenv
 from sd_env.errors import InputError, StepError
+from sd_env.hubcache import Snapshot, hub_cache
 from sd_env.hublock import LockedRepo
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
@@ -142,7 +143,7 @@ def _model(value: str) -> str:
     raise InputError(f"--model {value}: no such folder", "give a local diffusers model folder")
 
 
-def inputs(man: Manifest, opts: Options) -> tuple[str, LockedRepo | None, Path, LockedRepo | None]:
+def inputs(man: Manifest, paths: Paths, opts: Options) -> tuple[str, LockedRepo | None, Path, LockedRepo | None]:
     """The model and the data: what was given, else the manifest's pinned ones, checked by sha256."""
     if opts.model:
         model, model_repo = _model(opts.model), None
@@ -159,14 +160,17 @@ def inputs(man: Manifest, opts: Options) -> tuple[str, LockedRepo | None, Path, 
     if man.dataset is None:
         raise InputError("train needs --data DIR (images + metadata.jsonl)",
                          f"pass --data DIR, or pin a [dataset] in {man.path.name} and `sd-env model fetch` it")
-    data, data_repo = models.pinned(man, "dataset")
-    return model, model_repo, data, data_repo
+    _folder, data_repo = models.pinned(man, "dataset")
+    view = Snapshot(hub_cache(), data_repo).plain_view(
+        paths.cache / "datasets" / f"{data_repo.repo.replace('/', '--')}-{data_repo.revision[:12]}")
+    progress(f"the pinned {data_repo.label} as plain files (links to its checked blobs): {view}")
+    return model, model_repo, view, data_repo
 
 
 def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options,
         inv: envs.Inventory | None = None) -> Outcome:
     """The training run and its record; `inv` saves a probe when the caller already read the target."""
-    model, model_repo, data_dir, data_repo = inputs(man, opts)
+    model, model_repo, data_dir, data_repo = inputs(man, paths, opts)
     script = find_script(paths, opts.script)
     inv = inv or envs.inventory(runner, python)
     target = trainenv.build(inv, man.device, opts.device)
@@ -192,7 +196,7 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
         count = _arg(argv, "--num_validation_images") or "4"
         progress(f"the script draws {count} validation images of 30 steps after each epoch and at the end "
                  "(often most of a short run): --validation-images N draws fewer, 0 none")
-    watch = paths.work / f"train-{os.getpid()}.precision.jsonl"
+    watch = paths.cache / f"train-{os.getpid()}.precision.jsonl"  # not in work/: an install empties that
     watch.parent.mkdir(parents=True, exist_ok=True)
     watch.unlink(missing_ok=True)
     env = {**target.env, **precision.watch_env(watch, None), "SD_ENV_PRECISION_FORWARDS": "20"}
