@@ -227,13 +227,25 @@ def target_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Made with the interpreter running the tests; setuptools comes from the
     configured package index (pip's cache makes later sessions fast).
     """
-    where = tmp_path_factory.mktemp("target") / "venv"
+    return venv_with(tmp_path_factory.mktemp("target"), "setuptools>=64,<70", "wheel")
+
+
+@pytest.fixture(scope="session")
+def hub_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv with the default stack's huggingface_hub (0.16.4) and Pillow, nothing heavier: what `sd-env model
+    lock|fetch` and the image-folder check run in (from the configured package index, about 10 s)."""
+    return venv_with(tmp_path_factory.mktemp("hub-target"), "huggingface_hub==0.16.4", "pillow")
+
+
+def venv_with(folder: Path, *requirements: str) -> Path:
+    """A venv in folder/venv made with the interpreter running the tests, `requirements` pip-installed."""
+    where = folder / "venv"
     # symlinks (as `python -m venv` makes them): a standalone CPython's binary finds libpython at
     # $ORIGIN/../lib, which a copy in the venv's bin/ would not (a user without Python 3.9 has one)
     venv.EnvBuilder(with_pip=True, symlinks=True).create(where)
     python = where / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    "setuptools>=64,<70", "wheel"], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *requirements],
+                   check=True)
     return python
 
 

@@ -16,6 +16,8 @@ checked member by member after a partial copy):
     python/cpython-*.tar.gz  a standalone CPython of the manifest's version (python-build-standalone's
                           archive, as uv downloads it), for hosts without one (pythons.py)
     extra/NAME/...        named extra folders (weights, datasets)
+    model/PATH            the model lock's files (bundle create --with-model), as its paths in the repository
+    data/PATH             the pinned dataset's locked files (--with-data)
 
 `verify` trusts index.json only as far as its anchor goes (its sha256, the
 bundle id, or a signature: bundle_trust.py), and the manifest only as far as a
@@ -47,13 +49,13 @@ FORMAT = 3  # 2: member paths confined, the tool venv's wheels listed, sdists ca
 READS = (2, 3)  # a format-2 index is a format-3 one without an interpreter
 INDEX = "index.json"
 SIGNATURE = "index.json.sig"  # beside the index, never listed in it (it signs the index)
-PACKAGES, GIT, SDIST, TOOL, TORCH_TPU, EXTRA, MANIFESTS, PYTHON = (
-    "packages", "git", "sdist", "tool", "torch_tpu", "extra", "manifests", "python")
-# Each kind of member lives in its own folder; the project files (manifest, lock, patches) keep
-# their places relative to the manifest, anywhere but in those folders.
+PACKAGES, GIT, SDIST, TOOL, TORCH_TPU, EXTRA, MANIFESTS, PYTHON, MODEL, DATA = (
+    "packages", "git", "sdist", "tool", "torch_tpu", "extra", "manifests", "python", "model", "data")
+# Each kind of member lives in its own folder; the project files (manifest, lock, patches, the
+# model lock) keep their places relative to the manifest, anywhere but in those folders.
 FOLDERS = {"package": PACKAGES, "git": GIT, "sdist": SDIST, "tool": TOOL, "torch_tpu": TORCH_TPU, "extra": EXTRA,
-           "python": PYTHON}
-PROJECT_KINDS = ("manifest", "lock", "patch")
+           "python": PYTHON, "model": MODEL, "data": DATA}
+PROJECT_KINDS = ("manifest", "lock", "patch", "model-lock")
 # bootstrap.sh and what it sources: `OUT/bootstrap.sh` installs from the bundle it lies in,
 # so a host (or an image build) needs nothing from sd-env's repository.
 BOOTSTRAP = ("bootstrap.sh", "scripts/find-python.sh", "scripts/bundle-tool.sh")
@@ -72,7 +74,8 @@ class Member:
     path: str  # relative, with "/" separators
     size: int
     sha256: str
-    kind: str  # package, git, sdist, tool, bootstrap, torch_tpu, python, extra, manifest, lock, patch
+    kind: str  # package, git, sdist, tool, bootstrap, torch_tpu, python, extra, model, data, manifest, lock, patch,
+    # model-lock
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sd_env import __version__, bundle_trust, gitcmd, lockfile, pythons, sources, state, torchtpu
+from sd_env import __version__, bundle_models, bundle_trust, gitcmd, lockfile, pythons, sources, state, torchtpu
 from sd_env.bundle import (
     BOOTSTRAP,
     EXTRA,
@@ -65,6 +65,8 @@ class CreateOptions:
     reuse: tuple[Path, ...] = ()  # folders of wheels (and sdists) to take pinned artifacts from before downloading
     sign: Path | None = None  # an SSH private key: index.json.sig by `ssh-keygen -Y sign`
     python: pythons.Sources | None = None  # where the standalone Python comes from; None: the bundle carries none
+    with_model: bool = False  # the model lock's files (model/), from the Hub cache
+    with_data: bool = False  # the pinned dataset's files (data/)
 
 
 class _Members:
@@ -129,6 +131,11 @@ def create(man: Manifest, paths: Paths, runner: Runner, opts: CreateOptions) -> 
     for comp in man.components:
         for patch in comp.patches:
             _project_file(members, man, patch, "patch")
+    if man.model_lock.is_file():  # small, and what the manifest's [model] is pinned to
+        _project_file(members, man, man.model_lock, "model-lock")
+    elif opts.with_model or opts.with_data:
+        raise InputError(f"--with-model/--with-data: no model lock at {man.model_lock}",
+                         "run `sd-env model lock` and `sd-env model fetch` first")
 
     if lock is not None:
         _packages(members, lock, runner, opts.reuse, man)
@@ -141,6 +148,7 @@ def create(man: Manifest, paths: Paths, runner: Runner, opts: CreateOptions) -> 
           f"{human(members.size + known)})")
     if wheel is not None:
         index.torch_tpu = members.add(f"{TORCH_TPU}/{wheel.name}", "torch_tpu", wheel).path
+    bundle_models.add(members, man, opts.with_model, opts.with_data)
     for name, files in extras.items():
         progress(f"copying extra {name}: {len(files)} files, {human(sum(f.stat().st_size for f, _ in files))}")
         for path, rel in files:

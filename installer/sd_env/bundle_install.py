@@ -15,7 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
-from sd_env import bundle, bundle_trust, gitcmd, sources, state
+from sd_env import bundle, bundle_models, bundle_trust, gitcmd, hublock, sources, state
 from sd_env.bundle import PACKAGES, BundleError
 from sd_env.bundle_trust import Checked
 from sd_env.closure import explain_hash_mismatch
@@ -24,7 +24,7 @@ from sd_env.fsutil import sha256_file
 from sd_env.lockfile import Lock
 from sd_env.manifest import Component
 from sd_env.paths import Paths
-from sd_env.report import progress
+from sd_env.report import Result, progress
 from sd_env.runner import Runner
 from sd_env.tools import find_uv
 
@@ -154,3 +154,13 @@ def fetch_component(comp: Component, paths: Paths, runner: Runner, checked: Chec
         shutil.rmtree(tmp, ignore_errors=True)
     rec = state.ComponentState("git", comp.tag, commit, version=comp.version)
     return f"git {comp.tag} at {commit[:12]} from the bundle ({hist.path}, no network)", rec
+
+
+def place_models(checked: Checked, work: Path) -> list[Result]:
+    """The model and dataset the bundle carries, into the Hub cache, checked against a private copy of
+    its model lock (bundle_models.py); nothing when it carries none."""
+    locks = [m.path for m in checked.index.members if m.kind == "model-lock"]
+    if not locks or not any(m.kind in (bundle.MODEL, bundle.DATA) for m in checked.index.members):
+        return []
+    lock = hublock.read(private_copy(checked, locks[0], work))
+    return bundle_models.place(checked.root, checked.index, lock)

@@ -9,11 +9,12 @@ write a member can rewrite its line too), so trust comes from outside:
 - `--allowed-signers FILE`: index.json.sig, made by `bundle create --sign KEY` with OpenSSH's
   own `ssh-keygen -Y sign` (namespace "sd-env-bundle"), must verify against a key in FILE (the
   allowed-signers format git uses for signed commits); no crypto of sd-env's own;
-- `-m MANIFEST` from a trusted checkout: the bundle's manifest, lock and patches must equal
-  the checkout's byte for byte.
+- `-m MANIFEST` from a trusted checkout: the bundle's manifest, lock, patches and model lock
+  must equal the checkout's byte for byte.
 
 And whatever the index says, the manifest decides what a component may be: a git history's
-tip must be the manifest's `commit`, an sdist must have the manifest's `sdist_sha256`.
+tip must be the manifest's `commit`, an sdist must have the manifest's `sdist_sha256`; the
+model lock decides what a model or data member may be (bundle_models.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd_env import lockfile, manifest, stacks
+from sd_env import bundle_models, lockfile, manifest, stacks
 from sd_env.bundle import (
     INDEX,
     INTERPRETER,
@@ -159,6 +160,8 @@ def bind_to_checkout(root: Path, index: Index, named: Path) -> Path:
         pairs.append((trusted.lock.files[flavour], copy.lock.files[flavour]))
     for ours, bundled in zip(trusted.components, copy.components):
         pairs += list(zip(ours.patches, bundled.patches))
+    if trusted.model_lock.is_file() or index.member(inside(root, copy.model_lock)):
+        pairs.append((trusted.model_lock, copy.model_lock))
     for mine, theirs in pairs:
         rel = inside(root, theirs)
         member = index.member(rel)
@@ -215,6 +218,7 @@ def complete(root: Path, index: Index) -> tuple[manifest.Manifest, lockfile.Lock
         if got is None or got.group(1) != man.python:
             raise BundleError(f"the bundle's interpreter {index.interpreter} is not a Python {man.python}, which "
                               "its manifest wants", "re-create the bundle")
+    bundle_models.check(root, index, man)
     if not any(listed[p].kind == "tool" and Path(p).name.startswith("sd_env-") for p in index.tool):
         raise BundleError("bundle lacks sd-env's own wheel (tool/sd_env-*.whl)", "re-create the bundle")
     return man, lock

@@ -25,6 +25,7 @@ from sd_env import (
     bundle_create,
     bundle_install,
     bundle_trust,
+    cli_models,
     config,
     emulation,
     envs,
@@ -127,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     python_mirror(b)
     b.add_argument("--no-python", action="store_true", help="leave out the standalone Python (hosts then need "
                    "their own Python of the manifest's version)")
+    b.add_argument("--with-model", action="store_true", help="carry the model's locked files (model/), from the "
+                   "Hub cache where `sd-env model fetch` put them, checked against the model lock")
+    b.add_argument("--with-data", action="store_true", help="carry the pinned dataset's locked files (data/)")
     b.set_defaults(func=_cmd_bundle_create)
     b = bsub.add_parser("verify", help="check a bundle's anchor, every member and its completeness")
     b.add_argument("out", type=Path, metavar="OUT")
@@ -180,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command and its arguments")
     p.set_defaults(func=_cmd_emulate)
 
+    cli_models.add(sub, common, writes)
+
     p = sub.add_parser("status", parents=[common], help="show what is pinned, patched, installed, drifted")
     p.set_defaults(func=_cmd_status)
 
@@ -207,11 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("train", parents=[common, device], help="the tutorial's LoRA fine-tuning on a local "
-                       "model and dataset, then pictures (sd-env train --model DIR --data DIR [-- SCRIPT ARGS])")
-    p.add_argument("--model", help="a diffusers Stable Diffusion folder (model_index.json); required")
-    p.add_argument("--data", type=Path, help="images + metadata.jsonl (file_name, text), "
-                   "or a saved Hugging Face dataset; required")
+    p = sub.add_parser("train", parents=[common, device], help="the tutorial's LoRA fine-tuning on the pinned "
+                       "(or a local) model and a local dataset, then pictures and a run record (sd-env train "
+                       "[--model DIR] --data DIR [-- SCRIPT ARGS])")
+    p.add_argument("--model", help="a diffusers Stable Diffusion folder (model_index.json) (default: the "
+                   "manifest's pinned [model], fetched by `sd-env model fetch` and checked against its lock)")
+    p.add_argument("--data", type=Path, help="images + metadata.jsonl (file_name, text), or a saved Hugging Face "
+                   "dataset (default: the manifest's pinned [dataset], if any)")
     p.add_argument("--check", action="store_true", help="only check that train can start (the training script, "
                    "the target, and --model/--data when given) and say what is missing; trains nothing")
     p.add_argument("--output", type=Path, default=Path("sd-env-lora"), help="the LoRA output folder "
@@ -415,7 +423,8 @@ def _cmd_bundle_create(args: argparse.Namespace) -> int:
     opts = bundle_create.CreateOptions(args.out, torch_tpu_wheel=args.torch_tpu_wheel, includes=includes,
                                        mirror=args.git_mirror, from_home=args.from_home, reuse=tuple(args.reuse),
                                        sign=args.sign, python=None if args.no_python else
-                                       pythons.Sources(mirror=args.python_mirror))
+                                       pythons.Sources(mirror=args.python_mirror),
+                                       with_model=args.with_model, with_data=args.with_data)
     index = bundle_create.create(man, paths, runner, opts)
     if args.json:
         args._reported = True
@@ -609,12 +618,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     man, paths, runner = _setup(args, "train")
-    if not args.check and (not args.model or args.data is None):
-        raise InputError("train needs --model DIR and --data DIR", "sd-env train --model DIR --data DIR "
-                         "(--check only checks that it can start)")
     python, inv = _target(args, runner, paths, man)
     if args.check:
-        say(train.check(paths, args.script, args.model, args.data))
+        say(train.check(man, paths, args.script, args.model, args.data))
         return 0
     flags = {"--mixed_precision": args.mixed_precision, "--resolution": args.resolution,
              "--max_train_steps": args.max_train_steps, "--validation_prompt": args.validation_prompt,

@@ -111,7 +111,9 @@ def run(manifest: Manifest, paths: Paths, runner: Runner, opts: Options) -> Outc
         outcome.changed |= tpu_changed
         if changed or built or tpu_changed:
             outcome.results.append(_pip_check(runner, opts.python))
-        if opts.bundle is not None:
+        if opts.bundle is not None:  # hook: the model and data a bundle carries, into the Hub cache
+            where = "model"
+            outcome.results += bundle_install.place_models(opts.bundle, paths.work)
             anchor = opts.bundle.anchor
             record.bundle = state.BundleRecord(anchor.id, str(opts.bundle.root), state.utc_now(), anchor.how)
     except SdEnvError as exc:

@@ -30,6 +30,7 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _SIZE = re.compile(r"[0-9]+(\.[0-9]+)?\s*[KMGTkmgt]?(i?[Bb])?")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,19 @@ class EmulatorSpec:
 
 
 @dataclass(frozen=True)
+class HubRepo:
+    """[model] or [dataset]: a Hugging Face Hub repository pinned to a commit (hublock.py locks its files)."""
+
+    kind: str  # "model" or "dataset"
+    repo: str  # "CompVis/stable-diffusion-v1-4"
+    revision: str  # the commit, 40 hex digits: a branch name moves
+    weights: str | None = None  # a model's one weight format: "safetensors" (default) or "bin"
+
+
+WEIGHT_FORMATS = ("safetensors", "bin")
+
+
+@dataclass(frozen=True)
 class Manifest:
     path: Path
     name: str
@@ -90,6 +104,13 @@ class Manifest:
     components: tuple[Component, ...]
     description: str = ""  # what the stack is for, shown by `sd-env stacks`
     emulator: EmulatorSpec = EmulatorSpec()
+    model: HubRepo | None = None
+    dataset: HubRepo | None = None
+
+    @property
+    def model_lock(self) -> Path:
+        """The lock of [model] and [dataset] (`sd-env model lock`), beside the manifest."""
+        return self.path.with_name(f"{self.path.stem}.model.lock.json")
 
     def component(self, name: str) -> Component:
         for comp in self.components:
@@ -124,7 +145,7 @@ def parse(data: dict[str, Any], path: Path, pending: frozenset[str] = frozenset(
     """`pending`: patch file names about to be written, taken as present (repatch checks its edit early)."""
     t = _Table(data, path, "")
     t.allow("schema", "name", "description", "python", "device", "torch", "torch_tpu", "lock", "patches_dir",
-            "component", "emulator")
+            "component", "emulator", "model", "dataset")
     schema = t.get("schema", int)
     if schema != SCHEMA:
         raise ManifestError(path, "schema", f"schema {schema} is not supported",
@@ -146,6 +167,7 @@ def parse(data: dict[str, Any], path: Path, pending: frozenset[str] = frozenset(
     wheel = _wheel(t.table("torch_tpu"), base) if "torch_tpu" in data else None
     lock = _lock(t.table("lock"), base) if "lock" in data else None
     emulator = _emulator(t.table("emulator"), base) if "emulator" in data else EmulatorSpec()
+    hub = {kind: _hub(t.table(kind), kind) for kind in ("model", "dataset") if kind in data}
 
     comps = [_component(c, patches_dir, pending) for c in t.tables("component")]
     seen: dict[str, str] = {}
@@ -157,7 +179,26 @@ def parse(data: dict[str, Any], path: Path, pending: frozenset[str] = frozenset(
             raise ManifestError(path, f"component[{i}].name", f"{comp.name!r} is declared twice{also}",
                                 "give each [[component]] its own name, or delete the copy")
         seen[canonicalize_name(comp.name)] = comp.name
-    return Manifest(path, name, python, device, torch, wheel, lock, tuple(comps), description, emulator)
+    return Manifest(path, name, python, device, torch, wheel, lock, tuple(comps), description, emulator,
+                    hub.get("model"), hub.get("dataset"))
+
+
+def _hub(t: _Table, kind: str) -> HubRepo:
+    t.allow("repo", "revision", *(("weights",) if kind == "model" else ()))
+    repo = t.get("repo", str)
+    if not _REPO_ID.match(repo):
+        raise ManifestError(t.path, t.key("repo"), f"{repo!r} is not a Hub repository id",
+                            'write it as OWNER/NAME, e.g. "CompVis/stable-diffusion-v1-4"')
+    revision = t.get("revision", str)
+    if not _COMMIT.match(revision):
+        raise ManifestError(t.path, t.key("revision"), f"{revision!r} is not a commit (a branch or tag moves)",
+                            "write the commit's 40 hex digits (the repository's history on the Hub, or the "
+                            "snapshot folder name in a Hub cache: snapshots/COMMIT)")
+    weights = t.get("weights", str, default="safetensors") if kind == "model" else None
+    if weights is not None and weights not in WEIGHT_FORMATS:
+        raise ManifestError(t.path, t.key("weights"), f"unknown weight format {weights!r}",
+                            f"write one of: {', '.join(WEIGHT_FORMATS)}")
+    return HubRepo(kind, repo, revision, weights)
 
 
 def _emulator(t: _Table, base: Path) -> EmulatorSpec:

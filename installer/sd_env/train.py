@@ -5,20 +5,31 @@ managed (patched) checkout with the tutorial's arguments (section 3.3), in the
 environment `sd-env run` gives (ACCELERATE_TORCH_DEVICE, ulimit -n), then draws
 two pictures: the validation prompt without and with the new LoRA, and the
 loss curve. Any script argument given after `--` replaces the tutorial's.
+
+The model is the manifest's pinned one (`sd-env model fetch`), every file checked against
+the model lock before the run, unless `--model` names another; the data likewise
+(`--data`, else a pinned [dataset]). An image folder is checked before the run (every
+image named by metadata.jsonl and decoding). The run leaves OUTPUT/sd-env-run.json
+(runrecord.py): what made this LoRA.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sd_env import envs, probe, readiness, trainenv
+from sd_env import envs, models, precision, probe, readiness, runrecord, state, trainenv
 from sd_env.errors import InputError, StepError
+from sd_env.hubcache import Snapshot, hub_cache
+from sd_env.hublock import LockedRepo
 from sd_env.manifest import Manifest
 from sd_env.paths import Paths
 from sd_env.report import progress
 from sd_env.runner import Runner
+from sd_env.target import Installed, installed
 
 # The tutorial's command line (section 3.3.1), in its order; values are strings, None for a switch.
 TUTORIAL: list[tuple[str, str | None]] = [
@@ -33,8 +44,8 @@ METADATA = "metadata.jsonl"
 
 @dataclass(frozen=True)
 class Options:
-    model: str  # a local diffusers model folder (or a Hub id, when the Hub is reachable)
-    data: Path
+    model: str | None  # a local diffusers model folder (or a Hub id, when the Hub is reachable); None: the pinned one
+    data: Path | None  # None: the manifest's pinned [dataset]
     output: Path
     device: str | None = None
     script: Path | None = None
@@ -54,6 +65,7 @@ class Outcome:
     loss_curve: Path | None
     steps: int
     note: str = ""  # how far apart the with/without renders are
+    record: Path | None = None  # OUTPUT/sd-env-run.json
 
 
 def dataset_kind(folder: Path) -> str:
@@ -102,11 +114,17 @@ def find_script(paths: Paths, explicit: Path | None) -> Path:
     return script
 
 
-def check(paths: Paths, script: Path | None, model: str | None, data: Path | None) -> str:
+def check(man: Manifest, paths: Paths, script: Path | None, model: str | None, data: Path | None) -> str:
     """`train --check`: what train would start from; the error naming what it lacks otherwise."""
     said = [f"ready to train: {find_script(paths, script)}"]
     if model:
         said.append(f"model {_model(model)}")
+    elif man.model is not None:  # not fetched is no reason not to train: --model DIR still works
+        try:
+            folder, repo = models.pinned(man, "model", hashed=False)
+            said.append(f"the pinned {repo.label} in {folder} (sizes checked; sha256 when train starts)")
+        except InputError as exc:
+            said.append(f"--model DIR needed ({exc.message.split(': ', 1)[-1]}; {exc.hint})")
     if data is not None:
         said.append(f"data {data.resolve()} ({dataset_kind(data)})")
     return ", ".join(said)
@@ -125,12 +143,37 @@ def _model(value: str) -> str:
     raise InputError(f"--model {value}: no such folder", "give a local diffusers model folder")
 
 
+def inputs(man: Manifest, paths: Paths, opts: Options) -> tuple[str, LockedRepo | None, Path, LockedRepo | None]:
+    """The model and the data: what was given, else the manifest's pinned ones, checked by sha256."""
+    if opts.model:
+        model, model_repo = _model(opts.model), None
+    elif man.model is not None:
+        folder, model_repo = models.pinned(man, "model")
+        model = str(folder)
+    else:
+        both = " and --data DIR" if opts.data is None and man.dataset is None else ""
+        raise InputError(f"train needs --model DIR{both}: {man.path.name} pins no [model]",
+                         "pass --model DIR (a diffusers model folder), or add a [model] to the manifest and run "
+                         "`sd-env model lock` and `sd-env model fetch`")
+    if opts.data is not None:
+        return model, model_repo, opts.data.resolve(), None
+    if man.dataset is None:
+        raise InputError("train needs --data DIR (images + metadata.jsonl)",
+                         f"pass --data DIR, or pin a [dataset] in {man.path.name} and `sd-env model fetch` it")
+    _folder, data_repo = models.pinned(man, "dataset")
+    view = Snapshot(hub_cache(), data_repo).plain_view(
+        paths.cache / "datasets" / f"{data_repo.repo.replace('/', '--')}-{data_repo.revision[:12]}")
+    progress(f"the pinned {data_repo.label} as plain files (links to its checked blobs): {view}")
+    return model, model_repo, view, data_repo
+
+
 def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options,
         inv: envs.Inventory | None = None) -> Outcome:
-    """The training run; `inv` saves a probe when the caller already read the target."""
+    """The training run and its record; `inv` saves a probe when the caller already read the target."""
+    model, model_repo, data_dir, data_repo = inputs(man, paths, opts)
     script = find_script(paths, opts.script)
-    model = _model(opts.model)
-    target = trainenv.build(inv or envs.inventory(runner, python), man.device, opts.device)
+    inv = inv or envs.inventory(runner, python)
+    target = trainenv.build(inv, man.device, opts.device)
     for note in target.notes:
         progress(note)
     mixed = opts.settings.get("--mixed_precision", "no")
@@ -138,25 +181,52 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
         raise InputError("--mixed-precision fp16 needs the SC7 card: on the CPU the VAE fails "
                          "(torch 2.1 has no Half conv2d there)", "train with --mixed-precision no on the CPU")
     output = opts.output.resolve()
-    data_flag, data = _dataset(runner, python, opts.data.resolve(), output)
     settings, prompt = script_settings(opts)
+    caption = _arg(merged_args(list(settings.items()), opts.extra), "--caption_column") or "text"
+    data_flag, data = _dataset(runner, python, data_dir, output, caption)
     defaults = [("--pretrained_model_name_or_path", model), (data_flag, data), *settings.items(),
                 ("--output_dir", str(output))]
     argv = [str(python), str(script), *merged_args(defaults, opts.extra)]
+    progress(f"hashing the training data as it is read: {data_dir}")
+    data_facts = runrecord.inputs_of(data_dir, data_repo, kind=dataset_kind(data_dir))
+    model_facts = runrecord.inputs_of(Path(model), model_repo) if Path(model).is_dir() else {"source": "hub",
+                                                                                            "repo": model}
     progress("training: " + shlex.join(["python", *argv[1:]]))
     if _arg(argv, "--validation_prompt"):
         count = _arg(argv, "--num_validation_images") or "4"
         progress(f"the script draws {count} validation images of 30 steps after each epoch and at the end "
                  "(often most of a short run): --validation-images N draws fewer, 0 none")
-    code = runner.attached(argv, env=target.env, preexec=lambda: trainenv.apply_nofile(target.nofile))
+    watch = paths.cache / f"train-{os.getpid()}.precision.jsonl"  # not in work/: an install empties that
+    watch.parent.mkdir(parents=True, exist_ok=True)
+    watch.unlink(missing_ok=True)
+    env = {**target.env, **precision.watch_env(watch, None), "SD_ENV_PRECISION_FORWARDS": "20"}
+    if model_repo is not None or Path(model).is_dir():  # every input is local: no Hub call can stall the run
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("HF_DATASETS_OFFLINE", "1")
+    started, clock = state.utc_now(), time.monotonic()
+    code = runner.attached(argv, env=env, preexec=lambda: trainenv.apply_nofile(target.nofile))
+    finished, seconds = state.utc_now(), time.monotonic() - clock
     if code != 0:
         raise StepError(f"the training script exited with {code} (its output is above)",
                         "the log has the full command line; the script's own error is the last lines above")
     weights = sorted(output.glob("pytorch_lora_weights.*"))
     if not weights:
         raise StepError(f"the training script wrote no pytorch_lora_weights.* into {output}")
+    seen = precision.read(watch)
+    watch.unlink(missing_ok=True)
+    logged = probe.run(runner, python, probe.script("lora_weights.py"), [str(output)], timeout=600)
+    losses = [float(x) for x in (logged.data or {}).get("losses", [])]
+    versions = {name: ", ".join(got.versions) for name, got in target_versions(inv).items() if got.versions}
+    device = {"asked": target.device, "torch_tpu": versions.get("torch-tpu"),
+              "measured": {"loss": sorted(seen.loss_devices), "trained": sorted(seen.trained_devices)}}
+    record = runrecord.build(runrecord.environment(man, paths, versions), model_facts, data_facts, script, argv[2:],
+                             started, finished, seconds, output, device,
+                             {"requested": mixed, "measured": precision.summary(mixed, seen), **seen.as_dict()},
+                             losses, weights[0])
+    written = runrecord.write(output, record)
+    progress(f"run record: {written} (final loss {losses[-1] if losses else 'not logged'})")
     if not opts.pictures:
-        return Outcome(weights[0], None, None, 0)
+        return Outcome(weights[0], None, None, 0, record=written)
     prompt = _arg(argv, "--validation_prompt") or prompt
     seed = _arg(argv, "--seed") or "42"
     progress(f"rendering \"{prompt}\" without and with the LoRA (seed {seed}), and the loss curve")
@@ -168,7 +238,11 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
         raise StepError(f"the LoRA was trained ({weights[0]}), but drawing the pictures failed: "
                         f"{got.problem or (got.data or {}).get('error')}\n{got.stderr_tail}")
     return Outcome(weights[0], Path(got.data["compare"]), Path(got.data["loss_curve"]), got.data["steps"],
-                   got.data.get("note", ""))
+                   got.data.get("note", ""), written)
+
+
+def target_versions(inv: envs.Inventory) -> dict[str, Installed]:
+    return installed(inv, list(runrecord.PACKAGES))
 
 
 def script_settings(opts: Options) -> tuple[dict[str, str | None], str]:
@@ -199,12 +273,19 @@ def _arg(argv: list[str], flag: str) -> str | None:
     return found
 
 
-def _dataset(runner: Runner, python: Path, data: Path, output: Path) -> tuple[str, str]:
+def _dataset(runner: Runner, python: Path, data: Path, output: Path, caption: str) -> tuple[str, str]:
     """The script's flag for the dataset: an image folder as --dataset_name fails in v0.20.0
     (`--caption_column' value 'text' needs to be one of: image`), so it is --train_data_dir."""
     kind = dataset_kind(data)
     if kind == "imagefolder":
-        progress(f"dataset: image folder with {METADATA} -> --train_data_dir {data}")
+        progress(f"checking the image folder {data}: metadata.jsonl names every image, every image decodes")
+        checked = probe.run(runner, python, probe.script("data_check.py"), [
+            str(data), "--caption-column", caption, "--suffixes", ",".join(sorted(IMAGE_SUFFIXES))], timeout=3600)
+        if not checked.ok or checked.data is None:
+            found = checked.data or {}
+            raise InputError(f"--data {data}: {found.get('error') or checked.problem}",
+                             "fix or remove that file (and its metadata.jsonl line), then train again")
+        progress(f"dataset: image folder, {checked.data['images']} images with captions -> --train_data_dir {data}")
         return "--train_data_dir", str(data)
     if kind == "repo":
         progress(f"dataset: data files of a dataset repository -> --dataset_name {data}")
@@ -221,8 +302,9 @@ def _dataset(runner: Runner, python: Path, data: Path, output: Path) -> tuple[st
 
 def summary(outcome: Outcome) -> str:
     lines = [f"LoRA weights: {outcome.weights}"]
+    if outcome.record is not None:
+        lines.append(f"run record: {outcome.record}")
     if outcome.compare is not None:
         lines.append(f"without | with the LoRA: {outcome.compare}" + (f"\n  {outcome.note}" if outcome.note else ""))
         lines.append(f"loss curve ({outcome.steps} steps): {outcome.loss_curve}")
     return "\n".join(lines)
-

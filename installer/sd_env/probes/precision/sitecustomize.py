@@ -16,6 +16,8 @@ It does nothing unless SD_ENV_PRECISION_OUT names a file. Then:
   training forward, and where the training really ran: the device of each loss
   it back-propagates and of every parameter its prepared optimizers train
   (verify's LoRA row names these devices, never the one it asked for);
+- SD_ENV_PRECISION_FORWARDS=N counts the ops of the first N training forwards only (sd-env
+  train: a long run pays the mode's cost per op for a few steps, not for hours);
 - at exit, one JSON line with the counts is appended to the file (only by a
   process that ran a UNet forward or a backward).
 
@@ -57,7 +59,8 @@ def _install(out):
     info = {"backward_calls": 0}
     loss_devices, trained_devices = set(), set()
     autocast_seen = set()
-    state = {"depth": 0, "lora": 0, "phase": "", "wrapped": False}
+    state = {"depth": 0, "lora": 0, "phase": "", "wrapped": False, "forwards": 0, "measuring": False}
+    limit = int(os.environ.get("SD_ENV_PRECISION_FORWARDS") or 0)  # 0: every training forward
 
     class Watch(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -117,7 +120,11 @@ def _install(out):
                 state["phase"] = "train" if torch.is_grad_enabled() else "infer"
                 if state["phase"] == "train":
                     autocast_seen.add(autocast_state())
-                mode.__enter__()
+                    state["forwards"] += 1
+                # A long run is measured over its first training forwards only (the mode costs time per op).
+                state["measuring"] = not (limit and state["forwards"] > limit)
+                if state["measuring"]:
+                    mode.__enter__()
             state["depth"] += 1
         elif state["depth"] and (cls in LORA or getattr(module, "_sd_env_lora", False)):
             state["lora"] += 1
@@ -129,7 +136,7 @@ def _install(out):
         cls = type(module).__name__
         if cls == UNET and state["depth"]:
             state["depth"] -= 1
-            if state["depth"] == 0:
+            if state["depth"] == 0 and state["measuring"]:
                 mode.__exit__(None, None, None)
         elif state["lora"] and (cls in LORA or getattr(module, "_sd_env_lora", False)):
             state["lora"] -= 1
