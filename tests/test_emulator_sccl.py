@@ -9,11 +9,13 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from sd_env import emulation
+from sd_env.paths import Paths
 from tests.conftest import ERAS
 
 pytestmark = pytest.mark.slow
@@ -80,3 +82,21 @@ def test_two_devices_all_reduce_and_int64_refused(era: str, emulated) -> None:
         assert r["broadcast"] == [1.0, 1.0]
         assert r["int64"].startswith("ProcessGroupSCCL::allreduce: int64"), r["int64"]
         assert r["cpu_int64"] == [2, 2]
+
+
+def test_emulate_devices_runs_torch_launcher_on_two_devices(emulator_target: tuple[Path, Paths],
+                                                            emulator: emulation.Emulator, tmp_path: Path) -> None:
+    """`sd-env emulate --devices 2 -- python -m torch.distributed.run --nproc_per_node 2 SCRIPT`: a user's own
+    script, one process per emulated device, all-reducing through "sccl"."""
+    python, paths = emulator_target
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+    got = subprocess.run([sys.executable, "-m", "sd_env", "emulate", "--devices", "2", "--home", str(paths.home),
+                          "--python", str(python), "--", "python", "-m", "torch.distributed.run", "--nproc_per_node",
+                          "2", "--master_port", str(free_port()), str(script)],
+                         capture_output=True, text=True, timeout=900)
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert "2 emulated device(s), tpu:0 to tpu:1" in got.stderr
+    ranks = sorted((json.loads(line) for line in got.stdout.splitlines() if line.startswith("{")),
+                   key=lambda r: r["rank"])
+    assert [(r["device"], r["sum"]) for r in ranks] == [("tpu:0", [3.0, 30.0]), ("tpu:1", [3.0, 30.0])]
