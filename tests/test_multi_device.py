@@ -6,7 +6,8 @@ patch and the multi-device one; the real patched v0.20.0 example script; acceler
 averaged through the emulated "sccl" backend. tests/same_draws makes every sample of a step draw the
 same random numbers (see its docstring), so that 2 processes x 1 sample and 1 process x 2 samples
 can be compared: after 4 steps both ranks hold identical LoRA weights, equal in fp32 to the single
-process's. Without the multi-device patch the run fails at accelerate's CUDA-only process group.
+process's; in fp16 an inf on one rank makes both skip the step and halve the scale. Without the
+multi-device patch the run fails at accelerate's CUDA-only process group.
 """
 
 from __future__ import annotations
@@ -65,18 +66,18 @@ def two_samples(tiny: Path, tmp_path_factory) -> Path:  # noqa: F811
 
 
 def launch(python: Path, emu: emulation.Emulator, accelerate_src: Path, script: Path, tiny: Path,  # noqa: F811
-           data: Path, out: Path, processes: int) -> subprocess.CompletedProcess:
+           data: Path, out: Path, processes: int, mixed: str = "no", **extra: str) -> subprocess.CompletedProcess:
     """accelerate's launcher, as a user runs it: 2 samples per step, split over `processes` devices."""
     out.mkdir(parents=True)
     env = {**os.environ, **emulation.environment(emu), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_HOME": str(out / "hf-home"), "SG_MAX_DEVICE_COUNT": "2", "SD_ENV_TEST_WEIGHTS": str(out)}
+           "HF_HOME": str(out / "hf-home"), "SG_MAX_DEVICE_COUNT": "2", "SD_ENV_TEST_WEIGHTS": str(out), **extra}
     env["PYTHONPATH"] = os.pathsep.join([str(SAME_DRAWS), env["PYTHONPATH"], str(accelerate_src)])
     how = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--num_processes", "1"]
-    argv = [str(python), "-m", "accelerate.commands.launch", *how, "--num_machines", "1", "--mixed_precision", "no",
+    argv = [str(python), "-m", "accelerate.commands.launch", *how, "--num_machines", "1", "--mixed_precision", mixed,
             "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(script),
             "--pretrained_model_name_or_path", str(tiny / "model"), "--train_data_dir", str(data),
             "--resolution", "32", "--center_crop", "--train_batch_size", str(2 // processes), "--max_train_steps", "4",
-            "--seed", "0", "--num_validation_images", "0", "--dataloader_num_workers", "0", "--mixed_precision", "no",
+            "--seed", "0", "--num_validation_images", "0", "--dataloader_num_workers", "0", "--mixed_precision", mixed,
             "--output_dir", str(out)]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1800)
 
@@ -121,3 +122,17 @@ def test_unpatched_accelerate_cannot_start_on_two_tpu_devices(emulated_target, a
     assert any(e in got.stderr for e in NO_NCCL), got.stderr[-4000:]
     assert got.returncode == 0  # accelerate 0.16.0's launcher: the failure is only in the output
     assert not (tmp_path / "two" / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_fp16_inf_on_one_rank_skips_the_step_on_both(emulated_target, accelerates, scripts, tiny,  # noqa: F811
+                                                     two_samples, tmp_path):
+    """fp16: the second loss of rank 1 is made inf; the averaged gradients carry it to rank 0, so both
+    processes' scalers skip step 2 and halve the scale, and the ranks stay identical."""
+    python, emu = emulated_target
+    got = launch(python, emu, accelerates["multi"], scripts["patched"], tiny, two_samples, tmp_path / "run", 2, "fp16",
+                 SD_ENV_TEST_INF_AT="1:2")
+    assert got.returncode == 0, got.stderr[-4000:]
+    steps = [json.loads((tmp_path / "run" / f"steps{rank}.json").read_text()) for rank in (0, 1)]
+    assert steps[0] == steps[1], steps  # the same decision on both ranks
+    assert [s["skipped"] for s in steps[0]] == [False, True, False, False], steps
+    assert steps[0][1]["scale"] == steps[0][0]["scale"] / 2, steps

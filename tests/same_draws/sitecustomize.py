@@ -66,3 +66,39 @@ def _write() -> None:
 if os.environ.get("SD_ENV_TEST_WEIGHTS"):
     register_optimizer_step_post_hook(_after_step)
     atexit.register(_write)
+
+
+# With $SD_ENV_TEST_INF_AT="RANK:N" the N-th loss of process RANK is made inf (fp16 proof), and each
+# process writes, per optimizer step of accelerate, whether it was skipped and the scale after it,
+# to $SD_ENV_TEST_WEIGHTS/steps<RANK>.json.
+if os.environ.get("SD_ENV_TEST_INF_AT") and os.environ.get("SD_ENV_TEST_WEIGHTS"):
+    import json
+
+    import torch.nn.functional as F
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    _inf_rank, _inf_call = os.environ["SD_ENV_TEST_INF_AT"].split(":")
+    _losses = [0]
+    _steps: list = []
+    _mse, _step = F.mse_loss, AcceleratedOptimizer.step
+
+    def mse_loss(*args, **kwargs):
+        loss = _mse(*args, **kwargs)
+        _losses[0] += 1
+        if os.environ.get("RANK", "0") == _inf_rank and _losses[0] == int(_inf_call):
+            loss = loss * float("inf")
+        return loss
+
+    def step(self, *args, **kwargs):
+        _step(self, *args, **kwargs)
+        if self.scaler is not None:
+            _steps.append({"skipped": bool(self.step_was_skipped), "scale": float(self.scaler.get_scale())})
+
+    def _write_steps() -> None:
+        if _steps:
+            with open(os.path.join(os.environ["SD_ENV_TEST_WEIGHTS"], f"steps{os.environ.get('RANK', '0')}.json"),
+                      "w") as f:
+                json.dump(_steps, f)
+
+    F.mse_loss, AcceleratedOptimizer.step = mse_loss, step
+    atexit.register(_write_steps)
