@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="ACCELERATE_TORCH_DEVICE for the command (default: tpu:0)")
     p.add_argument("--strict", action="store_true", help="the device refuses what the real plugin of the target's "
                    "era refuses (its strict profile; default: the manifest's [emulator] profile)")
+    p.add_argument("--devices", type=int, choices=range(1, 9), metavar="N", help="emulate N devices, tpu:0 to "
+                   "tpu:N-1 (SG_MAX_DEVICE_COUNT; default 1), with the \"sccl\" backend between processes")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command and its arguments")
     p.set_defaults(func=_cmd_emulate)
 
@@ -566,6 +568,9 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     setup = emulation.settings(man, emu, args.strict)
     target = trainenv.build(inv, man.device, device, why="--device" if args.device else "sd-env emulate's default")
     target.env.update(emulation.environment(emu, device, setup))
+    if args.devices:
+        target.env["SG_MAX_DEVICE_COUNT"] = str(args.devices)
+        target.notes.append(emulation.describe_devices(args.devices))
     built = "cached" if emu.cached else f"built in {emu.seconds:.0f} s"
     target.notes.append(f"{device} is emulated: torch_tpu {emu.era} on the CPU ({built}, {emu.key}); only a "
                         "card shows the real device")

@@ -157,6 +157,13 @@ def describe(setup: Settings) -> list[str]:
     return said
 
 
+def describe_devices(count: int) -> str:
+    """What --devices N gives a command (a note)."""
+    return (f"{count} emulated device(s), tpu:0 to tpu:{count - 1}; processes reach each other through the "
+            '"sccl" backend (init_process_group(backend="sccl"); gloo on the host memory, int64 refused); '
+            "accelerate launch --multi_gpu needs patches/accelerate-0.16.0-tpu-multi.diff in the stack")
+
+
 def environment(emu: Emulator, device: str = "tpu:0", setup: Settings | None = None) -> dict[str, str]:
     """Variables that make a run use the emulated device (to add to the run's environment).
     A capacity the user exported (SD_ENV_EMULATED_MEMORY) wins over the manifest's."""

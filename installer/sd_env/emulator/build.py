@@ -57,8 +57,10 @@ def build(out: Path) -> dict:
     flags = ["-O2", "-std=c++17", "-fPIC", "-w", "-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H",
              f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{sysconfig.get_paths()['include']}"]
     flags += [f"-I{p}" for p in cpp_extension.include_paths()]
-    flags += [f'-DPYBIND11_{name}="{value}"' for name, value in (
-        ("COMPILER_TYPE", "_gcc"), ("STDLIB", "_libstdcpp"), ("BUILD_ABI", "_cxxabi1011"))]
+    # torch's own pybind11 ABI tags (as cpp_extension reads them): with other ones the extension gets
+    # pybind11 internals of its own and cannot take torch's objects (the sccl backend takes a gloo one).
+    flags += [f'-DPYBIND11_{name}="{getattr(torch._C, f"_PYBIND11_{name}")}"'
+              for name in ("COMPILER_TYPE", "STDLIB", "BUILD_ABI") if getattr(torch._C, f"_PYBIND11_{name}", None)]
     sources = sorted((HERE / "csrc").glob("*.cpp"))
     jobs = max(1, os.cpu_count() or 1)
     running: list[tuple[Path, subprocess.Popen]] = []

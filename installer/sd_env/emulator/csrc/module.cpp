@@ -7,6 +7,10 @@
 
 namespace py = pybind11;
 
+namespace emu {
+void bind_sccl(py::module_& m);  // sccl.cpp: the emulated "sccl" c10d backend
+}
+
 namespace {
 
 at::ScalarType dtype_named(const std::string& name) {
@@ -36,6 +40,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_autocast_enabled", [](bool on) { emu::compat::set_autocast_enabled(on); });
   m.def("get_autocast_dtype", [] { return name_of(emu::compat::autocast_dtype()); });
   m.def("set_autocast_dtype", [](const std::string& name) { emu::compat::set_autocast_dtype(dtype_named(name)); });
+  emu::bind_sccl(m);
   m.def("torch_era", [] { return EMU_TORCH_28 ? "2.8" : "2.1"; });
   // memory (memory.cpp): the CUDA-style counters, per device
   m.def("memory_stats", [](int index) {

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from torch_tpu import _C, _era, _profile, emulator, tpu  # noqa: F401  (_C loads the device's kernels)
+from torch_tpu import _C, _era, _profile, _sccl, emulator, tpu  # noqa: F401  (_C loads the device's kernels)
 
 EMULATED = True  # the real plugin has no such attribute
 __version__ = _era.VERSION
@@ -25,5 +25,6 @@ torch._register_device_module("tpu", tpu)
 torch.utils.generate_methods_for_privateuse1_backend(for_tensor=True, for_module=True, for_storage=True,
                                                      unsupported_dtype=_profile.storage_dtypes_refused())
 emulator.configure()
+_sccl.register()  # the "sccl" c10d backend (torch_tpu/_sccl.py)
 
 __all__ = ["EMULATED", "emulator", "tpu"]
