@@ -30,7 +30,8 @@ GIB = 2**30
 def measured(**over) -> dict:
     base = {"ok": True, "error": None, "oom": False, "peak_bytes": 5 * GIB, "capacity_bytes": 16 * GIB,
             "cpu_fallback": {}, "losses": [0.2, 0.1], "finite": True, "up_max": 1e-4, "tensors": 256,
-            "first_step_seconds": 40.0, "step_seconds": [3.0], "host_peak_rss_bytes": 6 * GIB}
+            "first_step_seconds": 40.0, "step_seconds": [3.0], "host_peak_rss_bytes": 6 * GIB,
+            "loaded_bytes": 4 * GIB}
     return {**base, **over}
 
 
@@ -48,8 +49,15 @@ def test_an_out_of_memory_run_does_not_fit_and_fp16_is_offered_when_it_was_measu
     assert fp32.verdict == "does not fit: ran out of the 16.00 GiB after 15.00 GiB in use"
     said = rehearse.advice([fp32, fp16], rehearse.Options(Path("out")))
     assert said[0] == "fp32 does not fit; fp16 does (measured above): train with --mixed_precision fp16"
-    assert said[1] == ("not measured yet for fp32: rehearse again with --resolution 384 or --resolution 256 or "
-                       "--gradient-checkpointing")
+    assert said[1] == ("fp32 ran out in training, with 4.00 GiB of models on the device; not measured yet: rehearse "
+                       "again with --resolution 384 or --resolution 256 or --gradient-checkpointing")
+    early = rehearse.judge("fp32", measured(ok=False, oom=True, loaded_bytes=None, losses=[]), None, 9.0)
+    assert rehearse.advice([early], rehearse.Options(Path("out"), resolution=64)) == [
+        "fp32 ran out while the frozen weights moved to the device, before training: a smaller resolution or "
+        "batch, or gradient checkpointing, cannot help; fp16 halves the weights: rehearse with --mixed-precision fp16"]
+    late = rehearse.judge("fp16", measured(ok=False, oom=True, losses=[]), None, 9.0)
+    assert rehearse.advice([late], rehearse.Options(Path("out")))[0].endswith(
+        "rehearse again with --resolution 384 or --resolution 256 or --gradient-checkpointing")
 
 
 def test_ops_that_ran_on_the_cpu_are_named_and_a_run_that_trained_nothing_fails():
@@ -122,6 +130,7 @@ def test_sd14s_full_network_fits_at_64_pixels_in_both_precisions_on_the_emulated
         assert r["verdict"].endswith("; every op ran on the device") and r["cpu_fallback"] == {}
         assert r["finite"] and r["weights_moved"] and len(r["losses"]) == 2 and len(r["step_seconds"]) == 1
         assert r["host_peak_rss_bytes"] > r["peak_bytes"] / 2  # the emulated device lives in this host's RAM
+        assert r["loaded_bytes"] <= r["steps_peak_bytes"]
     # The frozen weights alone are 4.0 GiB in fp32 (1.07 billion parameters) and half that in fp16.
     fp32, fp16 = runs["fp32"], runs["fp16"]
     assert 4.0 * GIB < fp32["steps_peak_bytes"] <= fp32["peak_bytes"] < 6 * GIB
@@ -151,9 +160,10 @@ def test_a_capacity_below_the_peak_does_not_fit_exits_non_zero_and_writes_only_i
     assert run["status"] == "fail" and run["fits"] is False
     assert run["verdict"].startswith(f"does not fit: ran out of the {peak // 2 / GIB:.2f} GiB after ")
     assert run["peak_bytes"] <= peak // 2
-    assert doc["advice"] == ["fp32 ran out before its first step, while the frozen weights moved to the device: a "
-                             "smaller resolution or batch, or gradient checkpointing, cannot help; fp16 halves the "
-                             "weights: rehearse with --mixed-precision fp16"]
+    assert run["loaded_bytes"] is None  # it ran out moving the UNet to the device
+    assert doc["advice"] == ["fp32 ran out while the frozen weights moved to the device, before training: a smaller "
+                             "resolution or batch, or gradient checkpointing, cannot help; fp16 halves the weights: "
+                             "rehearse with --mixed-precision fp16"]
     assert tree(verify_home) == before and not list(user_home.iterdir())
     assert {p.name for p in out.iterdir()} == {"fp32"}
 

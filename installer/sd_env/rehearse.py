@@ -59,6 +59,7 @@ class Measured:
     verdict: str
     peak_bytes: int = 0
     steps_peak_bytes: int | None = None  # the peak as of the last step's end (before the LoRA is saved)
+    loaded_bytes: int | None = None  # in use once the models were on the device; None: it ran out before
     capacity_bytes: int = 0
     cpu_fallback: dict[str, int] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
@@ -98,8 +99,8 @@ def judge(label: str, data: dict[str, Any] | None, problem: str | None, seconds:
         why = problem or (data or {}).get("error") or "no result"
         return Measured(label, FAIL, None, f"failed before the emulator could measure: {why}", seconds=seconds)
     d = data
-    common = {k: d[k] for k in ("peak_bytes", "steps_peak_bytes", "cpu_fallback", "losses", "step_seconds",
-                                "first_step_seconds", "host_peak_rss_bytes", "error") if k in d}
+    common = {k: d[k] for k in ("peak_bytes", "steps_peak_bytes", "loaded_bytes", "cpu_fallback", "losses",
+                                "step_seconds", "first_step_seconds", "host_peak_rss_bytes", "error") if k in d}
     common.update(capacity_bytes=d.get("capacity_bytes") or 0, finite=bool(d.get("finite")),
                   weights_moved=bool(d.get("up_max")), seconds=seconds)
     cap = common["capacity_bytes"]
@@ -139,17 +140,19 @@ def advice(measured: list[Measured], opts: Options) -> list[str]:
         if fitting:
             said.append(f"{m.precision} does not fit; {', '.join(f.precision for f in fitting)} does (measured "
                         "above): train with --mixed_precision fp16")
-        if not m.losses:
-            said.append(f"{m.precision} ran out before its first step, while the frozen weights moved to the "
-                        "device: a smaller resolution or batch, or gradient checkpointing, cannot help"
-                        + ("; fp16 halves the weights: rehearse with --mixed-precision fp16"
-                           if m.precision == "fp32" and not fitting else ""))
+        halve = m.precision == "fp32" and not fitting
+        if m.loaded_bytes is None:
+            said.append(f"{m.precision} ran out while the frozen weights moved to the device, before training: "
+                        "a smaller resolution or batch, or gradient checkpointing, cannot help"
+                        + ("; fp16 halves the weights: rehearse with --mixed-precision fp16" if halve else ""))
             continue
-        smaller = [f"--resolution {r}" for r in (384, 256) if r < opts.resolution]
+        smaller = ["--mixed-precision fp16"] if halve else []
+        smaller += [f"--resolution {r}" for r in (384, 256) if r < opts.resolution]
         smaller += ["--batch 1"] if opts.batch > 1 else []
         smaller += [] if opts.gradient_checkpointing else ["--gradient-checkpointing"]
         if smaller:
-            said.append(f"not measured yet for {m.precision}: rehearse again with " + " or ".join(smaller))
+            said.append(f"{m.precision} ran out in training, with {gib(m.loaded_bytes)} GiB of models on the device; "
+                        "not measured yet: rehearse again with " + " or ".join(smaller))
     return said
 
 

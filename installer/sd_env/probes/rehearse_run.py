@@ -47,6 +47,14 @@ def main(script, *argv):
     def stop(*_args, **_kwargs):
         raise TrainingDone()
 
+    prepared = accelerate.Accelerator.prepare
+    loaded = []  # device bytes in use when the script prepares its training: the models are on the device
+
+    def prepare(self, *args, **kwargs):
+        loaded.append(torch_tpu.emulator.memory_stats(0)["allocated_bytes"]["current"])
+        return prepared(self, *args, **kwargs)
+
+    accelerate.Accelerator.prepare = prepare
     accelerate.Accelerator.log = log
     diffusers.DiffusionPipeline.from_pretrained = stop
     sys.argv = [script, *argv]
@@ -74,6 +82,7 @@ def main(script, *argv):
         # The peak up to the last step's end: what came after is the script's saving of the LoRA,
         # which first converts the whole UNet to fp32 on the device (unet.to(torch.float32)).
         "steps_peak_bytes": peaks[-1] if peaks else None,
+        "loaded_bytes": loaded[0] if loaded else None,  # None: it never got as far as the training
         "capacity_bytes": device["capacity_bytes"],
         "cpu_fallback": stats["cpu_fallback"],
         "profile": stats["profile"],
