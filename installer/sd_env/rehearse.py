@@ -140,7 +140,7 @@ def advice(measured: list[Measured], opts: Options) -> list[str]:
         if fitting:
             said.append(f"{m.precision} does not fit; {', '.join(f.precision for f in fitting)} does (measured "
                         "above): train with --mixed_precision fp16")
-        halve = m.precision == "fp32" and not fitting
+        halve = m.precision == "fp32" and not any(x.precision == "fp16" for x in measured)  # fp16 not tried yet
         if m.loaded_bytes is None:
             said.append(f"{m.precision} ran out while the frozen weights moved to the device, before training: "
                         "a smaller resolution or batch, or gradient checkpointing, cannot help"
