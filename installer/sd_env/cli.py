@@ -38,6 +38,7 @@ from sd_env import (
     manifest,
     pythons,
     readiness,
+    rehearse,
     repatch,
     run,
     sources,
@@ -241,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("extra", nargs=argparse.REMAINDER, metavar="-- SCRIPT ARGS",
                    help="more script arguments; they replace the tutorial's")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("rehearse", parents=[common], help="the tutorial's training on the emulated tpu with "
+                       "SD 1.4's full network (random weights): does it fit one chip, does every op run there")
+    rehearse_flags(p)
+    p.set_defaults(func=_cmd_rehearse)
 
     p = sub.add_parser("shell", parents=[common, device], help="a shell in the target environment with "
                        "the training variables set ($SHELL, else bash)")
@@ -638,6 +644,49 @@ def _cmd_train(args: argparse.Namespace) -> int:
     outcome = train.run(man, paths, runner, python, opts, inv)
     say(train.summary(outcome))
     return 0
+
+
+def rehearse_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resolution", type=int, default=512, help="training resolution (tutorial: 512)")
+    p.add_argument("--batch", type=int, default=1, help="--train_batch_size (tutorial: 1)")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "both"), default="both",
+                   help="fp32 (no), fp16, or both one after the other (default)")
+    p.add_argument("--steps", type=int, default=2, help="training steps per precision (at least 2: the first "
+                   "one's time includes loading the models)")
+    p.add_argument("--capacity", metavar="SIZE", help="one chip's memory, e.g. 16G (default: "
+                   "$SD_ENV_EMULATED_MEMORY, the manifest's [emulator] memory, else 16G)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="the script's --gradient_checkpointing")
+    p.add_argument("--model", type=Path, help="a diffusers model folder of your own instead of SD 1.4's "
+                   "architecture with random weights")
+    p.add_argument("--data", type=Path, help="images + metadata.jsonl (default: four drawn shapes)")
+    p.add_argument("--output", type=Path, default=Path("sd-env-rehearsal"), help="where the runs write "
+                   "(default: ./sd-env-rehearsal)")
+    p.add_argument("--keep-model", action="store_true", help="keep the built model (4 GiB) in OUTPUT/sd14-arch "
+                   "for --model OUTPUT/sd14-arch/model next time (default: deleted; rebuilding takes about 35 s)")
+    p.add_argument("--script", type=Path, help="train_text_to_image_lora.py to run (default: the managed "
+                   "diffusers checkout's)")
+
+
+def _cmd_rehearse(args: argparse.Namespace) -> int:
+    man, paths, runner = _setup(args, "rehearse")
+    python, _inv = _target(args, runner, paths, man)
+    both = ("no", "fp16") if args.mixed_precision == "both" else (args.mixed_precision,)
+    opts = rehearse.Options(args.output, args.resolution, args.batch, both, args.steps, args.capacity,
+                            args.model, args.data, args.keep_model, args.gradient_checkpointing, args.script)
+    measured, about = rehearse.run(man, paths, runner, python, opts)
+    code = exit_code(measured)
+    if args.json:
+        args._reported = True
+        dump_json("rehearse", code, rehearse.json_body(measured, about, opts))
+        return code
+    table(f"sd-env rehearse: {opts.resolution} x {opts.resolution}, batch {opts.batch}, {about['capacity']}",
+          rehearse.COLUMNS, rehearse.rows(measured))
+    for line in rehearse.advice(measured, opts):
+        say(f"- {line}")
+    say("seconds per step and host RAM are the emulation's, on this CPU: not the card's")
+    if about.get("kept"):
+        say(f"model kept: --model {about['model']}")
+    return code
 
 
 def _cmd_shell(args: argparse.Namespace) -> int:

@@ -37,9 +37,11 @@ def script(name: str) -> Path:
 
 
 def run(runner: Runner, python: Path, path: Path, args: list[str], *, timeout: float,
-        env: Mapping[str, str] | None = None, cwd: Path | None = None) -> ProbeResult:
+        env: Mapping[str, str] | None = None, cwd: Path | None = None, label: str | None = None) -> ProbeResult:
+    """`label`: a long probe shows it is alive (Runner.run's heartbeat with the elapsed time)."""
     try:
-        done = runner.run([str(python), str(path), *args], timeout=timeout, check=False, env=env, cwd=cwd)
+        done = runner.run([str(python), str(path), *args], timeout=timeout, check=False, env=env, cwd=cwd,
+                          label=label)
     except CommandError as exc:  # only a timeout gets here (check=False)
         output = "\n".join(line for line in exc.output.splitlines() if not line.startswith("(timeout after"))
         return ProbeResult(None, f"timed out after {timeout:.0f} s (killed)", timeout, _tail(output), output)

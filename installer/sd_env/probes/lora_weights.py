@@ -20,6 +20,14 @@ UP = ("up.weight", "lora_B.weight")
 
 
 def main(folder):
+    found = read(folder)
+    if found.get("ok") is not None and "file" in found:
+        found.update(losses=logged_losses(Path(folder)), step_seconds=step_seconds(logged(Path(folder))))
+    return found
+
+
+def read(folder):
+    """The saved LoRA tensors only (rehearse_run.py reads these before TensorBoard has flushed)."""
     files = sorted(Path(folder).glob("pytorch_lora_weights.*"))
     if not files:
         return {"ok": False, "error": f"no pytorch_lora_weights.* in {folder}"}
@@ -41,8 +49,7 @@ def main(folder):
         ups = [float(t.float().abs().max()) for k, t in tensors.items() if k.endswith(UP)]
     # LoRA up-weights start at zero: all still zero means the optimizer never moved them.
     return {"ok": count > 0 and finite, "file": str(path), "tensors": count, "finite": finite,
-            "up_max": max(ups) if ups else None, "losses": logged_losses(Path(folder)),
-            "step_seconds": step_seconds(logged(Path(folder)))}
+            "up_max": max(ups) if ups else None}
 
 
 def step_seconds(points):

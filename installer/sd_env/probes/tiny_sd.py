@@ -36,16 +36,21 @@ CAPTIONS = {
 MERGES = ["r e", "re d</w>", "b l", "bl u", "blu e</w>", "g r", "gr e", "gre e", "gree n</w>"]
 
 
-def write_tokenizer_files(folder):
+def write_tokenizer_files(folder, size=None):
+    """vocab.json and merges.txt; `size` pads the vocabulary with unused tokens to that many ids
+    (the specials stay the last two, as in CLIP's own)."""
     from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
     symbols = list(bytes_to_unicode().values())  # the 256 byte-level symbols, in CLIP's order
     tokens = symbols + [s + "</w>" for s in symbols] + [m.replace(" ", "") for m in MERGES]
-    # CLIP pools the text embedding at argmax(input_ids), i.e. it assumes
-    # <|endoftext|> has the highest id: keep the two specials last.
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {}
     for token in tokens:
+        vocab.setdefault(token, len(vocab))
+    while size and len(vocab) < size - 2:
+        vocab[f"<|unused{len(vocab)}|>"] = len(vocab)
+    # CLIP pools the text embedding at argmax(input_ids), i.e. it assumes
+    # <|endoftext|> has the highest id: keep the two specials last.
+    for token in ["<|startoftext|>", "<|endoftext|>"]:
         vocab.setdefault(token, len(vocab))
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     # CLIPTokenizer skips the first line of merges.txt (the version header).
@@ -94,22 +99,25 @@ def build_model(folder, scratch):
     pipe.save_pretrained(str(folder))
 
 
-def build_data(folder):
+def build_data(folder, size=64):
+    """The four captioned shapes, drawn at `size` pixels (64 for the tiny model; the script resizes)."""
     from PIL import Image, ImageDraw
 
     folder.mkdir()
-    fills = {"red_square.png": (220, 30, 30), "blue_circle.png": (30, 60, 220),
-             "green_triangle.png": (30, 180, 60), "yellow_cross.png": (230, 210, 30)}
-    draw_shape = {
-        "red_square.png": lambda d, c: d.rectangle([16, 16, 47, 47], fill=c),
-        "blue_circle.png": lambda d, c: d.ellipse([12, 12, 51, 51], fill=c),
-        "green_triangle.png": lambda d, c: d.polygon([(32, 8), (56, 54), (8, 54)], fill=c),
-        "yellow_cross.png": lambda d, c: (d.rectangle([26, 8, 37, 55], fill=c), d.rectangle([8, 26, 55, 37], fill=c)),
+    s = size / 64
+    shapes = {
+        "red_square.png": ((220, 30, 30), lambda d, c: d.rectangle([16 * s, 16 * s, 47 * s, 47 * s], fill=c)),
+        "blue_circle.png": ((30, 60, 220), lambda d, c: d.ellipse([12 * s, 12 * s, 51 * s, 51 * s], fill=c)),
+        "green_triangle.png": ((30, 180, 60), lambda d, c: d.polygon([(32 * s, 8 * s), (56 * s, 54 * s),
+                                                                       (8 * s, 54 * s)], fill=c)),
+        "yellow_cross.png": ((230, 210, 30), lambda d, c: (d.rectangle([26 * s, 8 * s, 37 * s, 55 * s], fill=c),
+                                                           d.rectangle([8 * s, 26 * s, 55 * s, 37 * s], fill=c))),
     }
     lines = []
     for name, caption in CAPTIONS.items():
-        image = Image.new("RGB", (64, 64), (245, 245, 245))
-        draw_shape[name](ImageDraw.Draw(image), fills[name])
+        image = Image.new("RGB", (size, size), (245, 245, 245))
+        fill, draw = shapes[name]
+        draw(ImageDraw.Draw(image), fill)
         image.save(folder / name)
         lines.append(json.dumps({"file_name": name, "text": caption}))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
