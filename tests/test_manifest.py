@@ -28,6 +28,10 @@ OTHER_TARGETS = {
        for v in ("0.20.0", "0.21.0", "0.23.0", "0.25.0", "0.28.0", "0.29.0", "0.30.0", "0.32.0", "0.33.0", "1.0.0")},
     **{f"accelerate-{v}-tpu.diff": (*ACCELERATOR, "src/accelerate/utils/modeling.py")
        for v in ("1.1.0", "1.5.0", "1.11.0")},
+    # Opt-in: the multi-process "tpu" patch goes on the pin's tree after accelerate-0.16.0-tpu.diff
+    # only where a stack asks for several devices (no shipped manifest does yet).
+    "accelerate-0.16.0-tpu-multi.diff": ("src/accelerate/accelerator.py", "src/accelerate/commands/launch.py",
+                                         "src/accelerate/state.py"),
 }
 
 # The shape of manifests/sc7-sd14-lora.toml; {patches} is a folder holding dummy patch files.
