@@ -42,8 +42,9 @@ from pathlib import Path
 from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
 
 from sd_env.errors import InputError, StepError
-from sd_env.fsutil import sha256_file
-from sd_env.report import progress
+from sd_env.fsutil import path_problem, sha256_file
+from sd_env.pythons import ARCHIVE_NAME
+from sd_env.report import human, progress
 
 FORMAT = 3  # 2: member paths confined, the tool venv's wheels listed, sdists carried as files; 3: a Python
 READS = (2, 3)  # a format-2 index is a format-3 one without an interpreter
@@ -60,8 +61,7 @@ PROJECT_KINDS = ("manifest", "lock", "patch", "model-lock")
 # so a host (or an image build) needs nothing from sd-env's repository.
 BOOTSTRAP = ("bootstrap.sh", "scripts/find-python.sh", "scripts/bundle-tool.sh")
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-# The standalone build's archive name (bundle-tool.sh checks the same before unpacking it).
-ARCHIVE_NAME = r"cpython-(3\.[0-9]+)\.[0-9]+[A-Za-z0-9._+-]*\.tar\.gz"
+# The standalone build's archive name, pythons.ARCHIVE_NAME (bundle-tool.sh checks the same before unpacking it).
 INTERPRETER = re.compile(rf"^{PYTHON}/{ARCHIVE_NAME}$")
 
 
@@ -125,14 +125,6 @@ class Index:
         return json.dumps(doc, indent=1, sort_keys=False) + "\n"
 
 
-def human(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"  # pragma: no cover
-
-
 def read_index(root: Path, raw: bytes | None = None) -> Index:
     """The index of the bundle at `root` (from `raw`, the bytes an anchor check already read, when
     given), with every path in it confined: a problem names the path and the rule."""
@@ -171,20 +163,6 @@ def read_plain_file(root: Path, rel: str) -> bytes:
     _no_links(root, rel)
     return (root / rel).read_bytes()
 
-
-def path_problem(rel: object) -> str | None:
-    """Why `rel` cannot be a member path (None when it can): relative, "/"-separated, normalised,
-    no empty, "." or ".." part, no control character or backslash."""
-    if not isinstance(rel, str) or not rel:
-        return "not a path"
-    if rel.startswith("/"):
-        return "absolute"
-    if "\\" in rel or any(ord(c) < 32 or ord(c) == 127 for c in rel):
-        return "a backslash or control character"
-    parts = rel.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        return "not normalised (an empty, '.' or '..' part)"
-    return None
 
 
 def confine(index: Index, where: Path) -> None:

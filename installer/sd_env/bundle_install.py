@@ -24,7 +24,7 @@ from sd_env.fsutil import sha256_file
 from sd_env.lockfile import Lock
 from sd_env.manifest import Component
 from sd_env.paths import Paths
-from sd_env.report import Result, progress
+from sd_env.report import Result, human, progress
 from sd_env.runner import Runner
 from sd_env.tools import find_uv
 
@@ -39,7 +39,7 @@ def open_checked(root: Path, runner: Runner, expect: str | None = None, allowed_
     progress(f"checking the bundle {root}: its anchor, then every member against its index")
     checked = bundle_trust.verify(root, runner, expect, allowed_signers, checkout)
     progress(checked.anchor.said())
-    progress(f"bundle ok: {len(checked.index.members)} members, {bundle.human(checked.bytes_checked)}, "
+    progress(f"bundle ok: {len(checked.index.members)} members, {human(checked.bytes_checked)}, "
              f"made for {checked.index.manifest_name} on {checked.index.created}")
     return checked
 

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Protocol
 
 from sd_env import hublock
-from sd_env.bundle import DATA, MODEL, BundleError, Index, Member, human
+from sd_env.bundle import DATA, MODEL, BundleError, Index, Member
 from sd_env.errors import InputError
 from sd_env.hubcache import Snapshot, hub_cache
 from sd_env.hublock import HubLock, LockedRepo
 from sd_env.manifest import Manifest
-from sd_env.report import OK, Result, progress
+from sd_env.report import OK, Result, human, progress
 
 KINDS = {"model": MODEL, "dataset": DATA}  # lock section -> member kind (and folder)
 

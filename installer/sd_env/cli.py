@@ -21,7 +21,6 @@ from pathlib import Path
 from sd_env import (
     __version__,
     ansible_inventory,
-    bundle,
     bundle_create,
     bundle_install,
     bundle_trust,
@@ -52,7 +51,19 @@ from sd_env import paths as paths_mod
 from sd_env import runner as runner_module
 from sd_env.errors import InputError, SdEnvError
 from sd_env.paths import ENV_HOME, Paths, default_home
-from sd_env.report import OK, LiveTable, Result, dump_json, exit_code, progress, results_json, results_table, say, table
+from sd_env.report import (
+    OK,
+    LiveTable,
+    Result,
+    dump_json,
+    exit_code,
+    human,
+    progress,
+    results_json,
+    results_table,
+    say,
+    table,
+)
 from sd_env.runner import Runner
 
 DEFAULT_MANIFEST = "sc7-sd14-lora.toml"
@@ -457,7 +468,7 @@ def _cmd_bundle_verify(args: argparse.Namespace) -> int:
     pins = len(checked.lock.pins) if checked.lock else 0
     shown = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
     wheel = f", torch_tpu {index.torch_tpu}" if index.torch_tpu else ", no torch_tpu wheel"
-    say(f"bundle {args.out} ok: {len(index.members)} members, {bundle.human(index.size)}, all sha256 match the "
+    say(f"bundle {args.out} ok: {len(index.members)} members, {human(index.size)}, all sha256 match the "
         f"index; complete for manifest {index.manifest_name} (sha256 {index.manifest_sha256[:12]}): {pins} locked "
         f"packages, {len(index.components)} component sources{wheel}"
         + "".join(f", extra {n}" for n in index.extras) + f" [{shown}]")

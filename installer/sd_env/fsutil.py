@@ -95,3 +95,18 @@ def sha256_file(path: Path) -> str:
 def tree_size(folder: Path) -> int:
     """Bytes of the regular files under `folder` (links not followed, not counted)."""
     return sum(p.lstat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def path_problem(rel: object) -> str | None:
+    """Why `rel` cannot be a member path (None when it can): relative, "/"-separated, normalised,
+    no empty, "." or ".." part, no control character or backslash."""
+    if not isinstance(rel, str) or not rel:
+        return "not a path"
+    if rel.startswith("/"):
+        return "absolute"
+    if "\\" in rel or any(ord(c) < 32 or ord(c) == 127 for c in rel):
+        return "a backslash or control character"
+    parts = rel.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "not normalised (an empty, '.' or '..' part)"
+    return None

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sd_env.bundle import path_problem
 from sd_env.errors import InputError
+from sd_env.fsutil import path_problem
 from sd_env.manifest import HubRepo, Manifest
 
 VERSION = 1

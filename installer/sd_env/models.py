@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 
 from sd_env import fsutil, hublock, probe, state
-from sd_env.bundle import human
 from sd_env.errors import InputError, StepError
 from sd_env.hubcache import Snapshot, hub_cache
 from sd_env.hublock import HubLock, Listed, LockedRepo
 from sd_env.manifest import HubRepo, Manifest
 from sd_env.paths import Paths
-from sd_env.report import OK, Result, progress
+from sd_env.report import OK, Result, human, progress
 from sd_env.runner import Runner
 
 HINTS = {

@@ -25,14 +25,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd_env.bundle import ARCHIVE_NAME, human
 from sd_env.errors import CommandError, InputError, StepError
 from sd_env.fsutil import tree_size
-from sd_env.report import progress
+from sd_env.report import human, progress
 from sd_env.runner import Runner
 from sd_env.tools import find_uv
 
 MIRROR_VAR = "UV_PYTHON_INSTALL_MIRROR"
+# The standalone build's archive name (bundle-tool.sh checks the same before unpacking it).
+ARCHIVE_NAME = r"cpython-(3\.[0-9]+)\.[0-9]+[A-Za-z0-9._+-]*\.tar\.gz"
 # python-build-standalone's archive names: cpython-3.9.18+20990101-x86_64-unknown-linux-gnu-install_only....tar.gz
 ARCHIVE = re.compile(rf"^{ARCHIVE_NAME}$")
 
