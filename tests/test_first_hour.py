@@ -14,11 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import envs, manifest, probe, readiness, sources, state, train, verify
 from sd_env.cli import main
+from sd_env.core import manifest, state
 from sd_env.errors import InputError
-from sd_env.paths import Paths
-from sd_env.runner import Runner
+from sd_env.patching import sources
+from sd_env.system import probe
+from sd_env.system.paths import Paths
+from sd_env.system.runner import Runner
+from sd_env.target import envs
+from sd_env.verify import checks as verify
+from sd_env.verify import readiness
+from sd_env.workflows import train
 from tests.conftest import ROOT, SETUP, TPU_PATCH, Upstream, git, tiny_component
 from tests.test_install import make_sdist
 

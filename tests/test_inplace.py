@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import inplace, manifest, status, verify
-from sd_env.paths import Paths
-from sd_env.runner import Runner
+from sd_env.core import manifest
+from sd_env.patching import inplace, status
+from sd_env.system.paths import Paths
+from sd_env.system.runner import Runner
+from sd_env.verify import checks as verify
 from tests.conftest import run_in
 from tests.test_repatch import CORE_PY, checkout, install_tiny, status_row
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sd_env import verify
 from sd_env.cli import main
 from sd_env.errors import InputError
+from sd_env.verify import checks as verify
 
 
 def test_folders_that_cannot_be_a_model_or_a_dataset_are_refused(tmp_path):

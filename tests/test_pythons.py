@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import envs, pythons, report
+from sd_env import report
 from sd_env.cli import main
 from sd_env.errors import StepError
-from sd_env.fsutil import sha256_file
-from sd_env.runner import Runner
+from sd_env.system.fsutil import sha256_file
+from sd_env.system.runner import Runner
+from sd_env.target import envs, pythons
 from tests.bundlekit import BUILD_PINS, make_project
 from tests.conftest import ROOT
 from tests.pythonkit import JSON_VAR, MIRROR_VAR, minimal_bin, serve

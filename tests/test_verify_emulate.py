@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import emulation, verify, verify_emulated
 from sd_env.cli import main
-from sd_env.manifest import load
-from sd_env.paths import Paths
-from sd_env.runner import Runner
+from sd_env.core.manifest import load
+from sd_env.system.paths import Paths
+from sd_env.system.runner import Runner
+from sd_env.verify import checks as verify
+from sd_env.verify import emulated as verify_emulated
+from sd_env.verify import emulation
 from tests.conftest import ROOT
 
 EMULATED_ROWS = ("linear smoke", "lora step (fp16)", "lora step (fp32)", "inference")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import verify
 from sd_env.cli import main
-from sd_env.manifest import load
-from sd_env.paths import Paths
-from sd_env.runner import Runner
+from sd_env.core.manifest import load
+from sd_env.system.paths import Paths
+from sd_env.system.runner import Runner
+from sd_env.verify import checks as verify
 from tests.conftest import ROOT, shared_mirrors
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]

@@ -18,39 +18,16 @@ import time
 import traceback
 from pathlib import Path
 
-from sd_env import (
-    __version__,
-    ansible_inventory,
-    bundle_create,
-    bundle_install,
-    bundle_trust,
-    cli_models,
-    config,
-    emulation,
-    envs,
-    extras,
-    fleet,
-    homelock,
-    hostfacts,
-    install,
-    lockfile,
-    manifest,
-    pythons,
-    readiness,
-    rehearse,
-    repatch,
-    run,
-    sources,
-    stacks,
-    status,
-    train,
-    trainenv,
-    verify,
-)
-from sd_env import paths as paths_mod
-from sd_env import runner as runner_module
+from sd_env import __version__, cli_models
+from sd_env.bundle import create as bundle_create
+from sd_env.bundle import install as bundle_install
+from sd_env.bundle import trust as bundle_trust
+from sd_env.core import config, lockfile, manifest, stacks
 from sd_env.errors import InputError, SdEnvError
-from sd_env.paths import ENV_HOME, Paths, default_home
+from sd_env.fleet import hostfacts
+from sd_env.fleet import inventory as ansible_inventory
+from sd_env.fleet import reports as fleet
+from sd_env.patching import sources, status
 from sd_env.report import (
     OK,
     LiveTable,
@@ -64,7 +41,15 @@ from sd_env.report import (
     say,
     table,
 )
-from sd_env.runner import Runner
+from sd_env.system import homelock
+from sd_env.system import paths as paths_mod
+from sd_env.system import runner as runner_module
+from sd_env.system.paths import ENV_HOME, Paths, default_home
+from sd_env.system.runner import Runner
+from sd_env.target import envs, extras, pythons, trainenv
+from sd_env.verify import checks as verify
+from sd_env.verify import emulation, readiness
+from sd_env.workflows import install, rehearse, repatch, run, train
 
 DEFAULT_MANIFEST = "sc7-sd14-lora.toml"
 _REPO = Path(__file__).resolve().parents[2]  # the sd-env checkout, for an editable install
@@ -486,7 +471,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                          model=model, data=data, inventory=inv, strict=args.strict)
     title = f"sd-env verify ({man.name}, {python})" + (" on the emulated tpu" if args.emulate else "")
     if args.emulate:
-        from sd_env import verify_emulated  # builds a C++ extension: only loaded when asked for
+        from sd_env.verify import emulated as verify_emulated  # builds a C++ extension: only loaded when asked for
 
         run_checks = verify_emulated.run
     else:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sd_env import models, runrecord
+from sd_env.core import runrecord
 from sd_env.report import dump_json, say
+from sd_env.workflows import models
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser, writes: argparse.ArgumentParser) -> None:
@@ -45,7 +46,8 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from sd_env import cli, envs
+    from sd_env import cli
+    from sd_env.target import envs
 
     man, paths, runner = cli._setup(args, "model-fetch")
     found = envs.resolve(runner, args.python, paths.home, man.python, create=False)  # needed only to download
