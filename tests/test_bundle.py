@@ -143,7 +143,9 @@ def test_the_installers_look_nowhere_but_the_bundle(made, tmp_path, fresh_target
     it instead of finding it in this machine's pip config or on the network."""
     copy = copy_of(made, tmp_path)
     (copy / SIX).unlink()
-    code = ("import sys\nfrom pathlib import Path\nfrom sd_env import bundle, bundle_install, bundle_trust, lockfile\n"
+    code = ("import sys\nfrom pathlib import Path\nfrom sd_env.bundle import format as bundle\n"
+            "from sd_env.bundle import install as bundle_install, trust as bundle_trust\n"
+            "from sd_env.core import lockfile\n"
             "from sd_env.errors import StepError\nfrom sd_env.system.runner import Runner\n"
             "root = Path(sys.argv[1])\nlock = lockfile.read(root / 'manifests/test.pypi.lock.txt')\n"
             "checked = bundle_trust.Checked(root, bundle.read_index(root), None, lock, 0,\n"

@@ -312,7 +312,8 @@ def test_a_header_only_edit_of_a_patch_file_is_recorded_and_verify_passes(projec
     """Only `Last-Update:` changed: the checkout is exactly what the new file produces. verify says so
     without failing; install records the new file (nothing else runs); then status and verify say applied."""
     from sd_env.patching import status
-    from sd_env.verify import checks as verify
+    from sd_env.verify.context import Check, Context
+    from sd_env.verify.environment import check_sources
     setup_tiny(project, upstream)
     assert project.cli("install", python=fresh_target) == 0
     patch = project.root / "patches" / "tiny-tpu.diff"
@@ -320,9 +321,9 @@ def test_a_header_only_edit_of_a_patch_file_is_recorded_and_verify_passes(projec
     new_sha = patches.load(patch).sha256
     man, paths = manifest.load(project.manifest), Paths(project.home)
 
-    def sources_check() -> verify.Check:
-        ctx = verify.Context(man, paths, Runner(), fresh_target, quick=True)
-        return verify.check_sources(ctx, status.collect(man, paths, Runner(), fresh_target))
+    def sources_check() -> Check:
+        ctx = Context(man, paths, Runner(), fresh_target, quick=True)
+        return check_sources(ctx, status.collect(man, paths, Runner(), fresh_target))
 
     before = sources_check()
     assert before.status == "warn" and "sd-env install` records it" in before.detail, before

@@ -17,7 +17,7 @@ from sd_env.core import lockfile, state
 from sd_env.errors import InputError
 from sd_env.system.fsutil import sha256_file
 from sd_env.system.paths import Paths
-from sd_env.verify.checks import PACKAGE_FACTS, Context
+from sd_env.verify.context import PACKAGE_FACTS, Context
 
 
 def collect(ctx: Context) -> dict[str, Any]:

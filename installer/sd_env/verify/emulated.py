@@ -20,13 +20,15 @@ from packaging.version import InvalidVersion, Version
 
 from sd_env.errors import SdEnvError
 from sd_env.patching import status
-from sd_env.report import progress
+from sd_env.report import FAIL, OK, SKIPPED, progress
 from sd_env.system import probe
 from sd_env.system.runner import Completed, Runner
 from sd_env.target import envs
-from sd_env.verify import checks as verify
 from sd_env.verify import emulation, placement, precision
-from sd_env.verify.checks import FAIL, OK, SKIPPED, Check, Context
+from sd_env.verify.context import Check, Context, _asked, _nothing, _problem, hf_env, model_and_data, recorder
+from sd_env.verify.device import check_linear, check_torch_tpu
+from sd_env.verify.environment import check_ulimit, environment_checks
+from sd_env.verify.training import check_lora_step
 
 DEVICE = "tpu:0"
 PRECISIONS = (("fp16", "fp16"), ("no", "fp32"))  # --mixed_precision value, row label
@@ -46,24 +48,24 @@ class EnvRunner(Runner):
         return super().run(argv, env={**self.extra, **(env or {})}, **kwargs)
 
 
-def run(ctx: Context, started: Callable[[str], None] = verify._nothing,
-        finished: Callable[[Check], None] = verify._nothing) -> list[Check]:
+def run(ctx: Context, started: Callable[[str], None] = _nothing,
+        finished: Callable[[Check], None] = _nothing) -> list[Check]:
     """verify's checks with the work rows on the emulated tpu; `started`/`finished` as in verify.run."""
     ctx.emulated = True
     checks: list[Check] = []
-    done = verify.recorder(checks, finished)
+    done = recorder(checks, finished)
     started("interpreter")
     inv = ctx.inventory or envs.inventory(ctx.runner, ctx.python)
     rows = status.collect(ctx.man, ctx.paths, ctx.runner, ctx.python, inv)
-    verify.environment_checks(ctx, inv, rows, started, done)
+    environment_checks(ctx, inv, rows, started, done)
     started("torch_tpu")
-    real = verify.check_torch_tpu(ctx, inv)  # what is installed, judged as always
+    real = check_torch_tpu(ctx, inv)  # what is installed, judged as always
     started("emulator")
     emu, built = build(ctx)
     done(torch_tpu_row(ctx, real, emu))
     done(built)
     started("ulimit -n")
-    done(verify.check_ulimit())
+    done(check_ulimit())
     names = ["linear smoke", *(f"lora step ({label})" for _, label in PRECISIONS), "inference"]
     if emu is None:
         for n in names:
@@ -73,13 +75,13 @@ def run(ctx: Context, started: Callable[[str], None] = verify._nothing,
     setup = emulation.settings(ctx.man, emu, ctx.strict)
     on_emu = dataclasses.replace(ctx, runner=EnvRunner.around(ctx.runner, emulation.environment(emu, DEVICE, setup)))
     started("linear smoke")
-    done(_label(verify.check_linear(on_emu)))
+    done(_label(check_linear(on_emu)))
     if ctx.quick:
         for n in names[1:]:
             done(Check(n, SKIPPED, "skipped: --quick"))
         return checks
     steps = []
-    inputs = verify.model_and_data(on_emu)  # the tiny model, once for both precisions
+    inputs = model_and_data(on_emu)  # the tiny model, once for both precisions
     for mixed, label in PRECISIONS:
         started(f"lora step ({label})")
         steps.append(done(lora_step(on_emu, rows, inputs, mixed, label)))
@@ -139,7 +141,7 @@ def lora_step(ctx: Context, rows: list[status.ComponentStatus], inputs: tuple[Pa
         old.unlink(missing_ok=True)
     assert isinstance(ctx.runner, EnvRunner)
     # check_lora_step puts the watcher first on the run's PYTHONPATH, ahead of the emulation's.
-    step = verify.check_lora_step(dataclasses.replace(ctx, mixed_precision=mixed), rows, inputs,
+    step = check_lora_step(dataclasses.replace(ctx, mixed_precision=mixed), rows, inputs,
                                   env_extra={"PYTHONPATH": ctx.runner.extra["PYTHONPATH"],
                                              "SD_ENV_EMULATOR_STATS": str(stats)}, watch=out)
     step = _label(dataclasses.replace(step, name=f"lora step ({label})"))
@@ -181,15 +183,15 @@ def check_inference(ctx: Context, step: Check) -> Check:
 def check_demo_inference(ctx: Context) -> Check:
     got = probe.run(ctx.runner, ctx.python, probe.script("demo_infer.py"),
                     ["--model", str(ctx.model or ctx.paths.tiny_sd / "model"), "--lora", str(ctx.paths.lora_out),
-                     "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"], env=verify.hf_env())
+                     "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"], env=hf_env())
     where = "ran on tpu (emulated), as Sophgo's SD 1.5 demo validates"
     placed = placement.measure(ctx.device, got.data, placement.INFERENCE, "the inference probe reported none")
     if placed.problem or placed.device is None:
-        where = f"{verify._asked(ctx)}, as Sophgo's SD 1.5 demo validates"
+        where = f"{_asked(ctx)}, as Sophgo's SD 1.5 demo validates"
     d = got.data or {}
     if got.data is None or not got.ok:
         facts = ", ".join(f"{k}={d[k]}" for k in ("same_image_twice", "finite", "lora_parameters") if k in d)
-        return Check("inference", FAIL, f"{where}: {verify._problem(got)}" + (f" ({facts})" if facts else ""),
+        return Check("inference", FAIL, f"{where}: {_problem(got)}" + (f" ({facts})" if facts else ""),
                      got.seconds, _emulated(placed.device))
     if placed.problem:
         return Check("inference", FAIL, f"{where}: {placed.problem}", got.seconds, _emulated(placed.device))
@@ -205,16 +207,16 @@ def check_tutorial_inference(ctx: Context, step: Check) -> Check:
         return Check("inference", SKIPPED, f"skipped: the LoRA step did not pass ({step.status})")
     got = probe.run(ctx.runner, ctx.python, probe.script("tutorial_infer.py"),
                     ["--model", str(ctx.model or ctx.paths.tiny_sd / "model"), "--lora", str(ctx.paths.lora_out),
-                     "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"], env=verify.hf_env())
+                     "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"], env=hf_env())
     where = "ran on tpu (emulated), the tutorial's 2.1 and 2.2"
     placed = placement.measure(ctx.device, got.data, placement.INFERENCE, "the inference probe reported none")
     if placed.problem or placed.device is None:
-        where = f"{verify._asked(ctx)}, the tutorial's 2.1 and 2.2"
+        where = f"{_asked(ctx)}, the tutorial's 2.1 and 2.2"
     if got.data is None or not got.ok:
         d = got.data or {}
         facts = ", ".join(f"{k}={d[k]}" for k in ("same_image_twice", "same_lora_image_twice", "finite",
                                                    "lora_processors") if k in d)
-        return Check("inference", FAIL, f"{where}: {verify._problem(got)}" + (f" ({facts})" if facts else ""),
+        return Check("inference", FAIL, f"{where}: {_problem(got)}" + (f" ({facts})" if facts else ""),
                      got.seconds, _emulated(placed.device))
     if placed.problem:
         return Check("inference", FAIL, f"{where}: {placed.problem}", got.seconds,

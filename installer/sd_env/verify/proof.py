@@ -29,8 +29,9 @@ from sd_env.report import FAIL, OK, SKIPPED, Result, progress
 from sd_env.system import probe
 from sd_env.system.paths import Paths
 from sd_env.system.runner import Runner
-from sd_env.verify import checks as verify
 from sd_env.verify import emulation
+from sd_env.verify.context import TIMEOUTS, hf_env
+from sd_env.verify.readiness import EXAMPLE
 
 ACCELERATE_CLAIM = ("an fp16 Accelerator on tpu:0 gets torch_tpu's GradScaler, trains 2 steps and skips the step "
                     "with an injected inf")
@@ -48,8 +49,8 @@ def after_port(runner: Runner, python: Path, paths: Paths, component: str,
     sets up the device (none: the emulation's defaults)."""
     if component not in PROVEN:
         return []
-    if component == "diffusers" and not (paths.checkout(component) / verify.EXAMPLE).exists():
-        return [Result(component, "proof", SKIPPED, f"skipped: ported, not proven: {verify.EXAMPLE} is not in this "
+    if component == "diffusers" and not (paths.checkout(component) / EXAMPLE).exists():
+        return [Result(component, "proof", SKIPPED, f"skipped: ported, not proven: {EXAMPLE} is not in this "
                        "checkout (diffusers from its sdist)")]
     progress(f"proving the port of {component} on the emulated tpu")
     try:
@@ -115,19 +116,19 @@ def _example(runner: Runner, python: Path, paths: Paths, emu: emulation.Emulator
     path when given): OBSOLETE when the LoRA weights moved, NEEDED when they did not or the step found
     two devices, UNPROVEN when it could not run; the evidence; the seconds it took."""
     tiny = probe.run(runner, python, probe.script("tiny_sd.py"), ["--out", str(paths.tiny_sd)], timeout=TIMEOUT,
-                     env=verify.hf_env())
+                     env=hf_env())
     if not tiny.ok:
         return UNPROVEN, f"the tiny model could not be built: {tiny.problem}", tiny.seconds
     out = paths.repatch / "example-proof"
     shutil.rmtree(out, ignore_errors=True)
-    env = {**emulation.environment(emu, setup=setup), **verify.hf_env(ACCELERATE_TORCH_DEVICE="tpu:0")}
+    env = {**emulation.environment(emu, setup=setup), **hf_env(ACCELERATE_TORCH_DEVICE="tpu:0")}
     if library is not None:
         env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(library)])
     args = ["--pretrained_model_name_or_path", str(paths.tiny_sd / "model"), "--train_data_dir",
             str(paths.tiny_sd / "data"), "--resolution", "32", "--center_crop", "--train_batch_size", "1",
             "--max_train_steps", "2", "--seed", "0", "--num_validation_images", "0", "--dataloader_num_workers", "0",
             "--mixed_precision", "no", "--output_dir", str(out)]
-    ran = probe.run(runner, python, tree / verify.EXAMPLE, args, timeout=verify.TIMEOUTS["lora"], env=env)
+    ran = probe.run(runner, python, tree / EXAMPLE, args, timeout=TIMEOUTS["lora"], env=env)
     weights = probe.run(runner, python, probe.script("lora_weights.py"), [str(out)], timeout=TIMEOUT)
     shutil.rmtree(out, ignore_errors=True)
     moved = (weights.data or {}).get("up_max")
