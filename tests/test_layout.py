@@ -8,6 +8,8 @@ count for the direction, not for cycles (they never run).
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,15 @@ def test_no_module_over_about_400_lines() -> None:
              if p.suffix in (".py", ".cpp", ".h") and "__pycache__" not in p.parts}
     big = sorted(f"{p.relative_to(SRC)}: {n}" for p, n in sizes.items() if n > 420)
     assert not big, "modules over about 400 lines (the style guide's size; split them):\n" + "\n".join(big)
+
+
+def test_a_command_loads_only_what_it_needs() -> None:
+    """cli imports the module of the command it runs, not every command's: `sd-env run` starts
+    without the packages that install, verify, bundles and fleets need."""
+    code = ("import sys; from sd_env import cli; cli.build_parser('run'); "
+            "print(' '.join(m for m in sys.modules if m.startswith('sd_env.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    assert "sd_env.commands.run" in loaded
+    heavy = [m for m in loaded if unit(m) in ("patching", "verify", "bundle", "fleet")
+             or m in ("sd_env.commands.install", "sd_env.workflows.install")]
+    assert not heavy, heavy

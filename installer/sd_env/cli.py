@@ -10,51 +10,48 @@ import argparse
 import contextlib
 import difflib
 import errno
+import importlib
 import sys
 import traceback
 
 from sd_env import __version__
-from sd_env.commands import (
-    bundle,
-    common,
-    config,
-    emulate,
-    fleet_report,
-    install,
-    lock,
-    model,
-    rehearse,
-    repatch,
-    run,
-    run_diff,
-    stacks,
-    status,
-    train,
-    verify,
-)
+from sd_env.commands import common
 from sd_env.errors import InputError, SdEnvError
 from sd_env.report import dump_json
 
-# In the order `sd-env --help` lists them.
-COMMANDS = (install.add, bundle.add, verify.add, repatch.add, lock.add, emulate.add, model.add, run_diff.add,
-            status.add, config.add, fleet_report.add, stacks.add, run.add, train.add, rehearse.add, run.add_shell)
+# (command, its module in commands/, the function that adds its parser), in the order `sd-env --help`
+# lists them. Only the module of the command being run is imported: `sd-env run` does not load what
+# install, verify or bundle need.
+COMMANDS = (("install", "install", "add"), ("bundle", "bundle", "add"), ("verify", "verify", "add"),
+            ("repatch", "repatch", "add"), ("lock", "lock", "add"), ("emulate", "emulate", "add"),
+            ("model", "model", "add"), ("run-diff", "run_diff", "add"), ("status", "status", "add"),
+            ("config", "config", "add"), ("fleet-report", "fleet_report", "add"), ("stacks", "stacks", "add"),
+            ("run", "run", "add"), ("train", "train", "add"), ("rehearse", "rehearse", "add"),
+            ("shell", "run", "add_shell"))
+NAMES = [name for name, _module, _add in COMMANDS]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of the command `only` (the one being run) alone."""
     parser = argparse.ArgumentParser(
         prog="sd-env", description="Reproducible Stable Diffusion LoRA environments for Sophgo SC7.")
     parser.add_argument("--version", action="version", version=f"sd-env {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parents = common.parents()
-    for add in COMMANDS:
-        add(sub, parents)
-    parser.set_defaults(_commands=list(sub.choices))
+    for name, module, add in COMMANDS:
+        if only is None or name == only:
+            getattr(importlib.import_module(f"sd_env.commands.{module}"), add)(sub, parents)
+    parser.set_defaults(_commands=NAMES)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    word = next((a for a in argv if not a.startswith("-")), None)
+    if word in NAMES:
+        parser = build_parser(word)
+    else:  # every command's parser for help or a typo; none for --version or a missing command
+        parser = build_parser(None if word is not None or {"-h", "--help"} & set(argv) else "")
     try:
         _known_command(parser, argv)
         args = parser.parse_args(argv)
