@@ -29,10 +29,14 @@ OTHER_TARGETS = {
     **{f"accelerate-{v}-tpu.diff": (*ACCELERATOR, "src/accelerate/utils/modeling.py")
        for v in ("1.1.0", "1.5.0", "1.11.0")},
     # Opt-in: the multi-process "tpu" patch goes on the pin's tree after accelerate-0.16.0-tpu.diff
-    # only where a stack asks for several devices (no shipped manifest does yet).
+    # only where a stack asks for several devices (no shipped manifest does yet); the same for 0.30.1
+    # after accelerate-0.30.0-tpu.diff (tests/test_multi_device_28.py).
     "accelerate-0.16.0-tpu-multi.diff": ("src/accelerate/accelerator.py", "src/accelerate/commands/launch.py",
                                          "src/accelerate/state.py"),
+    "accelerate-0.30.0-tpu-multi.diff": ("src/accelerate/commands/launch.py", "src/accelerate/state.py"),
 }
+# Named after the port they go on top of, but made on the release a shipped stack pins (v0.30.1 there).
+MADE_ON_PIN = {"accelerate-0.30.0-tpu-multi.diff": "sc7-sd15-lora.toml"}
 
 # The shape of manifests/sc7-sd14-lora.toml; {patches} is a folder holding dummy patch files.
 BASE = f'''schema = 1
@@ -245,6 +249,9 @@ def test_repository_patch_has_header_one_file_and_full_index(path):
     if path.name in used:
         comp = used[path.name]
         assert comp.tag in patch.header["Upstream-Version"] and comp.commit in patch.header["Upstream-Version"]
+    elif path.name in MADE_ON_PIN:  # named after the port it follows, made on a shipped stack's pin
+        comp = manifest.load(ROOT / "manifests" / MADE_ON_PIN[path.name]).component(path.name.split("-")[0])
+        assert patch.header["Upstream-Version"].startswith(f"{comp.name} {comp.tag} ({comp.commit}")
     else:  # named by the release it was made on, with that tag's commit
         version = re.search(r"-(\d+\.\d+\.\d+)-", path.name).group(1)  # type: ignore[union-attr]
         assert re.match(rf"\w+ v{re.escape(version)} \([0-9a-f]{{40}}", patch.header["Upstream-Version"])
