@@ -1,4 +1,5 @@
-"""`sd-env train --devices`: one process per device through accelerate's launcher, and its refusals.
+"""`sd-env train --devices`: one process per device through accelerate's launcher, and its refusals;
+`sd-env verify --emulate --devices N`: an all-reduce across N emulated devices.
 
 The fast tests refuse before anything runs: a device listed twice, both --device and --devices, a home
 whose accelerate lacks the multi-device patch (the error names the patch and the shipped stack that has
@@ -84,6 +85,12 @@ def test_train_refuses_what_several_devices_cannot_do(capsys, tmp_path, fresh_ta
     assert "hint: install the stack that carries it in a home of its own: sd-env install -m sc7-sd14-lora-multi" in err
 
 
+def test_verify_devices_is_for_the_emulated_ones(capsys, tmp_path, fresh_target):
+    code = main(["verify", "-m", str(DEFAULT), "--home", str(tmp_path / "home"), "--python", str(fresh_target),
+                 "--devices", "2", "--quick"])
+    assert code == 2 and "error: --devices is for the emulated devices" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def multi_home(emulated_target, tmp_path_factory) -> Iterator[Path]:  # noqa: F811
     """The shipped multi-device stack installed for real into a fresh home (its accelerate carries the
@@ -152,3 +159,18 @@ def test_a_device_the_target_lacks_is_refused_before_training(multi_home, tiny, 
 def test_emulated_note_names_the_device():
     emu = emulation.Emulator(Path("/x"), True, 0.0, "torch2.1.0-py3.9-k")
     assert emulation.note(emu, "tpu:1").startswith("tpu:1 is emulated: torch_tpu 2.1 on the CPU (cached,")
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_verify_emulate_devices_adds_an_all_reduce_row(multi_home, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    got = subprocess.run([sys.executable, "-m", "sd_env", "verify", "-m", str(MULTI), "--home", str(multi_home),
+                          "--emulate", "--devices", "2", "--quick", "--json"], env=env, capture_output=True, text=True,
+                         timeout=1800)
+    rows = {c["name"]: c for c in json.loads(got.stdout)["checks"]}
+    row = rows["all-reduce (2 devices)"]
+    assert row["status"] == "ok", row
+    assert row["device"] == "tpu:0, tpu:1 (emulated)"
+    assert '"sccl" across tpu:0, tpu:1 (emulated): sum 3 (expected 3); 3,188,736 bytes' in row["detail"]
+    assert "int64: ProcessGroupSCCL::allreduce: int64 (torch.int64) tensors are not supported" in row["detail"]
