@@ -76,16 +76,12 @@ def require_multi_patch(paths: Paths, accelerate_version: str | None) -> str:
     stack = next((m.name for m in stacks.shipped() for c in m.components
                   if c.name == "accelerate" and any(p.name == wanted for p in c.patches)), None)
     if stack is None:
-        return _refuse(message + f"; no shipped stack carries {wanted}",
-                       "train on one device (--device tpu:N), or on a stack whose accelerate has a multi-device "
-                       "patch (`sd-env stacks`)")
-    return _refuse(message, f"install the stack that carries it in a home of its own: sd-env install -m {stack} "
-                            "--home DIR, then train with --home DIR (or add the patch after the tutorial's in your "
-                            "manifest's accelerate patches and run sd-env install)")
-
-
-def _refuse(message: str, hint: str) -> str:
-    raise InputError(message, hint)
+        raise InputError(message + f"; no shipped stack carries {wanted}",
+                         "train on one device (--device tpu:N), or on a stack whose accelerate has a multi-device "
+                         "patch (`sd-env stacks`)")
+    raise InputError(message, f"install the stack that carries it in a home of its own: sd-env install -m {stack} "
+                              "--home DIR, then train with --home DIR (or add the patch after the tutorial's in your "
+                              "manifest's accelerate patches and run sd-env install)")
 
 
 def plan(wanted: list[int] | None, count: int, where: str) -> Plan:
