@@ -29,8 +29,8 @@ OTHER_TARGETS = {
     **{f"accelerate-{v}-tpu.diff": (*ACCELERATOR, "src/accelerate/utils/modeling.py")
        for v in ("1.1.0", "1.5.0", "1.11.0")},
     # Opt-in: the multi-process "tpu" patch goes on the pin's tree after accelerate-0.16.0-tpu.diff
-    # only where a stack asks for several devices (no shipped manifest does yet); the same for 0.30.1
-    # after accelerate-0.30.0-tpu.diff (tests/test_multi_device_28.py).
+    # only where a stack asks for several devices (the shipped sc7-sd14-lora-multi; the default does not); the
+    # same for 0.30.1 after accelerate-0.30.0-tpu.diff (opt-in, tests/test_multi_device_28.py).
     "accelerate-0.16.0-tpu-multi.diff": ("src/accelerate/accelerator.py", "src/accelerate/commands/launch.py",
                                          "src/accelerate/state.py"),
     "accelerate-0.30.0-tpu-multi.diff": ("src/accelerate/commands/launch.py", "src/accelerate/state.py"),
@@ -232,6 +232,21 @@ def test_repository_manifest_pins_the_tutorial_stack():
         for path in comp.patches:
             assert path.resolve() == ROOT / "patches" / path.name
     assert man.lock is not None and man.lock.files["pypi"].is_file()
+
+
+def test_multi_device_stack_is_the_default_plus_the_multi_patch():
+    """sc7-sd14-lora-multi: the same pins and lock as the default stack, accelerate's multi-device patch
+    after the tutorial's; the default keeps the tutorial's alone (the repatch ladders port only that one)."""
+    default = manifest.load(ROOT / "manifests" / "sc7-sd14-lora.toml")
+    multi = manifest.load(ROOT / "manifests" / "sc7-sd14-lora-multi.toml")
+    assert multi.name == "sc7-sd14-lora-multi" and multi.description != default.description
+    assert (multi.python, multi.device, multi.torch, multi.torch_tpu, multi.lock, multi.model) == (
+        default.python, default.device, default.torch, default.torch_tpu, default.lock, default.model)
+    patched = [[p.name for p in c.patches] for c in multi.components]
+    assert patched[0] == [*list(PATCH_TARGETS)[:1], "accelerate-0.16.0-tpu-multi.diff"]
+    assert [(c.name, c.tag, c.commit) for c in multi.components] == [(c.name, c.tag, c.commit)
+                                                                     for c in default.components]
+    assert patched[1:] == [[p.name for p in c.patches] for c in default.components[1:]]
 
 
 def repository_patches() -> list[Path]:

@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="with --emulate: the device refuses what the real plugin of the target's era refuses "
                    "(its strict profile, e.g. int64 on torch_tpu 2.8; default: the manifest's [emulator] profile)")
+    p.add_argument("--devices", type=int, choices=range(1, 9), default=1, metavar="N",
+                   help="with --emulate: add a row, an all-reduce across N emulated devices (\"sccl\")")
     p.add_argument("--model", type=Path, metavar="DIR", help="a local diffusers model folder for the LoRA step "
                    "and inference (default: a tiny model built locally)")
     p.add_argument("--data", type=Path, metavar="DIR", help="a local imagefolder (images + metadata.jsonl) for "
@@ -228,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=Path("sd-env-lora"), help="the LoRA output folder "
                    "(default: ./sd-env-lora)")
     p.add_argument("--mixed-precision", choices=("no", "fp16"), help="the tutorial's fp32 (no) or fp16 run")
+    p.add_argument("--devices", metavar="LIST", help="train on several devices, one process each through accelerate's "
+                   "launcher: 0,1 (tpu:0 and tpu:1) or all; needs the multi-device patch (-m sc7-sd14-lora-multi)")
+    p.add_argument("--emulate", action="store_true", help="train on sd-env's emulated tpu (no card needed; with "
+                   "--devices, as many emulated devices as it names, or $SG_MAX_DEVICE_COUNT)")
     p.add_argument("--resolution", help="training resolution (tutorial: 512)")
     p.add_argument("--max-train-steps", help="stop after N steps (default: the tutorial's 10 epochs)")
     p.add_argument("--validation-prompt", help="tutorial: \"cute dragon creature\"")
@@ -471,8 +477,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     python, inv = _target(args, runner, paths, man, "nothing to verify")
     if args.strict and not args.emulate:
         raise InputError("--strict is for the emulated device", "add --emulate")
+    if args.devices > 1 and not args.emulate:
+        raise InputError("--devices is for the emulated devices (on a card: sd-env train --devices)", "add --emulate")
     ctx = verify.Context(man, paths, runner, python, quick=args.quick, mixed_precision=args.mixed_precision,
-                         model=model, data=data, inventory=inv, strict=args.strict)
+                         model=model, data=data, inventory=inv, strict=args.strict, devices=args.devices)
     title = f"sd-env verify ({man.name}, {python})" + (" on the emulated tpu" if args.emulate else "")
     if args.emulate:
         from sd_env import verify_emulated  # builds a C++ extension: only loaded when asked for
@@ -577,9 +585,7 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     if args.devices:
         target.env["SG_MAX_DEVICE_COUNT"] = str(args.devices)
         target.notes.append(emulation.describe_devices(args.devices))
-    built = "cached" if emu.cached else f"built in {emu.seconds:.0f} s"
-    target.notes.append(f"{device} is emulated: torch_tpu {emu.era} on the CPU ({built}, {emu.key}); only a "
-                        "card shows the real device")
+    target.notes.append(emulation.note(emu, device))
     target.notes.extend(emulation.describe(setup))
     run.exec_in(target, cmd, args._log)
     return 0  # not reached: exec_in replaces this process
@@ -637,7 +643,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
              "--max_train_steps": args.max_train_steps, "--validation_prompt": args.validation_prompt,
              "--seed": args.seed}
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
-    opts = train.Options(args.model, args.data, args.output, device=args.device, script=args.script,
+    opts = train.Options(args.model, args.data, args.output, device=args.device, devices=args.devices,
+                         emulate=args.emulate, script=args.script,
                          pictures=not args.no_pictures, inference_steps=args.inference_steps,
                          validation_images=args.validation_images,
                          settings={k: v for k, v in flags.items() if v}, extra=extra)

@@ -165,6 +165,13 @@ def describe_devices(count: int) -> str:
             "(patches/accelerate-0.16.0-tpu-multi.diff, or accelerate-0.30.0-tpu-multi.diff for accelerate 0.30)")
 
 
+def note(emu: Emulator, device: str) -> str:
+    """What the device of a command is (a note)."""
+    built = "cached" if emu.cached else f"built in {emu.seconds:.0f} s"
+    return (f"{device} is emulated: torch_tpu {emu.era} on the CPU ({built}, {emu.key}); only a card shows the "
+            "real device")
+
+
 def environment(emu: Emulator, device: str = "tpu:0", setup: Settings | None = None) -> dict[str, str]:
     """Variables that make a run use the emulated device (to add to the run's environment).
     A capacity the user exported (SD_ENV_EMULATED_MEMORY) wins over the manifest's."""

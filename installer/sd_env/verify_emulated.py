@@ -70,6 +70,9 @@ def run(ctx: Context, started: Callable[[str], None] = verify._nothing,
     on_emu = dataclasses.replace(ctx, runner=EnvRunner.around(ctx.runner, emulation.environment(emu, DEVICE, setup)))
     started("linear smoke")
     done(_label(verify.check_linear(on_emu)))
+    if ctx.devices > 1:  # a few seconds: run with --quick too
+        started(f"all-reduce ({ctx.devices} devices)")
+        done(check_all_reduce(on_emu, ctx.devices))
     if ctx.quick:
         for n in names[1:]:
             done(Check(n, SKIPPED, "skipped: --quick"))
@@ -148,6 +151,21 @@ def lora_step(ctx: Context, rows: list[status.ComponentStatus], inputs: tuple[Pa
         return dataclasses.replace(step, status=FAIL, detail=f"{step.detail}; but the UNet's matmuls ran on "
                                    f"{', '.join(sorted(got.devices))}, not only on tpu: {said}")
     return dataclasses.replace(step, detail=f"{step.detail}; {said}")
+
+
+def check_all_reduce(ctx: Context, world: int) -> Check:
+    """One process per emulated device, all-reducing through the "sccl" backend as a multi-device run does."""
+    name = f"all-reduce ({world} devices)"
+    got = probe.run(ctx.runner, ctx.python, probe.script("allreduce.py"), ["--world", str(world)], timeout=600,
+                    env={**verify.ONE_THREAD, "SG_MAX_DEVICE_COUNT": str(world)})
+    if not got.ok or got.data is None:
+        return Check(name, FAIL, f"{', '.join(f'tpu:{r}' for r in range(world))} (emulated): {verify._problem(got)}",
+                     got.seconds, DEVICE + " (emulated)")
+    d = got.data
+    return Check(name, OK, f"\"{d['backend']}\" across {', '.join(d['devices'])} (emulated): sum {d['sum']:g} "
+                 f"(expected {d['expected']:g}); {d['bytes']:,} bytes (SD 1.4's rank-4 LoRA gradients, fp32) in "
+                 f"{d['seconds']:.3f} s on this CPU; int64: {d['int64'].split('; ')[0]}", got.seconds,
+                 ", ".join(d["devices"]) + " (emulated)")
 
 
 def peak_memory(stats: Path) -> str:
