@@ -30,7 +30,7 @@ OTHER_TARGETS = {
        for v in ("1.1.0", "1.5.0", "1.11.0")},
     # Opt-in: the multi-process "tpu" patch goes on the pin's tree after accelerate-0.16.0-tpu.diff
     # only where a stack asks for several devices (the shipped sc7-sd14-lora-multi; the default does not); the
-    # same for 0.30.1 after accelerate-0.30.0-tpu.diff (opt-in, tests/test_multi_device_28.py).
+    # same for 0.30.1 after accelerate-0.30.0-tpu.diff (sc7-sd15-lora-multi; tests/test_multi_device_28.py).
     "accelerate-0.16.0-tpu-multi.diff": ("src/accelerate/accelerator.py", "src/accelerate/commands/launch.py",
                                          "src/accelerate/state.py"),
     "accelerate-0.30.0-tpu-multi.diff": ("src/accelerate/commands/launch.py", "src/accelerate/state.py"),
@@ -234,16 +234,19 @@ def test_repository_manifest_pins_the_tutorial_stack():
     assert man.lock is not None and man.lock.files["pypi"].is_file()
 
 
-def test_multi_device_stack_is_the_default_plus_the_multi_patch():
-    """sc7-sd14-lora-multi: the same pins and lock as the default stack, accelerate's multi-device patch
-    after the tutorial's; the default keeps the tutorial's alone (the repatch ladders port only that one)."""
-    default = manifest.load(ROOT / "manifests" / "sc7-sd14-lora.toml")
-    multi = manifest.load(ROOT / "manifests" / "sc7-sd14-lora-multi.toml")
-    assert multi.name == "sc7-sd14-lora-multi" and multi.description != default.description
-    assert (multi.python, multi.device, multi.torch, multi.torch_tpu, multi.lock, multi.model) == (
-        default.python, default.device, default.torch, default.torch_tpu, default.lock, default.model)
+@pytest.mark.parametrize("base,multi_patch", [("sc7-sd14-lora", "accelerate-0.16.0-tpu-multi.diff"),
+                                               ("sc7-sd15-lora", "accelerate-0.30.0-tpu-multi.diff")])
+def test_multi_device_stack_is_its_base_plus_the_multi_patch(base, multi_patch):
+    """BASE-multi: the same pins and lock as BASE, accelerate's multi-device patch after BASE's own; BASE
+    keeps its patch alone (the repatch ladders port only that one)."""
+    default = manifest.load(ROOT / "manifests" / f"{base}.toml")
+    multi = manifest.load(ROOT / "manifests" / f"{base}-multi.toml")
+    assert multi.name == f"{base}-multi" and multi.description != default.description
+    assert (multi.python, multi.device, multi.torch, multi.torch_tpu, multi.lock, multi.model, multi.emulator) == (
+        default.python, default.device, default.torch, default.torch_tpu, default.lock, default.model,
+        default.emulator)
     patched = [[p.name for p in c.patches] for c in multi.components]
-    assert patched[0] == [*list(PATCH_TARGETS)[:1], "accelerate-0.16.0-tpu-multi.diff"]
+    assert patched[0] == [*[p.name for p in default.components[0].patches], multi_patch]
     assert [(c.name, c.tag, c.commit) for c in multi.components] == [(c.name, c.tag, c.commit)
                                                                      for c in default.components]
     assert patched[1:] == [[p.name for p in c.patches] for c in default.components[1:]]
