@@ -81,8 +81,22 @@ def test_train_refuses_what_several_devices_cannot_do(capsys, tmp_path, fresh_ta
                                                                version="0.16.0")}), Paths(home).state)
     err = refuse(capsys, home, fresh_target, "--devices", "0,1")
     assert "multi-device patch accelerate-0.16.0-tpu-multi.diff" in err
-    assert "(applied: accelerate-0.16.0-tpu.diff; without it accelerate starts NCCL" in err
+    assert "(applied: accelerate-0.16.0-tpu.diff; without it accelerate does not start one process per" in err
     assert "hint: install the stack that carries it in a home of its own: sd-env install -m sc7-sd14-lora-multi" in err
+
+
+def test_the_missing_patch_is_named_for_the_homes_accelerate(tmp_path):
+    """A home of the torch 2.8 stack: its multi patch is named for the 0.30.0 port it goes on, not 0.30.1."""
+    applied = state.AppliedPatch("accelerate-0.30.0-tpu.diff", "0" * 64, "0" * 40)
+    state.save(state.State({"accelerate": state.ComponentState("git", "v0.30.1", "0" * 40, patches=[applied],
+                                                               version="0.30.1")}), Paths(tmp_path).state)
+    with pytest.raises(InputError) as got:
+        devices.require_multi_patch(Paths(tmp_path), "0.30.1")
+    assert "multi-device patch accelerate-0.30.0-tpu-multi.diff" in str(got.value)
+    assert "sd-env install -m sc7-sd15-lora-multi" in got.value.hint
+    with pytest.raises(InputError) as got:
+        devices.require_multi_patch(Paths(tmp_path), "0.21.0")
+    assert "accelerate-0.21.0-tpu-multi.diff" in str(got.value) and "no shipped stack carries" in str(got.value)
 
 
 def test_verify_devices_is_for_the_emulated_ones(capsys, tmp_path, fresh_target):

@@ -69,12 +69,15 @@ def require_multi_patch(paths: Paths, accelerate_version: str | None) -> str:
     found, applied = applied_multi_patch(paths)
     if found:
         return found
-    wanted = f"accelerate-{accelerate_version or 'X'}{MULTI_SUFFIX}"
+    # The shipped stack with this accelerate release and a multi-device patch (0.30.1's is named for the
+    # 0.30.0 port it goes on top of, so the name alone does not find it).
+    stack, wanted = next(((m.name, p.name) for m in stacks.shipped() for c in m.components
+                          if c.name == "accelerate" and c.version == accelerate_version
+                          for p in c.patches if p.name.endswith(MULTI_SUFFIX)),
+                         (None, f"accelerate-{accelerate_version or 'X'}{MULTI_SUFFIX}"))
     has = "applied: " + ", ".join(applied) if applied else "no patch recorded"
     message = (f"several devices need accelerate's multi-device patch {wanted}, and the accelerate of {paths.home} "
-               f"lacks it ({has}; without it accelerate starts NCCL, for CUDA, and fails)")
-    stack = next((m.name for m in stacks.shipped() for c in m.components
-                  if c.name == "accelerate" and any(p.name == wanted for p in c.patches)), None)
+               f"lacks it ({has}; without it accelerate does not start one process per tpu device)")
     if stack is None:
         raise InputError(message + f"; no shipped stack carries {wanted}",
                          "train on one device (--device tpu:N), or on a stack whose accelerate has a multi-device "
