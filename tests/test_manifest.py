@@ -30,10 +30,14 @@ OTHER_TARGETS = {
     **{f"accelerate-{v}-tpu.diff": (*ACCELERATOR, "src/accelerate/utils/modeling.py")
        for v in ("1.1.0", "1.5.0", "1.11.0")},
     # Opt-in: the multi-process "tpu" patch goes on the pin's tree after accelerate-0.16.0-tpu.diff
-    # only where a stack asks for several devices (no shipped manifest does yet).
+    # only where a stack asks for several devices (the shipped sc7-sd14-lora-multi; the default does not); the
+    # same for 0.30.1 after accelerate-0.30.0-tpu.diff (sc7-sd15-lora-multi; tests/test_multi_device_28.py).
     "accelerate-0.16.0-tpu-multi.diff": ("src/accelerate/accelerator.py", "src/accelerate/commands/launch.py",
                                          "src/accelerate/state.py"),
+    "accelerate-0.30.0-tpu-multi.diff": ("src/accelerate/commands/launch.py", "src/accelerate/state.py"),
 }
+# Named after the port they go on top of, but made on the release a shipped stack pins (v0.30.1 there).
+MADE_ON_PIN = {"accelerate-0.30.0-tpu-multi.diff": "sc7-sd15-lora.toml"}
 
 # The shape of manifests/sc7-sd14-lora.toml; {patches} is a folder holding dummy patch files.
 BASE = f'''schema = 1
@@ -231,6 +235,24 @@ def test_repository_manifest_pins_the_tutorial_stack():
     assert man.lock is not None and man.lock.files["pypi"].is_file()
 
 
+@pytest.mark.parametrize("base,multi_patch", [("sc7-sd14-lora", "accelerate-0.16.0-tpu-multi.diff"),
+                                               ("sc7-sd15-lora", "accelerate-0.30.0-tpu-multi.diff")])
+def test_multi_device_stack_is_its_base_plus_the_multi_patch(base, multi_patch):
+    """BASE-multi: the same pins and lock as BASE, accelerate's multi-device patch after BASE's own; BASE
+    keeps its patch alone (the repatch ladders port only that one)."""
+    default = manifest.load(ROOT / "manifests" / f"{base}.toml")
+    multi = manifest.load(ROOT / "manifests" / f"{base}-multi.toml")
+    assert multi.name == f"{base}-multi" and multi.description != default.description
+    assert (multi.python, multi.device, multi.torch, multi.torch_tpu, multi.lock, multi.model, multi.emulator) == (
+        default.python, default.device, default.torch, default.torch_tpu, default.lock, default.model,
+        default.emulator)
+    patched = [[p.name for p in c.patches] for c in multi.components]
+    assert patched[0] == [*[p.name for p in default.components[0].patches], multi_patch]
+    assert [(c.name, c.tag, c.commit) for c in multi.components] == [(c.name, c.tag, c.commit)
+                                                                     for c in default.components]
+    assert patched[1:] == [[p.name for p in c.patches] for c in default.components[1:]]
+
+
 def repository_patches() -> list[Path]:
     return sorted((ROOT / "patches").iterdir())
 
@@ -246,6 +268,9 @@ def test_repository_patch_has_header_one_file_and_full_index(path):
     if path.name in used:
         comp = used[path.name]
         assert comp.tag in patch.header["Upstream-Version"] and comp.commit in patch.header["Upstream-Version"]
+    elif path.name in MADE_ON_PIN:  # named after the port it follows, made on a shipped stack's pin
+        comp = manifest.load(ROOT / "manifests" / MADE_ON_PIN[path.name]).component(path.name.split("-")[0])
+        assert patch.header["Upstream-Version"].startswith(f"{comp.name} {comp.tag} ({comp.commit}")
     else:  # named by the release it was made on, with that tag's commit
         version = re.search(r"-(\d+\.\d+\.\d+)-", path.name).group(1)  # type: ignore[union-attr]
         assert re.match(rf"\w+ v{re.escape(version)} \([0-9a-f]{{40}}", patch.header["Upstream-Version"])

@@ -40,13 +40,18 @@ def accelerates(tmp_path_factory) -> dict[str, Path]:
     if mirrors is None:
         pytest.skip("skipped: no shared/mirrors beside the repository (accelerate v0.16.0's git history)")
     commit = load(ROOT / "manifests" / "sc7-sd14-lora.toml").component("accelerate").commit
+    return patched_copies(tmp_path_factory, ["--git-dir", str(mirrors / "huggingface" / "accelerate.git")], commit,
+                          PATCHES)
+
+
+def patched_copies(tmp_path_factory, git: list[str], tree: str, series: list[Path]) -> dict[str, Path]:
+    """`git GIT archive TREE src` twice: with the stack's patch ("single", series[:1]) and the whole series."""
     out = {}
-    for name, series in (("single", PATCHES[:1]), ("multi", PATCHES)):
+    for name, patches in (("single", series[:1]), ("multi", series)):
         where = tmp_path_factory.mktemp(f"accelerate-{name}")
-        archive = subprocess.run(["git", "--git-dir", str(mirrors / "huggingface" / "accelerate.git"), "archive",
-                                  commit, "src"], check=True, capture_output=True).stdout
+        archive = subprocess.run(["git", *git, "archive", tree, "src"], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
-        for patch in series:
+        for patch in patches:
             subprocess.run(["git", "apply", str(patch)], cwd=where, check=True, capture_output=True,
                            env={**os.environ, "GIT_CEILING_DIRECTORIES": str(where.parent)})
         out[name] = where / "src"

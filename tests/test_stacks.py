@@ -34,4 +34,4 @@ def test_manifest_by_name_or_path(tmp_path, capsys):
     assert main(["status", "-m", "sc7-sd99-lora", "--home", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "no manifest 'sc7-sd99-lora': not a file here and not a shipped stack" in err
-    assert "sc7-sd14-lora, sc7-sd14-lora-py310, sc7-sd15-lora" in err
+    assert "sc7-sd14-lora, sc7-sd14-lora-multi, sc7-sd14-lora-py310, sc7-sd15-lora, sc7-sd15-lora-multi" in err

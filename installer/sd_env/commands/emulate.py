@@ -38,9 +38,7 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     if args.devices:
         target.env["SG_MAX_DEVICE_COUNT"] = str(args.devices)
         target.notes.append(emulation.describe_devices(args.devices))
-    built = "cached" if emu.cached else f"built in {emu.seconds:.0f} s"
-    target.notes.append(f"{device} is emulated: torch_tpu {emu.era} on the CPU ({built}, {emu.key}); only a "
-                        "card shows the real device")
+    target.notes.append(emulation.note(emu, device))
     target.notes.extend(emulation.describe(setup))
     run.exec_in(target, cmd, args._log)
     return 0  # not reached: exec_in replaces this process

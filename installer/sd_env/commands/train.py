@@ -23,6 +23,10 @@ def add(sub: argparse._SubParsersAction, parents: common.Parents) -> None:
     p.add_argument("--output", type=Path, default=Path("sd-env-lora"), help="the LoRA output folder "
                    "(default: ./sd-env-lora)")
     p.add_argument("--mixed-precision", choices=("no", "fp16"), help="the tutorial's fp32 (no) or fp16 run")
+    p.add_argument("--devices", metavar="LIST", help="train on several devices, one process each through accelerate's "
+                   "launcher: 0,1 (tpu:0 and tpu:1) or all; needs the multi-device patch (-m sc7-sd14-lora-multi)")
+    p.add_argument("--emulate", action="store_true", help="train on sd-env's emulated tpu (no card needed; with "
+                   "--devices, as many emulated devices as it names, or $SG_MAX_DEVICE_COUNT)")
     p.add_argument("--resolution", help="training resolution (tutorial: 512)")
     p.add_argument("--max-train-steps", help="stop after N steps (default: the tutorial's 10 epochs)")
     p.add_argument("--validation-prompt", help="tutorial: \"cute dragon creature\"")
@@ -49,7 +53,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
              "--max_train_steps": args.max_train_steps, "--validation_prompt": args.validation_prompt,
              "--seed": args.seed}
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
-    opts = train.Options(args.model, args.data, args.output, device=args.device, script=args.script,
+    opts = train.Options(args.model, args.data, args.output, device=args.device, devices=args.devices,
+                         emulate=args.emulate, script=args.script,
                          pictures=not args.no_pictures, inference_steps=args.inference_steps,
                          validation_images=args.validation_images,
                          settings={k: v for k, v in flags.items() if v}, extra=extra)

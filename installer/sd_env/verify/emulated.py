@@ -25,7 +25,17 @@ from sd_env.system import probe
 from sd_env.system.runner import Completed, Runner
 from sd_env.target import envs
 from sd_env.verify import emulation, placement, precision
-from sd_env.verify.context import Check, Context, _asked, _nothing, _problem, hf_env, model_and_data, recorder
+from sd_env.verify.context import (
+    ONE_THREAD,
+    Check,
+    Context,
+    _asked,
+    _nothing,
+    _problem,
+    hf_env,
+    model_and_data,
+    recorder,
+)
 from sd_env.verify.device import check_linear, check_torch_tpu
 from sd_env.verify.environment import check_ulimit, environment_checks
 from sd_env.verify.training import check_lora_step
@@ -76,6 +86,9 @@ def run(ctx: Context, started: Callable[[str], None] = _nothing,
     on_emu = dataclasses.replace(ctx, runner=EnvRunner.around(ctx.runner, emulation.environment(emu, DEVICE, setup)))
     started("linear smoke")
     done(_label(check_linear(on_emu)))
+    if ctx.devices > 1:  # a few seconds: run with --quick too
+        started(f"all-reduce ({ctx.devices} devices)")
+        done(check_all_reduce(on_emu, ctx.devices))
     if ctx.quick:
         for n in names[1:]:
             done(Check(n, SKIPPED, "skipped: --quick"))
@@ -154,6 +167,21 @@ def lora_step(ctx: Context, rows: list[status.ComponentStatus], inputs: tuple[Pa
         return dataclasses.replace(step, status=FAIL, detail=f"{step.detail}; but the UNet's matmuls ran on "
                                    f"{', '.join(sorted(got.devices))}, not only on tpu: {said}")
     return dataclasses.replace(step, detail=f"{step.detail}; {said}")
+
+
+def check_all_reduce(ctx: Context, world: int) -> Check:
+    """One process per emulated device, all-reducing through the "sccl" backend as a multi-device run does."""
+    name = f"all-reduce ({world} devices)"
+    got = probe.run(ctx.runner, ctx.python, probe.script("allreduce.py"), ["--world", str(world)], timeout=600,
+                    env={**ONE_THREAD, "SG_MAX_DEVICE_COUNT": str(world)})
+    if not got.ok or got.data is None:
+        return Check(name, FAIL, f"{', '.join(f'tpu:{r}' for r in range(world))} (emulated): {_problem(got)}",
+                     got.seconds, DEVICE + " (emulated)")
+    d = got.data
+    return Check(name, OK, f"\"{d['backend']}\" across {', '.join(d['devices'])} (emulated): sum {d['sum']:g} "
+                 f"(expected {d['expected']:g}); {d['bytes']:,} bytes (SD 1.4's rank-4 LoRA gradients, fp32) in "
+                 f"{d['seconds']:.3f} s on this CPU; int64: {d['int64'].split('; ')[0]}", got.seconds,
+                 ", ".join(d["devices"]) + " (emulated)")
 
 
 def peak_memory(stats: Path) -> str:

@@ -161,7 +161,15 @@ def describe_devices(count: int) -> str:
     """What --devices N gives a command (a note)."""
     return (f"{count} emulated device(s), tpu:0 to tpu:{count - 1}; processes reach each other through the "
             '"sccl" backend (init_process_group(backend="sccl"); gloo on the host memory, int64 refused); '
-            "accelerate launch --multi_gpu needs patches/accelerate-0.16.0-tpu-multi.diff in the stack")
+            "accelerate launch --multi_gpu needs the stack's multi-device patch in its series "
+            "(patches/accelerate-0.16.0-tpu-multi.diff, or accelerate-0.30.0-tpu-multi.diff for accelerate 0.30)")
+
+
+def note(emu: Emulator, device: str) -> str:
+    """What the device of a command is (a note)."""
+    built = "cached" if emu.cached else f"built in {emu.seconds:.0f} s"
+    return (f"{device} is emulated: torch_tpu {emu.era} on the CPU ({built}, {emu.key}); only a card shows the "
+            "real device")
 
 
 def environment(emu: Emulator, device: str = "tpu:0", setup: Settings | None = None) -> dict[str, str]:

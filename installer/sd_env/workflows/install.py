@@ -130,8 +130,9 @@ def _closure(man: Manifest, paths: Paths, runner: Runner, opts: Options,
     if not wrong:
         return Result("env", "lock", OK, f"all {len(lock.pins)} locked packages present ({flavour} flavour)"), False
     if flavour == "pypi":
-        progress("WARNING: using the PyPI flavour of the lock: PyPI's torch 2.1.0 for Linux is the CUDA "
-                 "build (about 2.8 GB more with its nvidia-* packages); the CPU build needs a lock of the "
+        torch = lock.pins.get("torch", "")
+        progress(f"WARNING: using the PyPI flavour of the lock: PyPI's torch {torch} for Linux is the CUDA "
+                 "build (several GB more with its nvidia-* packages); the CPU build needs a lock of the "
                  "\"cpu\" flavour (`sd-env lock --flavour cpu` where the PyTorch CPU index is reachable)")
     progress(f"installing {len(wrong)} of {len(lock.pins)} locked packages (hash-checked, no resolution)")
     if opts.bundle is not None:  # hook: sd-env install --bundle

@@ -33,7 +33,7 @@ from sd_env.system.runner import Runner
 from sd_env.target import envs, trainenv
 from sd_env.target.installed import Installed, installed
 from sd_env.verify import precision, readiness
-from sd_env.workflows import models
+from sd_env.workflows import devices, models
 
 # The tutorial's command line (section 3.3.1), in its order; values are strings, None for a switch.
 TUTORIAL: list[tuple[str, str | None]] = [
@@ -52,6 +52,8 @@ class Options:
     data: Path | None  # None: the manifest's pinned [dataset]
     output: Path
     device: str | None = None
+    devices: str | None = None  # --devices: "0,1" or "all" (devices.py), one process each
+    emulate: bool = False  # on sd-env's emulated tpu (emulation.py) instead of the card
     script: Path | None = None
     pictures: bool = True
     inference_steps: int = 30  # for the pictures (the tutorial's section 2.2 uses 30)
@@ -174,10 +176,10 @@ def inputs(man: Manifest, paths: Paths, opts: Options) -> tuple[str, LockedRepo 
 def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options,
         inv: envs.Inventory | None = None) -> Outcome:
     """The training run and its record; `inv` saves a probe when the caller already read the target."""
+    inv = inv or envs.inventory(runner, python)
+    target, chosen = devices.target(man, paths, runner, python, inv, opts.device, opts.devices, opts.emulate)
     model, model_repo, data_dir, data_repo = inputs(man, paths, opts)
     script = find_script(paths, opts.script)
-    inv = inv or envs.inventory(runner, python)
-    target = trainenv.build(inv, man.device, opts.device)
     for note in target.notes:
         progress(note)
     mixed = opts.settings.get("--mixed_precision", "no")
@@ -195,7 +197,14 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
     data_facts = runrecord.inputs_of(data_dir, data_repo, kind=dataset_kind(data_dir))
     model_facts = runrecord.inputs_of(Path(model), model_repo) if Path(model).is_dir() else {"source": "hub",
                                                                                             "repo": model}
-    progress("training: " + shlex.join(["python", *argv[1:]]))
+    command = argv
+    if chosen is not None and chosen.processes > 1:
+        progress(devices.batch_note(chosen, int(_arg(argv, "--train_batch_size") or 16),
+                                    int(_arg(argv, "--gradient_accumulation_steps") or 1),
+                                    _arg(argv, "--learning_rate") or "1e-4", "--scale_lr" in argv))
+        progress(devices.BUSY)
+        command = [*devices.launcher(python, chosen, mixed), *argv[1:]]
+    progress("training: " + shlex.join(["python", *command[1:]]))
     if _arg(argv, "--validation_prompt"):
         count = _arg(argv, "--num_validation_images") or "4"
         progress(f"the script draws {count} validation images of 30 steps after each epoch and at the end "
@@ -203,12 +212,12 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
     watch = paths.cache / f"train-{os.getpid()}.precision.jsonl"  # not in work/: an install empties that
     watch.parent.mkdir(parents=True, exist_ok=True)
     watch.unlink(missing_ok=True)
-    env = {**target.env, **precision.watch_env(watch, None), "SD_ENV_PRECISION_FORWARDS": "20"}
+    env = {**target.env, **precision.watch_env(watch, target.env.get("PYTHONPATH")), "SD_ENV_PRECISION_FORWARDS": "20"}
     if model_repo is not None or Path(model).is_dir():  # every input is local: no Hub call can stall the run
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("HF_DATASETS_OFFLINE", "1")
     started, clock = state.utc_now(), time.monotonic()
-    code = runner.attached(argv, env=env, preexec=lambda: trainenv.apply_nofile(target.nofile))
+    code = runner.attached(command, env=env, preexec=lambda: trainenv.apply_nofile(target.nofile))
     finished, seconds = state.utc_now(), time.monotonic() - clock
     if code != 0:
         raise StepError(f"the training script exited with {code} (its output is above)",
@@ -221,7 +230,9 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
     logged = probe.run(runner, python, probe.script("lora_weights.py"), [str(output)], timeout=600)
     losses = [float(x) for x in (logged.data or {}).get("losses", [])]
     versions = {name: ", ".join(got.versions) for name, got in target_versions(inv).items() if got.versions}
-    device = {"asked": target.device, "torch_tpu": versions.get("torch-tpu"),
+    # Several processes each add what they saw to the watch: the measured devices are all ranks' devices.
+    device = {"asked": ",".join(chosen.names) if chosen else target.device, "processes": len(chosen.names) if chosen
+              else 1, "emulated": opts.emulate, "torch_tpu": versions.get("torch-tpu"),
               "measured": {"loss": sorted(seen.loss_devices), "trained": sorted(seen.trained_devices)}}
     record = runrecord.build(runrecord.environment(man, paths, versions), model_facts, data_facts, script, argv[2:],
                              started, finished, seconds, output, device,
