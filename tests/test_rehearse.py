@@ -86,6 +86,11 @@ def test_the_search_tries_the_smallest_changes_first_and_the_advice_names_what_i
         "fp32 does not fit at 512 x 512, batch 1; none of --gradient-checkpointing, --resolution 384 fits either "
         "(measured; combinations of them were not tried); with --resolution 256 it failed: failed before the "
         "emulator could measure: crashed with SIGKILL; fp16 was not rehearsed: --mixed-precision fp16"]
+    checkpointing = replace(opts, resolution=96, gradient_checkpointing=True, precisions=("no", "fp16"))
+    fp16 = replace(asked, precision="fp16", fits=None, status=FAIL)  # rehearsed (it failed): not offered
+    assert rehearse.advice([asked, fp16, replace(smaller, setting="--resolution 72")], checkpointing) == [
+        "fp32 does not fit at 96 x 96, batch 1 with --gradient-checkpointing; with --resolution 72 it fits "
+        "(measured: 12.00 GiB of 16.00 GiB)"]
     # Ran out moving the weights: no smaller setting helps, so there is nothing to search.
     assert not rehearse.searchable(replace(asked, loaded_bytes=None))
     # The table shows each run's setting; only the asked runs' statuses make the exit code (cli).

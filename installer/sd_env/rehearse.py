@@ -185,7 +185,8 @@ def advice(measured: list[Measured], opts: Options) -> list[str]:
 
 def searched_said(precision: str, searched: list[Measured], opts: Options) -> str:
     """One precision's search in a sentence: the setting that fits, with its numbers, or that none did."""
-    said = f"{precision} does not fit at {opts.resolution} x {opts.resolution}, batch {opts.batch}; "
+    said = (f"{precision} does not fit at {opts.resolution} x {opts.resolution}, batch {opts.batch}"
+            + (" with --gradient-checkpointing; " if opts.gradient_checkpointing else "; "))
     missed = [s.setting for s in searched if s.fits is False]
     failed = "".join(f"; with {s.setting} it failed: {s.verdict}" for s in searched if s.fits is None)
     fit = next((s for s in searched if s.fits), None)
@@ -256,7 +257,8 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
     model, data, about = inputs(runner, python, opts, out)
     env = {**emulation.environment(emu, "tpu:0", setup), "SD_ENV_EMULATED_MEMORY": str(cap),
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(out / ".hf-home")}
-    def rehearse(mixed: str, run_opts: Options, setting: str = "") -> Measured:
+
+    def one_run(mixed: str, run_opts: Options, setting: str = "") -> Measured:
         label = LABELS[mixed]
         folder = out / (label + setting.replace("--", "-").replace(" ", "-"))  # each searched run its own
         named = f"{label} with {setting}" if setting else label
@@ -274,7 +276,7 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
 
     measured: list[Measured] = []
     try:
-        measured += [rehearse(mixed, opts) for mixed in opts.precisions]
+        measured += [one_run(mixed, opts) for mixed in opts.precisions]
         for m in [m for m in measured if opts.search and searchable(m)]:
             tries = candidates(opts)
             progress(f"{m.precision} ran out in training: --search runs it again with "
@@ -282,7 +284,7 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
                      "as the run above)" if tries else f"{m.precision}: --search has no smaller setting to try")
             mixed = next(k for k, v in LABELS.items() if v == m.precision)
             for setting, run_opts in tries:
-                measured.append(rehearse(mixed, run_opts, setting))
+                measured.append(one_run(mixed, run_opts, setting))
                 if measured[-1].fits:
                     break
     finally:
