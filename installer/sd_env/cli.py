@@ -685,7 +685,7 @@ def _cmd_rehearse(args: argparse.Namespace) -> int:
         return code
     table(f"sd-env rehearse: {opts.resolution} x {opts.resolution}, batch {opts.batch}, {about['capacity']}",
           rehearse.COLUMNS, rehearse.rows(measured))
-    for line in rehearse.advice(measured, opts):
+    for line in rehearse.advice(measured, opts, about.get("script_checkpoints", True)):
         say(f"- {line}")
     say("seconds per step and host RAM are the emulation's, on this CPU: not the card's")
     if about.get("kept"):

@@ -132,12 +132,13 @@ def gib(count: int) -> str:
     return f"{count / GIB:.2f}" if count >= GIB else f"{count / GIB:.3g}"
 
 
-def candidates(opts: Options) -> list[tuple[str, Options]]:
+def candidates(opts: Options, checkpoints: bool = True) -> list[tuple[str, Options]]:
     """The settings --search tries, each one change to the asked run, in order of how little it
-    changes the training: the same images with activations recomputed, then smaller images
-    (3/4 and 1/2, a multiple of 8 and at least 64, as the script needs), then fewer of them."""
-    found = [] if opts.gradient_checkpointing else [("--gradient-checkpointing",
-                                                     replace(opts, gradient_checkpointing=True))]
+    changes the training: the same images with activations recomputed (when the script does:
+    `checkpoints`), then smaller images (3/4 and 1/2, a multiple of 8 and at least 64, as the
+    script needs), then fewer of them."""
+    found = [] if opts.gradient_checkpointing or not checkpoints else [
+        ("--gradient-checkpointing", replace(opts, gradient_checkpointing=True))]
     for size in (opts.resolution * 3 // 4, opts.resolution // 2):
         size = max(64, round(size / 8) * 8)
         if size < opts.resolution and f"--resolution {size}" not in dict(found):
@@ -147,16 +148,28 @@ def candidates(opts: Options) -> list[tuple[str, Options]]:
     return found
 
 
+def script_checkpoints(script: Path) -> bool:
+    """Whether the script acts on --gradient_checkpointing: diffusers v0.20.0's LoRA example takes
+    the flag but never calls unet.enable_gradient_checkpointing() (its full fine-tuning example
+    does), so there the flag changes nothing; measured: the same peak at 512 in fp32."""
+    return "enable_gradient_checkpointing" in script.read_text(encoding="utf-8", errors="replace")
+
+
+NO_CHECKPOINTING = ("the script takes --gradient_checkpointing but never calls unet.enable_gradient_checkpointing() "
+                    "(diffusers v0.20.0's LoRA example): it changes nothing")
+
+
 def searchable(m: Measured) -> bool:
     """An asked run that ran out of memory in training: a smaller setting may fit (one that ran out
     while the frozen weights moved to the device cannot be helped by any of them)."""
     return not m.setting and m.fits is False and m.loaded_bytes is not None
 
 
-def advice(measured: list[Measured], opts: Options) -> list[str]:
+def advice(measured: list[Measured], opts: Options, checkpoints: bool = True) -> list[str]:
     """What would make an asked setting that does not fit fit: what was measured here (the other
     precision, the runs of --search), else the settings to rehearse next, said as not measured."""
     said = []
+    tries = [setting for setting, _ in candidates(opts, checkpoints)]
     asked = [m for m in measured if not m.setting]
     fitting = [m for m in asked if m.fits]
     for m in asked:
@@ -175,11 +188,13 @@ def advice(measured: list[Measured], opts: Options) -> list[str]:
         fp16 = "; fp16 was not rehearsed: --mixed-precision fp16" if halve else ""
         if searched:
             said.append(searched_said(m.precision, searched, opts) + fp16)
-        elif candidates(opts) or halve:
-            later = [setting for setting, _ in candidates(opts)]
+        elif tries or halve:
             said.append(f"{m.precision} ran out in training, with {gib(m.loaded_bytes)} GiB of models on the device"
-                        + (f"; not measured yet: {', '.join(later)} (--search measures them)" if later else "")
+                        + (f"; not measured yet: {', '.join(tries)} (--search measures them)" if tries else "")
                         + fp16)
+    in_training = any(searchable(m) for m in asked)  # where checkpointing would have been offered
+    if not checkpoints and (in_training or opts.gradient_checkpointing):
+        said.append(NO_CHECKPOINTING + ("" if opts.gradient_checkpointing else ", so it is not offered"))
     return said
 
 
@@ -254,6 +269,9 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
              f"{' and '.join(LABELS[p] for p in opts.precisions)} on the emulated tpu (torch_tpu {emu.era} on this "
              f"CPU), capacity {cap_from}"
              + ("; at this size a step of the full network takes minutes on a CPU" if opts.resolution >= 256 else ""))
+    checkpoints = script_checkpoints(script)
+    if opts.gradient_checkpointing and not checkpoints:
+        progress(f"--gradient-checkpointing: {NO_CHECKPOINTING}")
     model, data, about = inputs(runner, python, opts, out)
     env = {**emulation.environment(emu, "tpu:0", setup), "SD_ENV_EMULATED_MEMORY": str(cap),
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(out / ".hf-home")}
@@ -278,7 +296,7 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
     try:
         measured += [one_run(mixed, opts) for mixed in opts.precisions]
         for m in [m for m in measured if opts.search and searchable(m)]:
-            tries = candidates(opts)
+            tries = candidates(opts, checkpoints)
             progress(f"{m.precision} ran out in training: --search runs it again with "
                      f"{', '.join(setting for setting, _ in tries)} in turn until one fits (each about as long "
                      "as the run above)" if tries else f"{m.precision}: --search has no smaller setting to try")
@@ -292,6 +310,7 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
         if about.get("built") and not opts.keep_model:
             shutil.rmtree(out / "sd14-arch", ignore_errors=True)
     about.update(kept=bool(about.get("built") and opts.keep_model), capacity=cap_from, capacity_bytes=cap,
+                 script=str(script), script_checkpoints=checkpoints,
                  emulator=f"torch_tpu {emu.era} emulation ({emu.key})", settings=asdict(opts) | {"output": str(out)})
     return measured, about
 
@@ -315,6 +334,7 @@ COLUMNS = ("precision", "setting", "status", "verdict", "peak tpu GiB", "of it i
 
 
 def json_body(measured: list[Measured], about: dict[str, Any], opts: Options) -> dict[str, Any]:
-    return {"runs": [asdict(m) for m in measured], "advice": advice(measured, opts), "about": about,
+    return {"runs": [asdict(m) for m in measured], "about": about,
+            "advice": advice(measured, opts, about.get("script_checkpoints", True)),
             "note": "seconds per step and host RAM are the emulation's on this host's CPU, not the card's; peak "
                     "tpu memory is the emulated allocator's count of the tensors the run put on the device"}
