@@ -655,7 +655,8 @@ def rehearse_flags(p: argparse.ArgumentParser) -> None:
                    "one's time includes loading the models)")
     p.add_argument("--capacity", metavar="SIZE", help="one chip's memory, e.g. 16G (default: "
                    "$SD_ENV_EMULATED_MEMORY, the manifest's [emulator] memory, else 16G)")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="the script's --gradient_checkpointing")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="the script's --gradient_checkpointing "
+                   "(diffusers v0.20.0's LoRA example ignores it: sd-env says so)")
     p.add_argument("--search", action="store_true", help="a precision that runs out of memory in training is run "
                    "again with --gradient-checkpointing, 3/4 and 1/2 the resolution, then batch 1, until one fits "
                    "(each a run as long as the first; they inform, the exit code is the asked runs')")
