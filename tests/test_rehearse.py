@@ -43,8 +43,8 @@ def test_a_run_within_the_capacity_fits_and_says_every_op_ran_on_the_device():
 
 
 def test_an_out_of_memory_run_does_not_fit_and_fp16_is_offered_when_it_was_measured_to_fit():
-    fp32 = rehearse.judge("fp32", measured(ok=False, oom=True, peak_bytes=15 * GIB, error="RuntimeError: TPU OOM"),
-                          None, 9.0)
+    fp32 = rehearse.judge("fp32", measured(ok=False, oom=True, peak_bytes=15 * GIB, error="RuntimeError: TPU OOM",
+                                           losses=[]), None, 9.0)
     fp16 = rehearse.judge("fp16", measured(peak_bytes=7 * GIB), None, 9.0)
     assert (fp32.status, fp32.fits) == (FAIL, False)
     assert fp32.verdict == "does not fit: ran out of the 16.00 GiB after 15.00 GiB in use"
@@ -79,18 +79,18 @@ def test_the_search_tries_the_smallest_changes_first_and_the_advice_names_what_i
     assert rehearse.script_checkpoints(acts) and not rehearse.script_checkpoints(ignores)
     assert [s for s, _ in rehearse.candidates(rehearse.Options(Path("out"), resolution=96), checkpoints=False)] == [
         "--resolution 72", "--resolution 64"]
-    out_of_memory = rehearse.judge("fp32", measured(ok=False, oom=True, peak_bytes=15 * GIB), None, 9.0)
+    out_of_memory = rehearse.judge("fp32", measured(ok=False, oom=True, peak_bytes=15 * GIB, losses=[]), None, 9.0)
     assert rehearse.advice([out_of_memory], rehearse.Options(Path("out"), precisions=("no",)), False) == [
         "fp32 ran out in training, with 4.00 GiB of models on the device; not measured yet: --resolution 384, "
         "--resolution 256 (--search measures them); fp16 was not rehearsed: --mixed-precision fp16",
         rehearse.NO_CHECKPOINTING + ", so it is not offered"]
 
     opts = rehearse.Options(Path("out"), precisions=("no",), search=True)
-    asked = rehearse.judge("fp32", measured(ok=False, oom=True, peak_bytes=15 * GIB), None, 9.0)
-    out = measured(ok=False, oom=True, peak_bytes=15 * GIB)
+    asked = rehearse.judge("fp32", measured(ok=False, oom=True, peak_bytes=15 * GIB, losses=[]), None, 9.0)
+    out = measured(ok=False, oom=True, peak_bytes=15 * GIB, losses=[0.2])
     checkpointed = replace(rehearse.judge("fp32", out, None, 9.0), setting="--gradient-checkpointing")
     smaller = replace(rehearse.judge("fp32", measured(peak_bytes=12 * GIB), None, 9.0), setting="--resolution 384")
-    assert rehearse.searchable(asked) and not rehearse.searchable(checkpointed)
+    assert rehearse.searchable(asked, 2) and not rehearse.searchable(checkpointed, 2)
     assert rehearse.advice([asked, checkpointed, smaller], opts) == [
         "fp32 does not fit at 512 x 512, batch 1; with --resolution 384 it fits (measured: 12.00 GiB of 16.00 GiB); "
         "--gradient-checkpointing did not (measured); fp16 was not rehearsed: --mixed-precision fp16"]
@@ -105,8 +105,15 @@ def test_the_search_tries_the_smallest_changes_first_and_the_advice_names_what_i
     assert rehearse.advice([asked, fp16, replace(smaller, setting="--resolution 72")], checkpointing) == [
         "fp32 does not fit at 96 x 96, batch 1 with --gradient-checkpointing; with --resolution 72 it fits "
         "(measured: 12.00 GiB of 16.00 GiB)"]
-    # Ran out moving the weights: no smaller setting helps, so there is nothing to search.
-    assert not rehearse.searchable(replace(asked, loaded_bytes=None))
+    # Ran out moving the weights, or after the steps (fp16's fp32 UNet, to save the LoRA): no smaller
+    # setting helps, so there is nothing to search.
+    assert not rehearse.searchable(replace(asked, loaded_bytes=None), 2)
+    saving = replace(asked, precision="fp16", losses=[0.2, 0.1], steps_peak_bytes=int(2.34 * GIB))
+    assert not rehearse.searchable(saving, 2)
+    assert rehearse.advice([saving], replace(opts, precisions=("fp16",))) == [
+        "fp16's 2 steps fit (they peaked at 2.34 GiB); it ran out after them, when the script converts the UNet to "
+        "fp32 on the device to save the LoRA: a smaller resolution or batch, or gradient checkpointing, cannot help "
+        "that"]
     # The table shows each run's setting; only the asked runs' statuses make the exit code (cli).
     assert [row[:3] for row in rehearse.rows([asked, smaller])] == [["fp32", "as asked", FAIL],
                                                                    ["fp32", "--resolution 384", OK]]
@@ -262,7 +269,7 @@ def test_search_measures_the_first_smaller_setting_that_fits_and_the_advice_name
     assert doc["about"]["script_checkpoints"] is False
     asked, smaller = doc["runs"]  # 64 x 64 is not run: the search stopped at the first fit
     assert (asked["setting"], asked["fits"], asked["status"]) == ("", False, "fail")
-    assert asked["loaded_bytes"] is not None  # it ran out in training, not while loading
+    assert asked["loaded_bytes"] is not None and len(asked["losses"]) < 2  # it ran out in its steps
     assert (smaller["setting"], smaller["status"], smaller["fits"]) == ("--resolution 96", "ok", True)
     capacity = smaller["capacity_bytes"]
     assert capacity == 96 * 2**20 and 0.8 * capacity < smaller["peak_bytes"] <= capacity

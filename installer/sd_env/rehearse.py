@@ -159,10 +159,11 @@ NO_CHECKPOINTING = ("the script takes --gradient_checkpointing but never calls u
                     "(diffusers v0.20.0's LoRA example): it changes nothing")
 
 
-def searchable(m: Measured) -> bool:
-    """An asked run that ran out of memory in training: a smaller setting may fit (one that ran out
-    while the frozen weights moved to the device cannot be helped by any of them)."""
-    return not m.setting and m.fits is False and m.loaded_bytes is not None
+def searchable(m: Measured, steps: int) -> bool:
+    """An asked run that ran out of memory in its steps: a smaller setting may fit. Not one that ran
+    out while the frozen weights moved to the device, nor one that ran out after its steps (the
+    script's fp32 UNet, to save the LoRA): no setting --search tries changes those."""
+    return not m.setting and m.fits is False and m.loaded_bytes is not None and len(m.losses) < steps
 
 
 def advice(measured: list[Measured], opts: Options, checkpoints: bool = True) -> list[str]:
@@ -184,6 +185,11 @@ def advice(measured: list[Measured], opts: Options, checkpoints: bool = True) ->
                         "a smaller resolution or batch, or gradient checkpointing, cannot help"
                         + ("; fp16 halves the weights: rehearse with --mixed-precision fp16" if halve else ""))
             continue
+        if len(m.losses) >= opts.steps:
+            said.append(f"{m.precision}'s {opts.steps} steps fit (they peaked at {gib(m.steps_peak_bytes or 0)} GiB); "
+                        "it ran out after them, when the script converts the UNet to fp32 on the device to save the "
+                        "LoRA: a smaller resolution or batch, or gradient checkpointing, cannot help that")
+            continue
         searched = [s for s in measured if s.setting and s.precision == m.precision]
         fp16 = "; fp16 was not rehearsed: --mixed-precision fp16" if halve else ""
         if searched:
@@ -192,7 +198,7 @@ def advice(measured: list[Measured], opts: Options, checkpoints: bool = True) ->
             said.append(f"{m.precision} ran out in training, with {gib(m.loaded_bytes)} GiB of models on the device"
                         + (f"; not measured yet: {', '.join(tries)} (--search measures them)" if tries else "")
                         + fp16)
-    in_training = any(searchable(m) for m in asked)  # where checkpointing would have been offered
+    in_training = any(searchable(m, opts.steps) for m in asked)  # where checkpointing would have been offered
     if not checkpoints and (in_training or opts.gradient_checkpointing):
         said.append(NO_CHECKPOINTING + ("" if opts.gradient_checkpointing else ", so it is not offered"))
     return said
@@ -295,7 +301,7 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
     measured: list[Measured] = []
     try:
         measured += [one_run(mixed, opts) for mixed in opts.precisions]
-        for m in [m for m in measured if opts.search and searchable(m)]:
+        for m in [m for m in measured if opts.search and searchable(m, opts.steps)]:
             tries = candidates(opts, checkpoints)
             progress(f"{m.precision} ran out in training: --search runs it again with "
                      f"{', '.join(setting for setting, _ in tries)} in turn until one fits (each about as long "
