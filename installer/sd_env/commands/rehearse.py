@@ -26,7 +26,11 @@ def rehearse_flags(p: argparse.ArgumentParser) -> None:
                    "one's time includes loading the models)")
     p.add_argument("--capacity", metavar="SIZE", help="one chip's memory, e.g. 16G (default: "
                    "$SD_ENV_EMULATED_MEMORY, the manifest's [emulator] memory, else 16G)")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="the script's --gradient_checkpointing")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="the script's --gradient_checkpointing "
+                   "(diffusers v0.20.0's LoRA example ignores it: sd-env says so)")
+    p.add_argument("--search", action="store_true", help="a precision that runs out of memory in training is run "
+                   "again with --gradient-checkpointing, 3/4 and 1/2 the resolution, then batch 1, until one fits "
+                   "(each a run as long as the first; they inform, the exit code is the asked runs')")
     p.add_argument("--model", type=Path, help="a diffusers model folder of your own instead of SD 1.4's "
                    "architecture with random weights")
     p.add_argument("--data", type=Path, help="images + metadata.jsonl (default: four drawn shapes)")
@@ -43,16 +47,17 @@ def _cmd_rehearse(args: argparse.Namespace) -> int:
     python, _inv = common.target(args, runner, paths, man)
     both = ("no", "fp16") if args.mixed_precision == "both" else (args.mixed_precision,)
     opts = rehearse.Options(args.output, args.resolution, args.batch, both, args.steps, args.capacity,
-                            args.model, args.data, args.keep_model, args.gradient_checkpointing, args.script)
+                            args.model, args.data, args.keep_model, args.gradient_checkpointing, args.script,
+                            args.search)
     measured, about = rehearse.run(man, paths, runner, python, opts)
-    code = exit_code(measured)
+    code = exit_code(m for m in measured if not m.setting)  # --search's runs say what fits, they do not fail
     if args.json:
         args._reported = True
         dump_json("rehearse", code, rehearse.json_body(measured, about, opts))
         return code
     table(f"sd-env rehearse: {opts.resolution} x {opts.resolution}, batch {opts.batch}, {about['capacity']}",
           rehearse.COLUMNS, rehearse.rows(measured))
-    for line in rehearse.advice(measured, opts):
+    for line in rehearse.advice(measured, opts, about.get("script_checkpoints", True)):
         say(f"- {line}")
     say("seconds per step and host RAM are the emulation's, on this CPU: not the card's")
     if about.get("kept"):

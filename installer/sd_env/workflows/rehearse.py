@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class Options:
     keep_model: bool = False
     gradient_checkpointing: bool = False
     script: Path | None = None
+    search: bool = False  # a precision that ran out in training is run again with candidates(), until one fits
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Measured:
     host_peak_rss_bytes: int = 0
     error: str | None = None
     seconds: float = 0.0
+    setting: str = ""  # "": as asked; else the one change --search made to it, e.g. "--resolution 384"
 
 
 def capacity(flag: str | None, man: Manifest) -> tuple[int, str]:
@@ -128,34 +130,94 @@ def judge(label: str, data: dict[str, Any] | None, problem: str | None, seconds:
 
 
 def gib(count: int) -> str:
-    return f"{count / GIB:.2f}"
+    # Three figures below 1 GiB, so a small model's peaks (0.0859 against 0.0938) stay apart.
+    return f"{count / GIB:.2f}" if count >= GIB else f"{count / GIB:.3g}"
 
 
-def advice(measured: list[Measured], opts: Options) -> list[str]:
-    """What would make a setting that does not fit fit: from what was measured here, else the
-    settings to rehearse next (said as not measured)."""
+def candidates(opts: Options, checkpoints: bool = True) -> list[tuple[str, Options]]:
+    """The settings --search tries, each one change to the asked run, in order of how little it
+    changes the training: the same images with activations recomputed (when the script does:
+    `checkpoints`), then smaller images (3/4 and 1/2, a multiple of 8 and at least 64, as the
+    script needs), then fewer of them."""
+    found = [] if opts.gradient_checkpointing or not checkpoints else [
+        ("--gradient-checkpointing", replace(opts, gradient_checkpointing=True))]
+    for size in (opts.resolution * 3 // 4, opts.resolution // 2):
+        size = max(64, round(size / 8) * 8)
+        if size < opts.resolution and f"--resolution {size}" not in dict(found):
+            found.append((f"--resolution {size}", replace(opts, resolution=size)))
+    if opts.batch > 1:
+        found.append(("--batch 1", replace(opts, batch=1)))
+    return found
+
+
+def script_checkpoints(script: Path) -> bool:
+    """Whether the script acts on --gradient_checkpointing: diffusers v0.20.0's LoRA example takes
+    the flag but never calls unet.enable_gradient_checkpointing() (its full fine-tuning example
+    does), so there the flag changes nothing; measured: the same peak at 512 in fp32."""
+    return "enable_gradient_checkpointing" in script.read_text(encoding="utf-8", errors="replace")
+
+
+NO_CHECKPOINTING = ("the script takes --gradient_checkpointing but never calls unet.enable_gradient_checkpointing() "
+                    "(diffusers v0.20.0's LoRA example): it changes nothing")
+
+
+def searchable(m: Measured, steps: int) -> bool:
+    """An asked run that ran out of memory in its steps: a smaller setting may fit. Not one that ran
+    out while the frozen weights moved to the device, nor one that ran out after its steps (the
+    script's fp32 UNet, to save the LoRA): no setting --search tries changes those."""
+    return not m.setting and m.fits is False and m.loaded_bytes is not None and len(m.losses) < steps
+
+
+def advice(measured: list[Measured], opts: Options, checkpoints: bool = True) -> list[str]:
+    """What would make an asked setting that does not fit fit: what was measured here (the other
+    precision, the runs of --search), else the settings to rehearse next, said as not measured."""
     said = []
-    fitting = [m for m in measured if m.fits]
-    for m in measured:
+    tries = [setting for setting, _ in candidates(opts, checkpoints)]
+    asked = [m for m in measured if not m.setting]
+    fitting = [m for m in asked if m.fits]
+    for m in asked:
         if m.fits is not False:
             continue
         if fitting:
             said.append(f"{m.precision} does not fit; {', '.join(f.precision for f in fitting)} does (measured "
                         "above): train with --mixed_precision fp16")
-        halve = m.precision == "fp32" and not any(x.precision == "fp16" for x in measured)  # fp16 not tried yet
+        halve = m.precision == "fp32" and not any(x.precision == "fp16" for x in asked)  # fp16 not tried yet
         if m.loaded_bytes is None:
             said.append(f"{m.precision} ran out while the frozen weights moved to the device, before training: "
                         "a smaller resolution or batch, or gradient checkpointing, cannot help"
                         + ("; fp16 halves the weights: rehearse with --mixed-precision fp16" if halve else ""))
             continue
-        smaller = ["--mixed-precision fp16"] if halve else []
-        smaller += [f"--resolution {r}" for r in (384, 256) if r < opts.resolution]
-        smaller += ["--batch 1"] if opts.batch > 1 else []
-        smaller += [] if opts.gradient_checkpointing else ["--gradient-checkpointing"]
-        if smaller:
-            said.append(f"{m.precision} ran out in training, with {gib(m.loaded_bytes)} GiB of models on the device; "
-                        "not measured yet: rehearse again with " + " or ".join(smaller))
+        if len(m.losses) >= opts.steps:
+            said.append(f"{m.precision}'s {opts.steps} steps fit (they peaked at {gib(m.steps_peak_bytes or 0)} GiB); "
+                        "it ran out after them, when the script converts the UNet to fp32 on the device to save the "
+                        "LoRA: a smaller resolution or batch, or gradient checkpointing, cannot help that")
+            continue
+        searched = [s for s in measured if s.setting and s.precision == m.precision]
+        fp16 = "; fp16 was not rehearsed: --mixed-precision fp16" if halve else ""
+        if searched:
+            said.append(searched_said(m.precision, searched, opts) + fp16)
+        elif tries or halve:
+            said.append(f"{m.precision} ran out in training, with {gib(m.loaded_bytes)} GiB of models on the device"
+                        + (f"; not measured yet: {', '.join(tries)} (--search measures them)" if tries else "")
+                        + fp16)
+    in_training = any(searchable(m, opts.steps) for m in asked)  # where checkpointing would have been offered
+    if not checkpoints and (in_training or opts.gradient_checkpointing):
+        said.append(NO_CHECKPOINTING + ("" if opts.gradient_checkpointing else ", so it is not offered"))
     return said
+
+
+def searched_said(precision: str, searched: list[Measured], opts: Options) -> str:
+    """One precision's search in a sentence: the setting that fits, with its numbers, or that none did."""
+    said = (f"{precision} does not fit at {opts.resolution} x {opts.resolution}, batch {opts.batch}"
+            + (" with --gradient-checkpointing; " if opts.gradient_checkpointing else "; "))
+    missed = [s.setting for s in searched if s.fits is False]
+    failed = "".join(f"; with {s.setting} it failed: {s.verdict}" for s in searched if s.fits is None)
+    fit = next((s for s in searched if s.fits), None)
+    if fit is None:
+        return said + (f"none of {', '.join(missed)} fits either (measured; combinations of them were not tried)"
+                       if missed else "no setting was measured to fit") + failed
+    return (said + f"with {fit.setting} it fits (measured: {gib(fit.peak_bytes)} GiB of {gib(fit.capacity_bytes)} "
+            "GiB)" + (f"; {', '.join(missed)} did not (measured)" if missed else "") + failed)
 
 
 def script_args(model: Path, data: Path, out: Path, mixed: str, opts: Options) -> list[str]:
@@ -215,30 +277,48 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
              f"{' and '.join(LABELS[p] for p in opts.precisions)} on the emulated tpu (torch_tpu {emu.era} on this "
              f"CPU), capacity {cap_from}"
              + ("; at this size a step of the full network takes minutes on a CPU" if opts.resolution >= 256 else ""))
+    checkpoints = script_checkpoints(script)
+    if opts.gradient_checkpointing and not checkpoints:
+        progress(f"--gradient-checkpointing: {NO_CHECKPOINTING}")
     model, data, about = inputs(runner, python, opts, out)
     env = {**emulation.environment(emu, "tpu:0", setup), "SD_ENV_EMULATED_MEMORY": str(cap),
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(out / ".hf-home")}
-    measured = []
+
+    def one_run(mixed: str, run_opts: Options, setting: str = "") -> Measured:
+        label = LABELS[mixed]
+        folder = out / (label + setting.replace("--", "-").replace(" ", "-"))  # each searched run its own
+        named = f"{label} with {setting}" if setting else label
+        shutil.rmtree(folder, ignore_errors=True)
+        progress(f"{named}: loading the model onto the emulated tpu, then {opts.steps} steps")
+        started = time.monotonic()
+        got = probe.run(runner, python, probe.script("rehearse_run.py"),
+                        [str(script), *script_args(model, data, folder, mixed, run_opts)],
+                        timeout=900 + 3600 * opts.steps, env=env, label=f"rehearsing {named}")
+        m = replace(judge(label, got.data, got.problem, time.monotonic() - started), setting=setting)
+        if m.status == FAIL and m.error is None and got.stderr_tail:
+            m = replace(m, error=got.stderr_tail.splitlines()[-1])
+        progress(f"{named}: {m.verdict}" + (f" ({steps_said(m)})" if m.step_seconds else ""))
+        return m
+
+    measured: list[Measured] = []
     try:
-        for mixed in opts.precisions:
-            label = LABELS[mixed]
-            folder = out / label
-            shutil.rmtree(folder, ignore_errors=True)
-            progress(f"{label}: loading the model onto the emulated tpu, then {opts.steps} steps")
-            started = time.monotonic()
-            got = probe.run(runner, python, probe.script("rehearse_run.py"),
-                            [str(script), *script_args(model, data, folder, mixed, opts)],
-                            timeout=900 + 3600 * opts.steps, env=env, label=f"rehearsing {label}")
-            m = judge(label, got.data, got.problem, time.monotonic() - started)
-            if m.status == FAIL and m.error is None and got.stderr_tail:
-                m = Measured(**{**asdict(m), "error": got.stderr_tail.splitlines()[-1]})
-            measured.append(m)
-            progress(f"{label}: {m.verdict}" + (f" ({steps_said(m)})" if m.step_seconds else ""))
+        measured += [one_run(mixed, opts) for mixed in opts.precisions]
+        for m in [m for m in measured if opts.search and searchable(m, opts.steps)]:
+            tries = candidates(opts, checkpoints)
+            progress(f"{m.precision} ran out in training: --search runs it again with "
+                     f"{', '.join(setting for setting, _ in tries)} in turn until one fits (each about as long "
+                     "as the run above)" if tries else f"{m.precision}: --search has no smaller setting to try")
+            mixed = next(k for k, v in LABELS.items() if v == m.precision)
+            for setting, run_opts in tries:
+                measured.append(one_run(mixed, run_opts, setting))
+                if measured[-1].fits:
+                    break
     finally:
         shutil.rmtree(out / ".hf-home", ignore_errors=True)
         if about.get("built") and not opts.keep_model:
             shutil.rmtree(out / "sd14-arch", ignore_errors=True)
     about.update(kept=bool(about.get("built") and opts.keep_model), capacity=cap_from, capacity_bytes=cap,
+                 script=str(script), script_checkpoints=checkpoints,
                  emulator=f"torch_tpu {emu.era} emulation ({emu.key})", settings=asdict(opts) | {"output": str(out)})
     return measured, about
 
@@ -249,19 +329,20 @@ def steps_said(m: Measured) -> str:
 
 
 def rows(measured: list[Measured]) -> list[list[str]]:
-    """The report's table: one row per precision."""
-    return [[m.precision, m.status, m.verdict, f"{gib(m.peak_bytes)}" if m.peak_bytes else "-",
+    """The report's table: one row per run, the asked ones first, then those of --search."""
+    return [[m.precision, m.setting or "as asked", m.status, m.verdict, f"{gib(m.peak_bytes)}" if m.peak_bytes else "-",
              gib(m.steps_peak_bytes) if m.steps_peak_bytes else "-",
              ", ".join(f"{s:.1f}" for s in m.step_seconds) or "-",
              gib(m.host_peak_rss_bytes) if m.host_peak_rss_bytes else "-",
              ", ".join(f"{x:.4f}" for x in m.losses) or "-"] for m in measured]
 
 
-COLUMNS = ("precision", "status", "verdict", "peak tpu GiB", "of it in the steps", "s/step (emulated, this CPU)",
-           "host RAM GiB (emulated)", "loss")
+COLUMNS = ("precision", "setting", "status", "verdict", "peak tpu GiB", "of it in the steps",
+           "s/step (emulated, this CPU)", "host RAM GiB (emulated)", "loss")
 
 
 def json_body(measured: list[Measured], about: dict[str, Any], opts: Options) -> dict[str, Any]:
-    return {"runs": [asdict(m) for m in measured], "advice": advice(measured, opts), "about": about,
+    return {"runs": [asdict(m) for m in measured], "about": about,
+            "advice": advice(measured, opts, about.get("script_checkpoints", True)),
             "note": "seconds per step and host RAM are the emulation's on this host's CPU, not the card's; peak "
                     "tpu memory is the emulated allocator's count of the tensors the run put on the device"}
