@@ -55,7 +55,7 @@ def timed(label: str, argv: list[str], env: dict[str, str], cwd: Path | None = N
 
 def find_py39() -> str:
     sys.path.insert(0, str(ROOT / "installer"))
-    from sd_env.envs import find_base
+    from sd_env.target.envs import find_base
 
     found = find_base("3.9")
     if found is None:

@@ -28,10 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from sd_env import emulation, precision
-from sd_env.paths import Paths
-from sd_env.probe import script as probe_script
-from sd_env.runner import Runner
+from sd_env.system.paths import Paths
+from sd_env.system.probe import script as probe_script
+from sd_env.system.runner import Runner
+from sd_env.verify import emulation, precision
 
 EXAMPLE = Path("examples") / "text_to_image" / "train_text_to_image_lora.py"
 

@@ -18,9 +18,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from sd_env import emulation
-from sd_env.paths import Paths
-from sd_env.runner import Runner
+from sd_env.system.paths import Paths
+from sd_env.system.runner import Runner
+from sd_env.verify import emulation
 
 CASES = Path(__file__).resolve().parents[1] / "tests" / "emulator_cases.py"
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.hubkit import OTHER_FORMATS, FakeHub, folder_files, stack_project  # noqa: E402
 
-from sd_env import probe  # noqa: E402
+from sd_env.system import probe  # noqa: E402
 
 REPO = "sd-env-test/tiny-sd"
 

@@ -28,10 +28,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sd_env import devices, emulation
-from sd_env.paths import Paths
-from sd_env.probe import script as probe_script
-from sd_env.runner import Runner
+from sd_env.system.paths import Paths
+from sd_env.system.probe import script as probe_script
+from sd_env.system.runner import Runner
+from sd_env.verify import emulation
+from sd_env.workflows import devices
 
 EXAMPLE = Path("examples") / "text_to_image" / "train_text_to_image_lora.py"
 

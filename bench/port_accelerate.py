@@ -203,9 +203,9 @@ def try_release(version, archive, blob16, pre_id, target, runs, removed, scratch
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "installer"))
-from sd_env import patches as sd_patches  # noqa: E402
-from sd_env import port as sd_port  # noqa: E402
-from sd_env.runner import Runner  # noqa: E402
+from sd_env.patching import patches as sd_patches  # noqa: E402
+from sd_env.patching import port as sd_port  # noqa: E402
+from sd_env.system.runner import Runner  # noqa: E402
 
 # The extracted trees may belong to the archive's owner: let git (ours included) use them.
 os.environ.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="safe.directory", GIT_CONFIG_VALUE_0="*")

@@ -29,9 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 from tests.bundlekit import make_key, make_project  # noqa: E402
 
-from sd_env import bundle_install, bundle_trust  # noqa: E402
+from sd_env.bundle import install as bundle_install  # noqa: E402
+from sd_env.bundle import trust as bundle_trust  # noqa: E402
 from sd_env.cli import main  # noqa: E402
-from sd_env.runner import Runner  # noqa: E402
+from sd_env.system.runner import Runner  # noqa: E402
 
 
 def median_ms(fn, repeat: int) -> float:

@@ -97,7 +97,7 @@ bundle_interpreter() {
     say "the bundle carries no Python (made with --no-python, or by an older sd-env)"
     return 1
   fi
-  # the rules of bundle.py's confine: a plain file python/cpython-X.Y.Z...tar.gz, listed with kind python
+  # the rules of bundle/format.py's confine: a plain file python/cpython-X.Y.Z...tar.gz, listed with kind python
   [[ $rel =~ ^python/cpython-${want//./\\.}\.[0-9]+[A-Za-z0-9._+-]*\.tar\.gz$ ]] \
     || { say "the bundle's interpreter $rel is not a Python $want archive: not used"; return 1; }
   entry=$(grep -F -A 3 "\"path\": \"$rel\"," "$index")

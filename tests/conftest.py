@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import emulation
 from sd_env.cli import main
-from sd_env.paths import Paths
-from sd_env.runner import Runner
+from sd_env.system.paths import Paths
+from sd_env.system.runner import Runner
+from sd_env.verify import emulation
 from tests.pythonkit import JSON_VAR, MIRROR_VAR, Mirror, session_mirror
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from sd_env.closure import find_uv
+from sd_env.target.closure import find_uv
 from tests.conftest import run_in
 
 COMPLETE = ".sd-env-era-complete"

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from sd_env import ladder, patches, port
-from sd_env.runner import Runner
+from sd_env.patching import ladder, patches, port
+from sd_env.system.runner import Runner
 from tests.conftest import ROOT, git, no_history, upstream_history
 
 pytestmark = pytest.mark.network

@@ -33,12 +33,13 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from sd_env import emulation, patches
-from sd_env import manifest as sd_manifest
 from sd_env.cli import main
-from sd_env.closure import find_uv
-from sd_env.paths import Paths
-from sd_env.runner import Runner
+from sd_env.core import manifest as sd_manifest
+from sd_env.patching import patches
+from sd_env.system.paths import Paths
+from sd_env.system.runner import Runner
+from sd_env.target.closure import find_uv
+from sd_env.verify import emulation
 from tests.conftest import ROOT, no_history, one_component_manifest, run_in, upstream_history
 from tests.test_accelerate_ladder import GIT_ONLY, NO_SDIST, RELEASES, SHIPPED, archives, cache, patch_for  # noqa: F401
 from tests.test_real_accelerate import torch_python, torch_venv  # noqa: F401

@@ -19,12 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import bundle, bundle_create, bundle_install, bundle_trust, sources
+from sd_env.bundle import create as bundle_create
+from sd_env.bundle import format as bundle
+from sd_env.bundle import install as bundle_install
+from sd_env.bundle import trust as bundle_trust
 from sd_env.cli import main
+from sd_env.core.manifest import Component
 from sd_env.errors import StepError
-from sd_env.manifest import Component
-from sd_env.paths import Paths
-from sd_env.runner import Runner
+from sd_env.patching import sources
+from sd_env.system.paths import Paths
+from sd_env.system.runner import Runner
 from tests.bundlekit import (
     IDNA,
     PINS,
@@ -139,8 +143,10 @@ def test_the_installers_look_nowhere_but_the_bundle(made, tmp_path, fresh_target
     it instead of finding it in this machine's pip config or on the network."""
     copy = copy_of(made, tmp_path)
     (copy / SIX).unlink()
-    code = ("import sys\nfrom pathlib import Path\nfrom sd_env import bundle, bundle_install, bundle_trust, lockfile\n"
-            "from sd_env.errors import StepError\nfrom sd_env.runner import Runner\n"
+    code = ("import sys\nfrom pathlib import Path\nfrom sd_env.bundle import format as bundle\n"
+            "from sd_env.bundle import install as bundle_install, trust as bundle_trust\n"
+            "from sd_env.core import lockfile\n"
+            "from sd_env.errors import StepError\nfrom sd_env.system.runner import Runner\n"
             "root = Path(sys.argv[1])\nlock = lockfile.read(root / 'manifests/test.pypi.lock.txt')\n"
             "checked = bundle_trust.Checked(root, bundle.read_index(root), None, lock, 0,\n"
             "                               bundle_trust.Anchor('', 'none'))\n"

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import hublock
 from sd_env.cli import main
-from sd_env.hubcache import Snapshot
-from sd_env.manifest import load
+from sd_env.core import hublock
+from sd_env.core.hubcache import Snapshot
+from sd_env.core.manifest import load
 from tests.bundlekit import SD_ENV, make_project, needs_unshare, offline, outside_connects
 from tests.hubkit import SELECTED, FakeHub, synthetic_model
 

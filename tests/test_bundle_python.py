@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import bundle, bundle_trust
-from sd_env.bundle import BundleError
+from sd_env.bundle import format as bundle
+from sd_env.bundle import trust as bundle_trust
+from sd_env.bundle.format import BundleError
 from sd_env.cli import main
 from tests.bundlekit import BUILD_PINS, SD_ENV, make_project, offline, outside_connects
 from tests.conftest import ROOT

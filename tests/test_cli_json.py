@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import status
 from sd_env.cli import INTERNAL_ERROR, main
+from sd_env.patching import status
 from tests.conftest import tiny_component
 
 

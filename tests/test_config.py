@@ -77,7 +77,7 @@ def test_flag_beats_every_file(project, upstream, isolated, capsys):
     project.write_manifest([tiny_component(upstream, None)])
     isolated.write_text('git-mirror = "https://user.example/gh"\n')
     (project.root / "sd-env.toml").write_text('git-mirror = "https://project.example/gh"\n')
-    from sd_env import config
+    from sd_env.core import config
 
     got = config.resolve({"git-mirror": "https://flag.example/gh"}, project.manifest)
     assert (got["git-mirror"].value, got["git-mirror"].source) == ("https://flag.example/gh", "--git-mirror")

@@ -34,11 +34,12 @@ import pytest
 from packaging.version import Version
 from unidiff import PatchSet
 
-from sd_env import emulation, ladder, patches, port, proof
-from sd_env import manifest as sd_manifest
 from sd_env.cli import main
-from sd_env.paths import Paths
-from sd_env.runner import Runner
+from sd_env.core import manifest as sd_manifest
+from sd_env.patching import ladder, patches, port
+from sd_env.system.paths import Paths
+from sd_env.system.runner import Runner
+from sd_env.verify import emulation, proof
 from tests import eras
 from tests.conftest import ROOT, SD15_MANIFEST, git, no_history, one_component_manifest, upstream_history
 from tests.test_accelerate_walk import SD15_LOCK

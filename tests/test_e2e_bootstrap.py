@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import lockfile, manifest
+from sd_env.core import lockfile, manifest
 from tests.conftest import ROOT, bootstrap, shared_mirrors
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]

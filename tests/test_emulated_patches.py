@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import emulation, precision, proof
-from sd_env.manifest import load
-from sd_env.paths import Paths
-from sd_env.probe import script as probe_script
-from sd_env.runner import Runner
+from sd_env.core.manifest import load
+from sd_env.system.paths import Paths
+from sd_env.system.probe import script as probe_script
+from sd_env.system.runner import Runner
+from sd_env.verify import emulation, precision, proof
 from tests.conftest import ROOT, shared_mirrors
 
 EXAMPLE = "examples/text_to_image/train_text_to_image_lora.py"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import emulation
 from sd_env.errors import CommandError, EmulatorUnavailable
-from sd_env.paths import Paths
-from sd_env.runner import Runner
+from sd_env.system.paths import Paths
+from sd_env.system.runner import Runner
+from sd_env.verify import emulation
 
 BUILD_SCRIPT = str(emulation.source() / "build.py")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import emulation
+from sd_env.verify import emulation
 from tests import emulator_cases
 from tests.conftest import ERAS
 

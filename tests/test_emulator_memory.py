@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import emulation
+from sd_env.verify import emulation
 from tests.conftest import ERAS
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import emulation
-from sd_env.paths import Paths
+from sd_env.system.paths import Paths
+from sd_env.verify import emulation
 from tests.conftest import ERAS
 
 pytestmark = pytest.mark.slow

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import emulation, manifest
+from sd_env.core import manifest
 from sd_env.errors import InputError, ManifestError
+from sd_env.verify import emulation
 from tests.conftest import ERAS, ROOT, SD15_MANIFEST
 
 PROFILES = emulation.source() / "profiles"

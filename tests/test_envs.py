@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import envs
-from sd_env.envs import COMPLETE
 from sd_env.errors import InputError
-from sd_env.runner import Runner
+from sd_env.system.runner import Runner
+from sd_env.target import envs
+from sd_env.target.envs import COMPLETE
 
 HERE = f"{sys.version_info[0]}.{sys.version_info[1]}"
 BASE = Path(sys.base_prefix) / "bin" / f"python{HERE}"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sd_env import envs, extras, manifest
-from sd_env.runner import Runner
+from sd_env.core import manifest
+from sd_env.system.runner import Runner
+from sd_env.target import envs, extras
 from tests.conftest import run_in, tiny_component
 from tests.test_requirements_check import fake_dist
 

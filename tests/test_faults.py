@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from sd_env import faults
+from sd_env.system import faults
 from tests.conftest import run_in
 from tests.faultkit import leftovers, offline_env, sd_env, two_patch_project, verified
 from tests.test_repatch import OLD, SCALER, install_tiny
@@ -159,8 +159,8 @@ def test_install_and_repatch_at_once(ported_home, fresh_target, wheels):
 
 def test_leftovers_of_a_killed_run_are_removed_under_the_lock(tmp_path, capsys):
     """Temporary names of this sd-env and of older ones; files that only look alike stay."""
-    from sd_env import homelock
-    from sd_env.paths import Paths
+    from sd_env.system import homelock
+    from sd_env.system.paths import Paths
 
     paths = Paths(tmp_path / "home")
     patches_dir = tmp_path / "patches"

@@ -14,11 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import envs, manifest, probe, readiness, sources, state, train, verify
 from sd_env.cli import main
+from sd_env.core import manifest, state
 from sd_env.errors import InputError
-from sd_env.paths import Paths
-from sd_env.runner import Runner
+from sd_env.patching import sources
+from sd_env.system import probe
+from sd_env.system.paths import Paths
+from sd_env.system.runner import Runner
+from sd_env.target import envs
+from sd_env.verify import readiness
+from sd_env.verify.context import Check, Context
+from sd_env.verify.environment import check_ulimit
+from sd_env.verify.training import check_inference, check_lora_step
+from sd_env.workflows import train
 from tests.conftest import ROOT, SETUP, TPU_PATCH, Upstream, git, tiny_component
 from tests.test_install import make_sdist
 
@@ -86,7 +94,7 @@ def test_the_ulimit_advice_can_be_followed_under_a_lower_hard_limit():
     """verify's advice, run as it says in a shell whose hard limit is below the tutorial's 65535
     (20000 where the issue was seen; 4000 here, since an ordinary user can lower it too)."""
     code = ("import json, resource; resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4000)); "
-            "from sd_env import verify; print(json.dumps(verify.check_ulimit().detail))")
+            "from sd_env.verify.environment import check_ulimit; print(json.dumps(check_ulimit().detail))")
     detail = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                                        text=True).stdout)
     advised = re.findall(r"`(ulimit -n \d+)`", detail)
@@ -96,8 +104,8 @@ def test_the_ulimit_advice_can_be_followed_under_a_lower_hard_limit():
     assert shell.returncode == 0 and shell.stdout.strip() == "4000", shell.stderr
     assert "the hard limit is 4000" in detail and "* hard nofile 65535" in detail and "limits.conf" in detail
     # With room under the hard limit, the tutorial's own command.
-    assert "`ulimit -n 65535`" in verify.check_ulimit((1024, 65535)).detail
-    assert verify.check_ulimit((65535, 65535)).status == "ok"
+    assert "`ulimit -n 65535`" in check_ulimit((1024, 65535)).detail
+    assert check_ulimit((65535, 65535)).status == "ok"
 
 
 def fake_diffusers(tmp_path: Path) -> tuple[Upstream, str]:
@@ -181,19 +189,19 @@ def test_train_check_says_what_train_lacks(project, upstream, fresh_target, tmp_
     assert f"ready to train: {script}" in capsys.readouterr().out
 
 
-def cpu_checks(paths: Paths, mixed_precision: str) -> list[verify.Check]:
+def cpu_checks(paths: Paths, mixed_precision: str) -> list[Check]:
     """verify's rows as a CPU host gives them: the real LoRA and inference checks, which for fp16
     on the CPU decide before running anything."""
     man = manifest.load(ROOT / "manifests" / "sc7-sd14-lora.toml")
-    ctx = verify.Context(man, paths, Runner(), Path(sys.executable), mixed_precision=mixed_precision)
-    rows = [verify.Check("interpreter", "ok", "Python 3.9"),
-            verify.Check("torch_tpu", "skipped", "skipped: no SC7 card here (torch_tpu is not installed; no "
-                         "driver); the checks below run on the CPU"), verify.check_ulimit((65535, 65535)),
-            verify.Check("linear smoke", "ok", "ran on cpu")]
+    ctx = Context(man, paths, Runner(), Path(sys.executable), mixed_precision=mixed_precision)
+    rows = [Check("interpreter", "ok", "Python 3.9"),
+            Check("torch_tpu", "skipped", "skipped: no SC7 card here (torch_tpu is not installed; no "
+                         "driver); the checks below run on the CPU"), check_ulimit((65535, 65535)),
+            Check("linear smoke", "ok", "ran on cpu")]
     if mixed_precision != "fp16":
-        return [*rows, verify.Check("lora step", "ok", "ran on cpu"), verify.Check("inference", "ok", "ran on cpu")]
-    step = verify.check_lora_step(ctx, [])
-    return [*rows, step, verify.check_inference(ctx, step, probe.ProbeResult({}, None, 0.0))]
+        return [*rows, Check("lora step", "ok", "ran on cpu"), Check("inference", "ok", "ran on cpu")]
+    step = check_lora_step(ctx, [])
+    return [*rows, step, check_inference(ctx, step, probe.ProbeResult({}, None, 0.0))]
 
 
 def test_verify_fp16_on_the_cpu_says_what_was_not_checked(tmp_path):

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import ansible_inventory, state
 from sd_env.cli import main
+from sd_env.core import state
 from sd_env.errors import InputError
-from sd_env.fleet import parse_age
+from sd_env.fleet import inventory as ansible_inventory
+from sd_env.fleet.reports import parse_age
 from tests.conftest import git, tiny_component
 from tests.test_install import setup_tiny
 

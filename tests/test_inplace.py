@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import inplace, manifest, status, verify
-from sd_env.paths import Paths
-from sd_env.runner import Runner
+from sd_env.core import manifest
+from sd_env.patching import inplace, status
+from sd_env.system.paths import Paths
+from sd_env.system.runner import Runner
+from sd_env.verify.context import Check, Context
+from sd_env.verify.environment import check_sources
 from tests.conftest import run_in
 from tests.test_repatch import CORE_PY, checkout, install_tiny, status_row
 
@@ -20,10 +23,10 @@ def installed(project, upstream, fresh_target):
     return install_tiny(project, upstream, fresh_target)
 
 
-def sources_check(project, python: Path) -> verify.Check:
+def sources_check(project, python: Path) -> Check:
     man = manifest.load(project.manifest)
-    ctx = verify.Context(man, Paths(project.home), Runner(), python, quick=True)
-    return verify.check_sources(ctx, status.collect(man, Paths(project.home), Runner(), python))
+    ctx = Context(man, Paths(project.home), Runner(), python, quick=True)
+    return check_sources(ctx, status.collect(man, Paths(project.home), Runner(), python))
 
 
 def test_sentinel_in_the_checkout_names_the_script_not_local_edits(installed, fresh_target, capsys):

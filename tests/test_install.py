@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import install, manifest, patches, sources, state
+from sd_env.core import manifest, state
 from sd_env.errors import InputError
-from sd_env.paths import Paths
-from sd_env.runner import Runner
+from sd_env.patching import patches, sources
+from sd_env.system.paths import Paths
+from sd_env.system.runner import Runner
+from sd_env.workflows import install
 from tests.conftest import CORE, TPU_PATCH, git, run_in, tiny_component
 
 SCALER = "from tinypkg.core import device_kind, scaler_for; print(scaler_for(device_kind('tpu:0')))"
@@ -309,7 +311,9 @@ def test_a_deleted_patched_file_is_reported_then_repaired_and_json_says_changed(
 def test_a_header_only_edit_of_a_patch_file_is_recorded_and_verify_passes(project, upstream, fresh_target, capsys):
     """Only `Last-Update:` changed: the checkout is exactly what the new file produces. verify says so
     without failing; install records the new file (nothing else runs); then status and verify say applied."""
-    from sd_env import status, verify
+    from sd_env.patching import status
+    from sd_env.verify.context import Check, Context
+    from sd_env.verify.environment import check_sources
     setup_tiny(project, upstream)
     assert project.cli("install", python=fresh_target) == 0
     patch = project.root / "patches" / "tiny-tpu.diff"
@@ -317,9 +321,9 @@ def test_a_header_only_edit_of_a_patch_file_is_recorded_and_verify_passes(projec
     new_sha = patches.load(patch).sha256
     man, paths = manifest.load(project.manifest), Paths(project.home)
 
-    def sources_check() -> verify.Check:
-        ctx = verify.Context(man, paths, Runner(), fresh_target, quick=True)
-        return verify.check_sources(ctx, status.collect(man, paths, Runner(), fresh_target))
+    def sources_check() -> Check:
+        ctx = Context(man, paths, Runner(), fresh_target, quick=True)
+        return check_sources(ctx, status.collect(man, paths, Runner(), fresh_target))
 
     before = sources_check()
     assert before.status == "warn" and "sd-env install` records it" in before.detail, before

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from sd_env import ladder, manifest, patches
+from sd_env.core import manifest
+from sd_env.patching import ladder, patches
 from tests.conftest import SETUP, git, run_in
 from tests.test_repatch import (
     CORE_PY,

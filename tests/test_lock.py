@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import closure, lockfile, manifest, tools
-from sd_env.envs import Inventory
+from sd_env.core import lockfile, manifest
 from sd_env.errors import InputError, StepError
-from sd_env.runner import Runner
+from sd_env.system import tools
+from sd_env.system.runner import Runner
+from sd_env.target import closure
+from sd_env.target.envs import Inventory
 from tests.conftest import ROOT
 
 MANIFEST = manifest.load(ROOT / "manifests" / "sc7-sd14-lora.toml")
@@ -139,7 +141,7 @@ def test_lock_finds_uv_beside_its_interpreter_when_path_has_none(tmp_path, offli
 
 def test_a_new_flavour_is_listed_in_the_manifest(tmp_path):
     """`sd-env lock --flavour cpu` writes a lock install reads: the manifest's [lock.files] lists it."""
-    from sd_env import manifest_edit
+    from sd_env.core import manifest_edit
 
     man = tmp_path / "sc7.toml"
     text = (ROOT / "manifests" / "sc7-sd14-lora.toml").read_text()

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import manifest, patches
 from sd_env.cli import main
+from sd_env.core import manifest
+from sd_env.patching import patches
 from tests.conftest import ROOT
 
 ACCELERATE_COMMIT = "36beea9a1be9251a3ad07f7c10fd425c96954f46"

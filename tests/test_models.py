@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import hublock, models
 from sd_env.cli import main
+from sd_env.core import hublock
+from sd_env.core.hubcache import Snapshot, hub_cache
+from sd_env.core.manifest import load
 from sd_env.errors import InputError
-from sd_env.hubcache import Snapshot, hub_cache
-from sd_env.manifest import load
+from sd_env.workflows import models
 from tests.conftest import run_in
 from tests.hubkit import SELECTED, FakeHub, folder_files, synthetic_model
 

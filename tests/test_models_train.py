@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import probe
-from sd_env.readiness import EXAMPLE
+from sd_env.system import probe
+from sd_env.verify.readiness import EXAMPLE
 from tests.bundlekit import SD_ENV, needs_unshare, offline, outside_connects
 from tests.hubkit import OTHER_FORMATS, FakeHub, folder_files, stack_project
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import emulation
-from sd_env.manifest import load
+from sd_env.core.manifest import load
+from sd_env.verify import emulation
 from tests.conftest import ROOT, shared_mirrors
 from tests.test_emulated_patches import emulated_target, scripts, tiny  # noqa: F401  (shared fixtures)
 from tests.test_emulator_sccl import free_port

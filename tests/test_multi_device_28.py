@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import emulation
+from sd_env.verify import emulation
 from tests.conftest import ROOT
 from tests.test_emulator_sccl import free_port, run_ranks
 from tests.test_multi_device import COMPARE, patched_copies

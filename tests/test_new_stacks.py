@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import lockfile, manifest, patches
+from sd_env.core import lockfile, manifest
+from sd_env.patching import patches
 from tests.conftest import ROOT, git
 
 PY310 = manifest.load(ROOT / "manifests" / "sc7-sd14-lora-py310.toml")

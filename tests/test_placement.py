@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from sd_env import placement, precision
+from sd_env.verify import placement, precision
 
 
 def test_tpu_and_tpu0_are_one_device_cpu_and_another_index_are_not():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sd_env import probe
-from sd_env.runner import Runner
+from sd_env.system import probe
+from sd_env.system.runner import Runner
 
 PY = Path(sys.executable)
 

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import envs, pythons
+from sd_env import report
 from sd_env.cli import main
 from sd_env.errors import StepError
-from sd_env.fsutil import sha256_file
-from sd_env.runner import Runner
+from sd_env.system.fsutil import sha256_file
+from sd_env.system.runner import Runner
+from sd_env.target import envs, pythons
 from tests.bundlekit import BUILD_PINS, make_project
 from tests.conftest import ROOT
 from tests.pythonkit import JSON_VAR, MIRROR_VAR, minimal_bin, serve
@@ -77,7 +78,7 @@ def test_a_machine_without_the_python_gets_a_standalone_one_from_the_mirror(mino
     name = f"cpython-{version}+20990101-{os.uname().machine}-unknown-linux-gnu-install_only_stripped.tar.gz"
     assert archive_gets(asked) == [f"GET /20990101/{name}"], asked
     said = capsys.readouterr().err
-    size = pythons.human((standalone_mirror.root / "20990101" / name).stat().st_size)
+    size = report.human((standalone_mirror.root / "20990101" / name).stat().st_size)
     assert f"no Python {minor} found" in said and f"installing a standalone CPython {minor} with uv into " \
         f"{home / 'python'}" in said and f"download {size} from {url}/20990101/" in said, said
     assert f"Python {minor} is {base / 'bin' / f'python{minor}'}" in said

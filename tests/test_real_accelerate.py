@@ -27,10 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import emulation
 from sd_env.cli import main
-from sd_env.closure import find_uv
-from sd_env.probe import script as probe_script
+from sd_env.system.probe import script as probe_script
+from sd_env.target.closure import find_uv
+from sd_env.verify import emulation
 from tests.conftest import ROOT, run_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import probe, rehearse
 from sd_env.cli import main
 from sd_env.report import FAIL, OK, WARN
+from sd_env.system import probe
+from sd_env.workflows import rehearse
 from tests.test_verify_emulate import verify_home  # noqa: F401  (a session fixture, shared)
 
 GIB = 2**30

@@ -24,7 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import fsutil, manifest, manifest_edit, patches, port, state, target
+from sd_env.core import manifest, manifest_edit, state
+from sd_env.patching import patches, port
+from sd_env.system import fsutil
+from sd_env.target import installed as target
 from tests.conftest import CORE, SETUP, TPU_PATCH, git, run_in, tiny_component
 
 SCALER = "from tinypkg.core import device_kind, scaler_for; print(scaler_for(device_kind('tpu:0')))"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from sd_env import envs, requirements_check
-from sd_env.runner import Runner
+from sd_env.system.runner import Runner
+from sd_env.target import envs, requirements_check
 from tests.conftest import run_in
 
 

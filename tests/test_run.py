@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import trainenv
+from sd_env.target import trainenv
 from tests.conftest import tiny_component
 
 PRINT_ENV = ("import json, os, resource, sys; print(json.dumps({'python': sys.executable, "

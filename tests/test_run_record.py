@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import runrecord, train
 from sd_env.cli import main
+from sd_env.core import runrecord
 from sd_env.errors import InputError
-from sd_env.runner import Runner
+from sd_env.system.runner import Runner
+from sd_env.workflows import train
 
 
 def png(width: int = 4, height: int = 4, rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import closure, fsutil, lockfile
-from sd_env import runner as runner_module
+from sd_env.core import lockfile
 from sd_env.errors import CommandError, StepError
-from sd_env.runner import Runner
+from sd_env.system import fsutil
+from sd_env.system import runner as runner_module
+from sd_env.system.runner import Runner
+from sd_env.target import closure
 from tests.conftest import ROOT
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import emulation, inplace
 from sd_env.cli import main
-from sd_env.manifest import load
-from sd_env.probe import script as probe_script
+from sd_env.core.manifest import load
+from sd_env.patching import inplace
+from sd_env.system.probe import script as probe_script
+from sd_env.verify import emulation
 from tests.conftest import SD15_MANIFEST
 
 pytestmark = pytest.mark.slow
@@ -182,8 +183,8 @@ def test_sophgos_own_patch_applied_in_place_is_recognised_and_trains(sd15_home, 
 def test_repatch_proof_on_a_torch_28_target(sd15_target, sd15_emulator) -> None:
     """`sd-env repatch`'s proof of an accelerate port runs on the torch 2.8 stack's emulator as on 2.1, on the
     device the manifest's [emulator] sets up (the strict torch_tpu-2.8 profile)."""
-    from sd_env import proof
-    from sd_env.runner import Runner
+    from sd_env.system.runner import Runner
+    from sd_env.verify import proof
 
     python, paths = sd15_target
     (row,) = proof.after_port(Runner(), python, paths, "accelerate", load(SD15_MANIFEST))

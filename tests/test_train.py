@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import probe, state, train
+from sd_env.core import state
 from sd_env.errors import InputError
-from sd_env.paths import Paths
+from sd_env.system import probe
+from sd_env.system.paths import Paths
+from sd_env.workflows import train
 from tests.conftest import ROOT, TPU_PATCH, git, run_in, tiny_component
 from tests.test_install import SCALER, checkout, make_sdist
 

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import devices, emulation, state
 from sd_env.cli import main
+from sd_env.core import state
 from sd_env.errors import InputError
-from sd_env.paths import Paths
+from sd_env.system.paths import Paths
+from sd_env.verify import emulation
+from sd_env.workflows import devices
 from tests.conftest import ROOT, shared_mirrors
 from tests.test_emulated_patches import emulated_target, tiny  # noqa: F401  (shared fixtures)
 

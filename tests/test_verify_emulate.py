@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import emulation, verify, verify_emulated
 from sd_env.cli import main
-from sd_env.manifest import load
-from sd_env.paths import Paths
-from sd_env.runner import Runner
+from sd_env.core.manifest import load
+from sd_env.system.paths import Paths
+from sd_env.system.runner import Runner
+from sd_env.verify import emulated as verify_emulated
+from sd_env.verify import emulation
+from sd_env.verify.context import Context, model_and_data
 from tests.conftest import ROOT
 
 EMULATED_ROWS = ("linear smoke", "lora step (fp16)", "lora step (fp32)", "inference")
@@ -105,9 +107,9 @@ def test_sd_envs_own_step_names_the_device_it_measured(verify_home, emulator):
     (probes/lora_step.py): it reports where its loss and trained parameters were, and the row says so."""
     python = verify_home / "venv" / "bin" / "python"
     runner = verify_emulated.EnvRunner.around(Runner(), emulation.environment(emulator, verify_emulated.DEVICE))
-    ctx = verify.Context(load(ROOT / "manifests" / "sc7-sd14-lora.toml"), Paths(verify_home), runner, python,
+    ctx = Context(load(ROOT / "manifests" / "sc7-sd14-lora.toml"), Paths(verify_home), runner, python,
                          device=verify_emulated.DEVICE, emulated=True)
-    inputs = verify.model_and_data(ctx)
+    inputs = model_and_data(ctx)
     step = verify_emulated.lora_step(ctx, [], inputs, "no", "fp32")  # no diffusers row: sd-env's own step
     assert (step.status, step.device) == ("ok", "tpu:0 (emulated)"), step
     assert "sd-env's equivalent step" in step.detail

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import verify
 from sd_env.cli import main
-from sd_env.manifest import load
-from sd_env.paths import Paths
-from sd_env.runner import Runner
+from sd_env.core.manifest import load
+from sd_env.system.paths import Paths
+from sd_env.system.runner import Runner
+from sd_env.verify import checks as verify
+from sd_env.verify.context import Context
 from tests.conftest import ROOT, shared_mirrors
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
@@ -172,7 +173,7 @@ def test_torch_tpu_that_crashes_or_hangs_is_a_failed_check(bootstrapped, tmp_pat
     (fake / "__init__.py").write_text(body)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the probe's interpreter imports this torch_tpu
     man = load(ROOT / "manifests" / "sc7-sd14-lora.toml")
-    ctx = verify.Context(man, Paths(home), Runner(), home / "venv" / "bin" / "python", quick=True)
+    ctx = Context(man, Paths(home), Runner(), home / "venv" / "bin" / "python", quick=True)
     ctx.timeouts["device"] = 20  # import torch alone takes about 4 s cold
     checks = {c.name: c for c in verify.run(ctx)}
     assert checks["torch_tpu"].status == "fail" and problem in checks["torch_tpu"].detail

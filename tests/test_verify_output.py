@@ -89,7 +89,7 @@ def test_piped_output_keeps_whole_paths_and_literal_brackets(project, upstream, 
 
 
 def test_verify_json_names_the_running_check_and_shows_it_is_alive(small, fresh_target, capsys, monkeypatch):
-    from sd_env import runner
+    from sd_env.system import runner
 
     monkeypatch.setattr(runner, "HEARTBEAT", 0.3)
     add_pth(fresh_target, "slow.pth", SLOW_LINEAR.replace("time.sleep(4)", "time.sleep(1.5)"))

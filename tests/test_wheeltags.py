@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sd_env import stacks, wheeltags
 from sd_env.cli import main
+from sd_env.core import stacks
 from sd_env.errors import InputError
+from sd_env.target import wheeltags
 from tests.conftest import ROOT, run_in
 
 SOPHGO = "Home-page: https://github.com/sophgo/torch-tpu\nAuthor: Sophgo\n"

@@ -248,3 +248,11 @@ def dump_json(command: str, code: int, body: dict[str, Any], error: Any = None) 
 
 def results_json(results: list[Result]) -> list[dict[str, Any]]:
     return [asdict(r) for r in results]
+
+
+def human(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"  # pragma: no cover

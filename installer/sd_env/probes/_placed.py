@@ -2,7 +2,7 @@
 
 `Placed.watch(pipe)` records the device of every parameter of the pipeline's models and, through a
 forward hook, of every UNet output; `as_dict()` is what the probes put in their JSON for
-sd-env's placement check (installer/sd_env/placement.py)."""
+sd-env's placement check (installer/sd_env/verify/placement.py)."""
 
 
 class Placed:

@@ -1,0 +1,130 @@
+"""The era lock: a hashed requirements file per torch flavour.
+
+Parsing and the compile command line are pure; `compile_lock` runs uv.
+pip and uv both install a hashed requirements file natively, so the lock
+stays in that format instead of a format of our own.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+
+from sd_env.core import manifest_edit
+from sd_env.core.manifest import Manifest
+from sd_env.errors import InputError
+from sd_env.system import fsutil
+from sd_env.system.runner import Runner
+from sd_env.system.tools import find_uv
+
+PYPI = "https://pypi.org/simple"
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
+_HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
+# What may follow a pin on its line (an environment marker, hashes, a line continuation), and
+# what a continuation line may hold: hashes only. Anything else, an option line above all
+# (`--find-links URL`, `--index-url URL`, `-e PATH`, `-r FILE`), would be passed on to pip or uv
+# and widen where they look: a lock is data, never options.
+_PIN_REST = re.compile(r"^(\s*;[^\\]*?)?(\s+--hash=sha256:[0-9a-f]{64})*\s*\\?\s*$")
+_CONTINUATION = re.compile(r"^\s+(--hash=sha256:[0-9a-f]{64}\s*)+\\?\s*$")
+
+
+@dataclass(frozen=True)
+class Lock:
+    path: Path
+    pins: dict[str, str]  # canonical name -> version
+    hashes: dict[str, tuple[str, ...]]  # canonical name -> allowed sha256 of its artifacts
+
+
+def read(path: Path) -> Lock:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        raise InputError(f"{path}: lock file missing",
+                         "run `sd-env lock` (needs PyPI) or restore the file from the repository") from None
+    pins: dict[str, str] = {}
+    hashes: dict[str, list[str]] = {}
+    current = None
+    for number, line in enumerate(text.splitlines(), 1):
+        _refuse_options(path, number, line)
+        match = _PIN.match(line)
+        if match:
+            current = canonicalize_name(match.group(1))
+            if current in pins:
+                raise InputError(f"{path}: {current} is pinned twice ({pins[current]} and {match.group(2)})",
+                                 "keep one pin per package: regenerate the lock with `sd-env lock`")
+            pins[current] = match.group(2)
+            hashes[current] = []
+        if current is not None:
+            hashes[current] += _HASH.findall(line)
+    missing = [name for name, found in hashes.items() if not found]
+    if missing:
+        raise InputError(f"{path}: no sha256 for {', '.join(missing)}",
+                         "regenerate the lock with `sd-env lock` (it writes --hash for every artifact)")
+    return Lock(path, pins, {k: tuple(v) for k, v in hashes.items()})
+
+
+def _refuse_options(path: Path, number: int, line: str) -> None:
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return
+    pin = _PIN.match(line)
+    if (pin and _PIN_REST.match(line[pin.end():])) or (not pin and _CONTINUATION.match(line)):
+        return
+    what = "an option line" if stripped.startswith("-") else "not a pinned, hashed requirement"
+    raise InputError(f"{path}:{number}: {what}: {stripped[:80]!r}",
+                     "a lock holds only NAME==VERSION lines with --hash=sha256:... (and comments): "
+                     "regenerate it with `sd-env lock`; pass indexes and mirrors as sd-env settings, never in the lock")
+
+
+def flavour_order(man: Manifest) -> list[str]:
+    """Flavours to try, best first: the torch index's ("cpu"), then the fallback ("pypi")."""
+    return [f for f in ("cpu", "pypi") if man.lock and f in man.lock.files]
+
+
+def compile_argv(man: Manifest, flavour: str, uv: str, output: Path) -> list[str]:
+    """The `uv pip compile` command that (re)generates one flavour's lock."""
+    assert man.lock is not None
+    spec = man.lock
+    argv = [uv, "pip", "compile", str(spec.requirements), "-o", str(output),
+            "--python-version", man.python, "--python-platform", spec.platform,
+            "--exclude-newer", spec.exclude_newer, "--generate-hashes", "--no-header",
+            "--index-url", PYPI]
+    for name, stamp in sorted(spec.exclude_newer_package.items()):
+        argv += ["--exclude-newer-package", f"{name}={stamp}"]
+    if flavour == "cpu":
+        # uv takes a package from the first index that has it, and extra
+        # indexes come first: torch from the CPU index, the rest from PyPI.
+        argv += ["--extra-index-url", man.torch.index, "--index-strategy", "first-index"]
+    for comp in man.components:  # installed as patched checkouts, not from the lock
+        argv += ["--no-emit-package", comp.name]
+    return argv
+
+
+def header(man: Manifest, flavour: str) -> str:
+    return (f"# sd-env lock of {man.name}, flavour {flavour!r}: the whole closure for CPython "
+            f"{man.python} on {man.lock.platform if man.lock else '?'}.\n"
+            "# Generated by `sd-env lock` from the manifest's [lock] settings; do not edit by hand.\n"
+            "# Components installed from patched checkouts are left out: "
+            + ", ".join(c.name for c in man.components) + ".\n")
+
+
+def compile_lock(man: Manifest, flavour: str, runner: Runner) -> Path:
+    assert man.lock is not None
+    uv = find_uv()
+    if uv is None:
+        raise InputError("`sd-env lock` needs uv (beside sd-env's Python or on PATH)",
+                         "pip install uv (or `pip install 'sd-env[test]'`)")
+    output = man.lock.files.get(flavour) or man.path.parent / f"{man.name}.{flavour}.lock.txt"
+    with fsutil.replacing(output) as tmp:
+        runner.run(compile_argv(man, flavour, uv, tmp), timeout=1800,
+                   hint="resolving needs the package index (and the torch index for the cpu flavour)",
+                   label=f"uv: resolving the {flavour} lock")
+        tmp.write_text(header(man, flavour) + tmp.read_text(encoding="utf-8"), encoding="utf-8")
+    read(output)  # a lock we cannot read back is not written as a success
+    if flavour not in man.lock.files:
+        # A lock the manifest does not list is a lock nothing installs: register it.
+        manifest_edit.add_lock_file(man.path, flavour, output)
+    return output
