@@ -5,7 +5,7 @@
 Each TARGET_PYTHON is a torch 2.1 or torch 2.8 environment (repeat --python for
 both eras; default $SD_ENV_PYTHON, else /work/devhome/venv/bin/python). The clean
 build goes to a temporary home; the step timing runs the tiny UNet LoRA step of
-tests/emulator_cases.py on the CPU and on "tpu" side by side in one process, with
+tests/kit/emulator_cases.py on the CPU and on "tpu" side by side in one process, with
 1 and 2 threads. The load average is printed with each figure: the machine is shared.
 """
 
@@ -22,7 +22,7 @@ from sd_env.system.paths import Paths
 from sd_env.system.runner import Runner
 from sd_env.verify import emulation
 
-CASES = Path(__file__).resolve().parents[1] / "tests" / "emulator_cases.py"
+CASES = Path(__file__).resolve().parents[1] / "tests" / "kit" / "emulator_cases.py"
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     python bench/fleet_bench.py BUNDLE [--hosts 2] [--python TARGET] [--work DIR] [--keep] [--echo]
 
 BUNDLE is a folder made by `sd-env bundle create` (the default manifest's: 2.6 GB).
-The hosts are tests/fleetkit.py's: network namespaces on a bridge, each with its own
+The hosts are tests/kit/fleetkit.py's: network namespaces on a bridge, each with its own
 sshd, hostname, install folder and an empty private /root/.cache (so each host's uv
 and pip caches start cold, as on a fresh server). Needs root, sshd and a Python >= 3.11
 for the control machine's ansible-core (deploy/ansible/requirements.txt, in a venv

@@ -28,7 +28,7 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.test_image import IMAGE_DIR, podman_env  # the image tests' podman setup
+from tests.fleet.test_image import IMAGE_DIR, podman_env  # the image tests' podman setup
 
 BASE = "localhost/sd-env-bench-base:bullseye"
 

@@ -3,7 +3,7 @@
     python bench/model_fetch.py --python TARGET/venv/bin/python [--rate-mb 0] [--keep]
 
 Builds the tiny model in the target (probes/tiny_sd.py, then its .bin and fp16 files, as a real repository
-carries them), serves it with tests/hubkit.py, and times through the CLI (each a fresh process, as a user runs it):
+carries them), serves it with tests/kit/hubkit.py, and times through the CLI (each a fresh process, as a user runs it):
 the lock (one API call, the small files hashed), a cold fetch, a re-run (every file checked by sha256, no
 request), and a fetch after one blob was deleted. --rate-mb throttles the server's file endpoint (MB/s) to see
 the fetch at a mirror's speed. Prints the files, bytes and seconds. Everything lives in a temporary folder,
@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.hubkit import OTHER_FORMATS, FakeHub, folder_files, stack_project  # noqa: E402
+from tests.kit.hubkit import OTHER_FORMATS, FakeHub, folder_files, stack_project  # noqa: E402
 
 from sd_env.system import probe  # noqa: E402
 

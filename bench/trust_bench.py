@@ -2,7 +2,7 @@
 
     python bench/trust_bench.py [--size-mb 512] [--repeat 20] [--keep]
 
-Makes the test suite's small bundle (tests/bundlekit.py: a tiny git upstream, a lock of six and
+Makes the test suite's small bundle (tests/kit/bundlekit.py: a tiny git upstream, a lock of six and
 idna, sd-env's own wheels) with one extra member of --size-mb random bytes, signed with a fresh
 ed25519 key, then times (median of --repeat, except the full check):
 - the anchor by id: read index.json once, sha256 it, compare;
@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.bundlekit import make_key, make_project  # noqa: E402
+from tests.kit.bundlekit import make_key, make_project  # noqa: E402
 
 from sd_env.bundle import install as bundle_install  # noqa: E402
 from sd_env.bundle import trust as bundle_trust  # noqa: E402

@@ -10,7 +10,7 @@ it is (offsets allowed), else merged 3-way from its pre-image. Where neither
 works, our edit is made on that release's example and its diff becomes a new
 shipped port named by that release.
 
-The edit, what each release needs (tests/test_diffusers_ladder.py proves each
+The edit, what each release needs (tests/patching/test_diffusers_ladder.py proves each
 part on the emulated device):
 - the guarded `import torch_tpu`, just before `from accelerate import Accelerator`
   (those import lines have not changed from 0.20.0 to 0.40.0, so the hunk stays

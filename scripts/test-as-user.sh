@@ -3,7 +3,7 @@
 # user, USER (default sdtest), made with useradd when missing. Run it as root: it hands the user what only
 # root has here, the way a user without root would get it:
 # - Python 3.9 (and 3.10, 3.11): root packs its own (pyenv's) as standalone builds into a mirror
-#   (tests/pythonkit.py), and the user's uv installs from it (UV_PYTHON_INSTALL_MIRROR and
+#   (tests/kit/pythonkit.py), and the user's uv installs from it (UV_PYTHON_INSTALL_MIRROR and
 #   UV_PYTHON_DOWNLOADS_JSON_URL), as a user points uv at a mirror when the default source is out of reach;
 # - the checkout and the shared git mirrors: copied into the user's home (root's folders may be closed);
 # - the accelerate sdists root's run downloaded, when there (a cache, as a user would have it).
@@ -35,7 +35,7 @@ if [ -d "$cache" ]; then
 fi
 . scripts/find-python.sh
 py=$(find_python 9 9 || find_python 9)
-"$py" tests/pythonkit.py "$work/standalone" > "$work/standalone.env"
+"$py" tests/kit/pythonkit.py "$work/standalone" > "$work/standalone.env"
 chown -R "$user": "$work"
 chmod -R u+w "$work"
 echo "* running ./scripts/test.sh $* as $user (uid $(id -u "$user"), no root) in $work/repo"

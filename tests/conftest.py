@@ -4,7 +4,6 @@ manifests pointing at them, and a real target virtualenv."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import venv
@@ -15,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from sd_env.cli import main
+from sd_env.core.manifest import load
+from sd_env.system import probe
 from sd_env.system.paths import Paths
 from sd_env.system.runner import Runner
 from sd_env.verify import emulation
-from tests.pythonkit import JSON_VAR, MIRROR_VAR, Mirror, session_mirror
+from tests.kit.pythonkit import JSON_VAR, MIRROR_VAR, Mirror, session_mirror
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = "SD_ENV_TEST_HEAVY"
@@ -53,7 +54,7 @@ def subprocess_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
 @pytest.fixture(scope="session", autouse=True)
 def standalone_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
     """The tests' stand-in for the servers of standalone CPython builds, which tests cannot reach
-    (tests/pythonkit.py: an archive packed from the Python running the tests, in a mirror's layout,
+    (tests/kit/pythonkit.py: an archive packed from the Python running the tests, in a mirror's layout,
     with uv's download metadata), given to uv as a user gives it a mirror, for the whole session:
     every `bundle create` and bootstrap here takes its standalone Python from it, never from the
     Internet. CI's unprivileged run is handed root's mirror in the same two variables."""
@@ -276,65 +277,6 @@ def shared_mirrors() -> Path | None:
     return None
 
 
-HISTORY = "SD_ENV_TEST_UPSTREAM_HISTORY"
-
-
-def upstream_history(name: str, tag: str) -> Path | None:
-    """A git mirror prefix (the `--git-mirror` layout) whose huggingface/NAME.git has `tag`: the releases
-    of accelerate PyPI lacks (1.1.0, 1.11.0 on) and diffusers' examples/ exist only in git. Taken from
-    $SD_ENV_TEST_UPSTREAM_HISTORY, else $SD_ENV_GIT_MIRROR, else the shared mirrors (shallow at the pins,
-    so usually without)."""
-    given = [os.environ.get(HISTORY), os.environ.get("SD_ENV_GIT_MIRROR")]
-    for prefix in [*(Path(g) for g in given if g), *filter(None, [shared_mirrors()])]:
-        repo = prefix / "huggingface" / f"{name}.git"
-        found = subprocess.run(["git", "--git-dir", str(repo), "rev-parse", "-q", "--verify", f"refs/tags/{tag}"],
-                               capture_output=True, text=True)
-        if repo.exists() and found.returncode == 0:
-            return prefix
-    return None
-
-
-def no_history(name: str, tag: str) -> str:
-    return (f"skipped: no git mirror with {name}'s tag {tag} (the shared mirrors hold only the pinned commits); "
-            f"{HISTORY}=PREFIX with PREFIX/huggingface/{name}.git holding upstream's tags runs it")
-
-
-def one_component_manifest(root: Path, ports: list[Path], name: str, version: str, patch: str, *,
-                           python: str = "3.9", git_url: str | None = None, commit: str | None = None,
-                           torch: str = "2.1.0", profile: str | None = None) -> Path:
-    """A manifest of one real upstream component at `version` with `patch`, and copies of `ports` in
-    root/patches (where repatch writes). `git_url` defaults to huggingface/NAME on GitHub (a mirror
-    rewrites it); an unreachable one makes sd-env take the sdist. `profile`: the emulated device's
-    strict profile ([emulator], as the SD 1.5 stack names torch_tpu-2.8)."""
-    own = root / "patches"
-    own.mkdir()
-    for port in ports:
-        shutil.copy(port, own / port.name)
-    url = git_url or f"https://github.com/huggingface/{name}.git"
-    emulator = f'\n[emulator]\nprofile = "{profile}"\n' if profile else ""
-    path = root / "manifests" / f"{name}.toml"
-    path.parent.mkdir(parents=True)
-    path.write_text(f'''schema = 1
-name = "{name}-ladder"
-python = "{python}"
-device = "tpu:0"
-patches_dir = "{own}"
-
-[torch]
-requirements = ["torch=={torch}"]
-index = "https://pypi.org/simple"
-{emulator}
-[[component]]
-name = "{name}"
-git = "{url}"
-tag = "v{version}"
-version = "{version}"
-{f'commit = "{commit}"' if commit else ""}
-patches = ["{patch}"]
-''')
-    return path
-
-
 def bootstrap(home: Path) -> subprocess.CompletedProcess:
     """./bootstrap.sh with SD_ENV_HOME=home, outside any active environment, on a PATH without any
     python3.9 (nor pyenv): as on Debian 12 or Ubuntu 22.04, sd-env's own venv is made with the
@@ -361,9 +303,9 @@ def path_without(*programs: str) -> str:
 
 @pytest.fixture(scope="session")
 def made(tmp_path_factory: pytest.TempPathFactory):
-    """The small project's bundle, made once per session (tests/bundlekit.py; downloads six, idna,
+    """The small project's bundle, made once per session (tests/kit/bundlekit.py; downloads six, idna,
     sd-env's dependencies and uv through the configured index)."""
-    from tests.bundlekit import make_bundle
+    from tests.kit.bundlekit import make_bundle
 
     return make_bundle(tmp_path_factory.mktemp("bundle"))
 
@@ -480,6 +422,63 @@ def mirrored(bootstrapped) -> Path:
     if shared_mirrors() is None:
         pytest.skip(f"no git mirror: provide {ROOT.parent / 'shared' / 'mirrors'} (SD_ENV_TEST_GIT_MIRROR)")
     home, _ = bootstrapped
+    return home
+
+
+# Session fixtures of the emulated tpu that verify/ and workflows/ share: the v0.20.0 example script
+# (unpatched and patched), the target with its emulator, the tiny model, and a home around the target.
+EXAMPLE = "examples/text_to_image/train_text_to_image_lora.py"
+DIFFUSERS_PATCH = ROOT / "patches" / "diffusers-0.20.0-train-lora.diff"
+
+
+@pytest.fixture(scope="session")
+def scripts(tmp_path_factory) -> dict[str, Path]:
+    """The v0.20.0 example script as upstream has it, and with our patch applied by git."""
+    mirrors = shared_mirrors()
+    if mirrors is None:
+        pytest.skip("skipped: no shared/mirrors beside the repository; the unpatched example script exists only "
+                    "in diffusers' git history (not in its sdist)")
+    commit = load(ROOT / "manifests" / "sc7-sd14-lora.toml").component("diffusers").commit
+    text = subprocess.run(["git", "--git-dir", str(mirrors / "huggingface" / "diffusers.git"), "show",
+                           f"{commit}:{EXAMPLE}"], check=True, capture_output=True, text=True).stdout
+    out = {}
+    for name in ("unpatched", "patched"):
+        where = tmp_path_factory.mktemp(f"diffusers-{name}")
+        (where / EXAMPLE).parent.mkdir(parents=True)
+        (where / EXAMPLE).write_text(text)
+        if name == "patched":
+            subprocess.run(["git", "apply", str(DIFFUSERS_PATCH)], cwd=where, check=True, capture_output=True,
+                           env={**os.environ, "GIT_CEILING_DIRECTORIES": str(where.parent)})
+        out[name] = where / EXAMPLE
+    assert "import torch_tpu" not in text and "import torch_tpu" in out["patched"].read_text()
+    return out
+
+
+@pytest.fixture(scope="session")
+def emulated_target(emulator_target, emulator) -> tuple[Path, emulation.Emulator]:
+    """The target's interpreter and the emulator built for it (one build per session, cached)."""
+    return emulator_target[0], emulator
+
+
+@pytest.fixture(scope="session")
+def tiny(emulated_target, tmp_path_factory) -> Path:
+    python, _emu = emulated_target
+    where = tmp_path_factory.mktemp("tiny-sd") / "tiny"
+    got = subprocess.run([str(python), str(probe.script("tiny_sd.py")), "--out", str(where)], capture_output=True,
+                         text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert got.returncode == 0, got.stderr[-3000:]
+    return where
+
+
+@pytest.fixture(scope="session")
+def verify_home(emulator_target, emulator) -> Path:
+    python, paths = emulator_target
+    home = paths.home
+    target = python.parents[2]
+    if target != home:  # a development target: link what verify reads, keep what it writes here
+        for name in ("venv", "src", "state.json"):
+            if not (home / name).exists():
+                os.symlink(target / name, home / name)
     return home
 
 

@@ -87,7 +87,7 @@ def test_the_target_python_came_from_the_standalone_mirror(bootstrapped, standal
     assert f"home = {base / 'bin'}" in (home / "venv" / "pyvenv.cfg").read_text()
     assert f"installing a standalone CPython {MANIFEST.python} with uv into {home / 'python'}" in first.stderr
     assert f"Python {MANIFEST.python} is {base / 'bin' / f'python{MANIFEST.python}'}" in first.stderr
-    # the very interpreter the mirror's archive holds (tests/pythonkit.py rewrote its RUNPATH: no other has it)
+    # the very interpreter the mirror's archive holds (tests/kit/pythonkit.py rewrote its RUNPATH: no other has it)
     archive = next(standalone_mirror.root.glob(f"*/cpython-{version}+*.tar.gz"))
     with tarfile.open(archive) as tar:
         packed = tar.extractfile(f"python/bin/python{MANIFEST.python}")

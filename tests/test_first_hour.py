@@ -28,7 +28,7 @@ from sd_env.verify.environment import check_ulimit
 from sd_env.verify.training import check_inference, check_lora_step
 from sd_env.workflows import train
 from tests.conftest import ROOT, SETUP, TPU_PATCH, Upstream, git, tiny_component
-from tests.test_install import make_sdist
+from tests.workflows.test_install import make_sdist
 
 # pip download's own words for accelerate==9.9.9 with Python 3.9 (PyPI, 2026).
 PIP_NO_SUCH_VERSION = (
@@ -263,7 +263,7 @@ def test_readme_says_where_the_emulator_is_built_and_how_long_it_can_take():
 def test_readme_names_what_the_tests_keep_and_read():
     text = " ".join(readme_paragraphs())
     read = set()
-    for path in (ROOT / "tests").glob("*.py"):
+    for path in (ROOT / "tests").rglob("*.py"):
         source = path.read_text(encoding="utf-8")
         read |= set(re.findall(r"\b(SD_ENV_TEST_[A-Z_]+)\b", source))
         if "sd-env-tests" in source and path.name != "test_first_hour.py":

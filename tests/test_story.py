@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.conftest import TPU_PATCH, git, tiny_component
-from tests.test_install import checkout
+from tests.workflows.test_install import checkout
 
 
 def sources_row(project, python, capsys) -> str:

@@ -1,0 +1,1 @@
+"""Tests of sd_env.core: manifests, locks, settings, shipped stacks, run records."""

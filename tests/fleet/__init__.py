@@ -1,0 +1,1 @@
+"""Tests of sd_env.fleet and deploy/: the Ansible role, fleet reports, the OCI image."""

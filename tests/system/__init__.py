@@ -1,0 +1,1 @@
+"""Tests of sd_env.system: the runner, the probe launcher, faults and interrupted runs."""
