@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests import fleetkit  # the fleet harness lives with the tests
+from tests.kit import fleetkit  # the fleet harness lives with the tests
 
 SPANS = {  # figure -> (first task, last task) of the role
     "bundle copy": ("Is this bundle already on the host?", "Mark the copy complete"),
