@@ -73,3 +73,15 @@ def test_verify_emulate_devices_on_the_default_stack_reduces_but_does_not_train(
     assert row["status"] == "skipped" and "accelerate-0.16.0-tpu-multi.diff" in row["detail"], row
     assert "sd-env install -m sc7-sd14-lora-multi" in row["detail"]
     assert code == 0 and rows["lora step (fp32)"]["status"] == "ok", json.dumps(rows, indent=2)
+
+
+def test_on_a_card_with_fewer_devices_both_rows_fail_with_the_count(tmp_path):
+    """Without --emulate the rows run on the card's devices; a card that has fewer than N fails them
+    before any process starts (what an SC7 card with one device would show)."""
+    ctx = Context(load(DEFAULT), Paths(tmp_path), Runner(), tmp_path / "no-python", device="tpu:0", devices=2,
+                  device_count=1)
+    got: list = []
+    parallel.card_rows(ctx, [], lambda name: None, lambda check: got.append(check) or check)
+    assert [(c.name, c.status) for c in got] == [("all-reduce (2 devices)", "fail"),
+                                                 ("data-parallel lora (2 devices)", "fail")]
+    assert got[0].detail.startswith("--devices 2: torch_tpu sees 1 device(s) on this card")
