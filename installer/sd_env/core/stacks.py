@@ -12,9 +12,6 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import InvalidWheelFilename, parse_wheel_filename
-
 from sd_env.core import manifest
 from sd_env.errors import InputError
 from sd_env.report import dump_json, say, table
@@ -67,6 +64,8 @@ def for_this_machine(want: str, where: Path = SHIPPED_DIR) -> str:
 
 
 def torch_version(man: manifest.Manifest) -> str:
+    from packaging.requirements import InvalidRequirement, Requirement  # here: 40 ms every command would pay
+
     for text in man.torch.requirements:
         try:
             req = Requirement(text)
@@ -81,6 +80,8 @@ def torch_version(man: manifest.Manifest) -> str:
 def torch_tpu_version(man: manifest.Manifest) -> str:
     if man.torch_tpu is None:
         return ""
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
     try:
         return str(parse_wheel_filename(man.torch_tpu.location.rsplit("/", 1)[-1])[1])
     except InvalidWheelFilename:

@@ -52,5 +52,6 @@ print(json.dumps({
     "executable": sys.executable,
     "prefix": sys.prefix,
     "is_env": sys.prefix != sys.base_prefix or os.path.isdir(os.path.join(sys.prefix, "conda-meta")),
+    "path": sys.path,  # where the distributions were looked for (inventory_cache.py watches these folders)
     "dists": dists,
 }))

@@ -64,6 +64,11 @@ class Paths:
         return self.home / "cache"
 
     @property
+    def inventories(self) -> Path:
+        """The target inventories `run` and `shell` reuse while the target's files are unchanged."""
+        return self.cache / "inventory"
+
+    @property
     def tiny_sd(self) -> Path:
         """verify's tiny Stable Diffusion model and dataset, built once."""
         return self.cache / "tiny-sd"

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import email.parser
-import zipfile
-import zlib
 from pathlib import Path
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import canonicalize_name
-
 from sd_env.core.manifest import WheelSpec
+from sd_env.core.names import canonical
 from sd_env.errors import InputError, StepError
 from sd_env.system.fsutil import sha256_file
 from sd_env.system.runner import Runner
@@ -30,6 +25,10 @@ def is_google(fields: dict) -> bool:
     if "google" in text:
         return True
     # Sophgo's wheel is built for Python 3.9; Google's requires >= 3.11.
+    if not fields.get("requires_python", "").strip():
+        return False  # no Requires-Python allows every version (and `run` need not import packaging)
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
     try:
         return not SpecifierSet(fields.get("requires_python", "")).contains("3.9")
     except InvalidSpecifier:
@@ -38,7 +37,7 @@ def is_google(fields: dict) -> bool:
 
 def installed_google(inv: Inventory) -> dict | None:
     for name, entries in inv.dists.items():
-        if canonicalize_name(name) == NAME:
+        if canonical(name) == NAME:
             for entry in entries:
                 if is_google(entry):
                     return entry
@@ -54,6 +53,10 @@ def refuse_installed_google(inv: Inventory) -> None:
 
 
 def wheel_metadata(path: Path) -> dict:
+    import email.parser  # here, not at the top: `run` reads the target's torch_tpu entry, never a wheel
+    import zipfile
+    import zlib
+
     try:
         with zipfile.ZipFile(path) as whl:
             names = [n for n in whl.namelist() if n.endswith(".dist-info/METADATA")]
@@ -77,7 +80,7 @@ def check_wheel(spec: WheelSpec, path: Path) -> tuple[str, dict]:
         raise StepError(f"{path}: sha256 {digest}, the manifest expects {spec.sha256}",
                         "the wheel is not the one pinned: fetch it again from Sophgo or update torch_tpu.sha256")
     meta = wheel_metadata(path)
-    if canonicalize_name(meta["name"]) != NAME:
+    if canonical(meta["name"]) != NAME:
         raise InputError(f"{path} is {meta['name']!r}, not torch_tpu", f"get the wheel from {SOPHGO_RELEASES}")
     if is_google(meta):
         raise InputError(f"{path} is Google's torch-tpu {meta['version']}, not Sophgo's", COLLISION)
