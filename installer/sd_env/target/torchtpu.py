@@ -7,8 +7,9 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 from sd_env.core.manifest import WheelSpec
 from sd_env.errors import InputError, StepError
@@ -24,16 +25,34 @@ SOPHGO_RELEASES = "Sophgo's torch-tpu releases (the SC7 SDK / the vendor's downl
 
 
 def is_google(fields: dict) -> bool:
-    """Google's TorchTPU, judged by its metadata (home page, URLs, author, Requires-Python)."""
-    text = " ".join([fields.get("home_page", ""), fields.get("author", ""),
-                     *fields.get("project_urls", [])]).lower()
-    if "google" in text:
-        return True
-    # Sophgo's wheel is built for Python 3.9; Google's requires >= 3.11.
-    try:
-        return not SpecifierSet(fields.get("requires_python", "")).contains("3.9")
-    except InvalidSpecifier:
+    """Google's TorchTPU, judged by what its metadata says of who made it, not by its Python range.
+
+    Google's wheels on PyPI (0.2.0, 2026-10) say Home-page https://github.com/google-pytorch/torch_tpu,
+    Summary "TPU/XLA support for PyTorch", Requires-Dist libtpu (Google's TPU runtime), torch>=2.11;
+    its 0.0.0 is a bare "Placeholder". Sophgo's setup.py says author "sophgo", dev@sophgo.com,
+    url https://github.com/sophgo/torch-tpu, and numbers its wheels after the torch they are built
+    for (2.1.0.post1, 2.8.0.post1). A Requires-Python that leaves out 3.9 says nothing: Sophgo's
+    wheels for Python 3.10+ stacks may declare just that.
+    """
+    words = " ".join([fields.get("home_page", ""), fields.get("author", ""), fields.get("author_email", ""),
+                      fields.get("summary", ""), *fields.get("project_urls", [])]).lower()
+    if "sophgo" in words:
         return False
+    if "google" in words or "xla" in words:
+        return True
+    if any(_requirement_name(r) == "libtpu" for r in fields.get("requires_dist", fields.get("requires", []))):
+        return True
+    try:  # unmarked: Google's releases are 0.x; Sophgo's carry the torch version (2.x and on)
+        return Version(fields.get("version", "")).major == 0
+    except InvalidVersion:
+        return False
+
+
+def _requirement_name(text: str) -> str:
+    try:
+        return canonicalize_name(Requirement(text).name)
+    except InvalidRequirement:
+        return ""
 
 
 def installed_google(inv: Inventory) -> dict | None:
@@ -65,7 +84,8 @@ def wheel_metadata(path: Path) -> dict:
         raise InputError(f"{path}: not a wheel: truncated or not a zip archive ({exc})",
                          f"download it again from {SOPHGO_RELEASES}") from None
     return {"name": msg.get("Name", ""), "version": msg.get("Version", ""),
-            "home_page": msg.get("Home-page", ""), "author": msg.get("Author", "") or msg.get("Author-email", ""),
+            "home_page": msg.get("Home-page", ""), "author": msg.get("Author", ""),
+            "author_email": msg.get("Author-email", ""), "summary": msg.get("Summary", ""),
             "project_urls": msg.get_all("Project-URL") or [], "requires_python": msg.get("Requires-Python", ""),
             "requires_dist": msg.get_all("Requires-Dist") or []}
 
