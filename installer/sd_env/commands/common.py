@@ -11,12 +11,12 @@ from pathlib import Path
 from sd_env.core import config, manifest, stacks
 from sd_env.errors import InputError, SdEnvError
 from sd_env.report import dump_json, exit_code, results_json, results_table, say
+from sd_env.system import shipped
 from sd_env.system.paths import Paths, default_home
 from sd_env.system.runner import Runner
 from sd_env.target import envs, trainenv
 
 DEFAULT_MANIFEST = "sc7-sd14-lora.toml"
-_REPO = Path(__file__).resolve().parents[3]  # the sd-env checkout, for an editable install
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ def parents() -> Parents:
 def default_manifest() -> Path:
     if os.environ.get("SD_ENV_MANIFEST"):
         return stacks.resolve(Path(os.environ["SD_ENV_MANIFEST"]))
-    for base in (Path.cwd(), _REPO):
-        candidate = base / "manifests" / DEFAULT_MANIFEST
+    for folder in (Path.cwd() / "manifests", shipped.manifests()):  # shipped: the checkout, else the installed copy
+        candidate = folder / DEFAULT_MANIFEST
         if candidate.is_file():
             return candidate
     raise InputError(f"no manifest given and no manifests/{DEFAULT_MANIFEST} here",

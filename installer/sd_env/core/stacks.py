@@ -15,8 +15,7 @@ from pathlib import Path
 from sd_env.core import manifest
 from sd_env.errors import InputError
 from sd_env.report import dump_json, say, table
-
-SHIPPED_DIR = Path(__file__).resolve().parents[3] / "manifests"  # next to installer/ in the sd-env checkout
+from sd_env.system import shipped as shipped_files
 
 
 @dataclass(frozen=True)
@@ -29,22 +28,23 @@ class Stack:
     path: str
 
 
-def shipped(where: Path = SHIPPED_DIR) -> list[manifest.Manifest]:
+def shipped(where: Path | None = None) -> list[manifest.Manifest]:
     """Every shipped manifest, by name. A shipped manifest that does not load is a bug: it raises."""
-    return sorted((manifest.load(p) for p in where.glob("*.toml")), key=lambda m: m.name)
+    return sorted((manifest.load(p) for p in (where or shipped_files.manifests()).glob("*.toml")),
+                  key=lambda m: m.name)
 
 
-def names(where: Path = SHIPPED_DIR) -> list[str]:
-    return sorted(p.stem for p in where.glob("*.toml"))
+def names(where: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in (where or shipped_files.manifests()).glob("*.toml"))
 
 
-def resolve(arg: Path, where: Path = SHIPPED_DIR) -> Path:
+def resolve(arg: Path, where: Path | None = None) -> Path:
     """`-m` as given: an existing file, else the shipped stack of that name."""
     if arg.is_file():
         return arg
     text = str(arg)
     if "/" not in text and not text.endswith(".toml"):
-        candidate = where / f"{text}.toml"
+        candidate = (where or shipped_files.manifests()) / f"{text}.toml"
         if candidate.is_file():
             return candidate
         raise InputError(f"no manifest {text!r}: not a file here and not a shipped stack",
@@ -53,7 +53,7 @@ def resolve(arg: Path, where: Path = SHIPPED_DIR) -> Path:
     return arg  # a missing path: manifest.load says so
 
 
-def for_this_machine(want: str, where: Path = SHIPPED_DIR) -> str:
+def for_this_machine(want: str, where: Path | None = None) -> str:
     """For a missing Python `want`: the shipped stacks made for a Python this machine has (sd-env's
     own, or python3.N on PATH), as a hint's clause; "" when none fits."""
     have = {f"3.{n}" for n in range(8, 16) if shutil.which(f"python3.{n}")}
@@ -96,6 +96,6 @@ def render(stacks: list[Stack], as_json: bool) -> None:
     if as_json:
         dump_json("stacks", 0, {"stacks": [asdict(s) for s in stacks]})
         return
-    table(f"sd-env stacks ({SHIPPED_DIR})", ("name", "python", "torch", "torch_tpu", "for"),
+    table(f"sd-env stacks ({shipped_files.manifests()})", ("name", "python", "torch", "torch_tpu", "for"),
           [[s.name, s.python, s.torch or "-", s.torch_tpu or "-", s.description or "-"] for s in stacks])
     say("use one with -m NAME, e.g. `sd-env install -m " + (stacks[0].name if stacks else "NAME") + "`")

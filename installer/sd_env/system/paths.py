@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sd_env.system import shipped
+
 ENV_HOME = "SD_ENV_HOME"
 
 
@@ -100,7 +102,9 @@ def default_home(manifest: Path) -> Path:
     """$SD_ENV_HOME, else `.sd-env` in the project that holds the manifest.
 
     The project is the folder above `manifests/` (this repository for the
-    default manifest), else the manifest's own folder.
+    default manifest), else the manifest's own folder; for a shipped stack
+    from a wheel install of sd-env, the current folder (never the tool's own
+    environment).
     """
     if os.environ.get(ENV_HOME):
         return Path(os.environ[ENV_HOME]).expanduser().resolve()
@@ -108,6 +112,8 @@ def default_home(manifest: Path) -> Path:
 
 
 def project_of(manifest: Path) -> Path:
+    if shipped.is_installed_copy(manifest):
+        return Path.cwd()
     folder = manifest.resolve().parent
     return folder.parent if folder.name == "manifests" else folder
 

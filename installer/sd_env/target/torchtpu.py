@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from sd_env.core.manifest import WheelSpec
@@ -19,20 +20,32 @@ SOPHGO_RELEASES = "Sophgo's torch-tpu releases (the SC7 SDK / the vendor's downl
 
 
 def is_google(fields: dict) -> bool:
-    """Google's TorchTPU, judged by its metadata (home page, URLs, author, Requires-Python)."""
-    text = " ".join([fields.get("home_page", ""), fields.get("author", ""),
-                     *fields.get("project_urls", [])]).lower()
-    if "google" in text:
-        return True
-    # Sophgo's wheel is built for Python 3.9; Google's requires >= 3.11.
-    if not fields.get("requires_python", "").strip():
-        return False  # no Requires-Python allows every version (and `run` need not import packaging)
-    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    """Google's TorchTPU, judged by what its metadata says of who made it, not by its Python range.
 
-    try:
-        return not SpecifierSet(fields.get("requires_python", "")).contains("3.9")
-    except InvalidSpecifier:
+    Google's wheels on PyPI (0.2.0, 2026-10) say Home-page https://github.com/google-pytorch/torch_tpu,
+    Summary "TPU/XLA support for PyTorch", Requires-Dist libtpu (Google's TPU runtime), torch>=2.11;
+    its 0.0.0 is a bare "Placeholder". Sophgo's setup.py says author "sophgo", dev@sophgo.com,
+    url https://github.com/sophgo/torch-tpu, and numbers its wheels after the torch they are built
+    for (2.1.0.post1, 2.8.0.post1). A Requires-Python that leaves out 3.9 says nothing: Sophgo's
+    wheels for Python 3.10+ stacks may declare just that.
+    """
+    words = " ".join([fields.get("home_page", ""), fields.get("author", ""), fields.get("author_email", ""),
+                      fields.get("summary", ""), *fields.get("project_urls", [])]).lower()
+    if "sophgo" in words:
         return False
+    if "google" in words or "xla" in words:
+        return True
+    if any(_requirement_name(r) == "libtpu" for r in fields.get("requires_dist", fields.get("requires", []))):
+        return True
+    # Unmarked: Google's releases are 0.x; Sophgo's carry the torch version (2.x and on).
+    major = re.match(r"\s*v?(\d+)", fields.get("version", ""))
+    return major is not None and int(major.group(1)) == 0
+
+
+def _requirement_name(text: str) -> str:
+    """A requirement's distribution name, by PEP 508's name rule (`run` need not import packaging)."""
+    name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", text)
+    return canonical(name.group(1)) if name else ""
 
 
 def installed_google(inv: Inventory) -> dict | None:
@@ -68,7 +81,8 @@ def wheel_metadata(path: Path) -> dict:
         raise InputError(f"{path}: not a wheel: truncated or not a zip archive ({exc})",
                          f"download it again from {SOPHGO_RELEASES}") from None
     return {"name": msg.get("Name", ""), "version": msg.get("Version", ""),
-            "home_page": msg.get("Home-page", ""), "author": msg.get("Author", "") or msg.get("Author-email", ""),
+            "home_page": msg.get("Home-page", ""), "author": msg.get("Author", ""),
+            "author_email": msg.get("Author-email", ""), "summary": msg.get("Summary", ""),
             "project_urls": msg.get_all("Project-URL") or [], "requires_python": msg.get("Requires-Python", ""),
             "requires_dist": msg.get_all("Requires-Dist") or []}
 
