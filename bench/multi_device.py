@@ -31,8 +31,8 @@ from pathlib import Path
 from sd_env.system.paths import Paths
 from sd_env.system.probe import script as probe_script
 from sd_env.system.runner import Runner
+from sd_env.target import multidevice
 from sd_env.verify import emulation
-from sd_env.workflows import devices
 
 EXAMPLE = Path("examples") / "text_to_image" / "train_text_to_image_lora.py"
 
@@ -68,7 +68,7 @@ def run(python: Path, script: Path, tiny: Path, out: Path, processes: int, steps
     """The seconds between rank 0's logged steps, with `processes` processes (one per device)."""
     how = ["--multi_gpu", "--num_processes", str(processes)] if processes > 1 else ["--num_processes", "1"]
     argv = [str(python), "-m", "accelerate.commands.launch", *how, "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "--main_process_port", str(devices.free_port()), str(script),
+            "--dynamo_backend", "no", "--main_process_port", str(multidevice.free_port()), str(script),
             "--pretrained_model_name_or_path", str(tiny / "model"), "--train_data_dir", str(tiny / "data"),
             "--resolution", "32", "--center_crop", "--train_batch_size", "1", "--max_train_steps", str(steps),
             "--seed", "0", "--num_validation_images", "0", "--dataloader_num_workers", "0", "--mixed_precision", "no",
@@ -88,7 +88,7 @@ def main() -> int:
     parser.add_argument("--emulator-home", type=Path, help="where the emulator build is cached (default: scratch)")
     args = parser.parse_args()
     python = args.home / "venv" / "bin" / "python"
-    found, applied = devices.applied_multi_patch(Paths(args.home))
+    found, applied = multidevice.applied_multi_patch(Paths(args.home))
     if found is None:
         sys.exit(f"{args.home}: its accelerate lacks the multi-device patch (applied: {applied}); install "
                  "-m sc7-sd14-lora-multi there")

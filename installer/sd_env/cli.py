@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import errno
 import importlib
 import sys
-import traceback
 
 from sd_env import __version__
-from sd_env.commands import common
 from sd_env.errors import InputError, SdEnvError
 from sd_env.report import dump_json
 
@@ -37,10 +34,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="sd-env", description="Reproducible Stable Diffusion LoRA environments for Sophgo SC7.")
     parser.add_argument("--version", action="version", version=f"sd-env {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    parents = common.parents()
-    for name, module, add in COMMANDS:
-        if only is None or name == only:
-            getattr(importlib.import_module(f"sd_env.commands.{module}"), add)(sub, parents)
+    if only != "":  # `sd-env --version` (or no command) needs no command's parser, nor what common.py loads
+        from sd_env.commands import common
+
+        parents = common.parents()
+        for name, module, add in COMMANDS:
+            if only is None or name == only:
+                getattr(importlib.import_module(f"sd_env.commands.{module}"), add)(sub, parents)
     parser.set_defaults(_commands=NAMES)
     return parser
 
@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail(args, SdEnvError("interrupted", "re-run the same command to finish"), 130)
     except Exception as exc:  # a bug in sd-env: keep the traceback, on stderr and in the log
+        import traceback  # here and difflib below: start-up is for the commands that go well
+
         trace = traceback.format_exc()
         sys.stderr.write(trace)
         log = getattr(args, "_log", None)
@@ -98,6 +100,8 @@ def _known_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     commands = parser.get_default("_commands")
     if word is None or word in commands:
         return
+    import difflib
+
     close = difflib.get_close_matches(word, list(commands), n=1)
     parser.error(f"unknown command {word!r}" + (f": did you mean {close[0]}?" if close else
                                                  f" (commands: {', '.join(commands)})"))
@@ -111,6 +115,8 @@ def _fail(args: argparse.Namespace, exc: SdEnvError, code: int) -> int:
     log = getattr(args, "_log", None)
     if args.json and not getattr(args, "_reported", False):
         dump_json(args.command, code, {"log": str(log) if log else None}, error=exc)
+    from sd_env.commands import common
+
     common.error_said(exc, log)
     return code
 

@@ -15,19 +15,23 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, Union
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
+
+# rich is imported where a line or table is printed, not here: it is 40 ms of start-up that
+# `sd-env run -q`, `--version` and --json runs never need.
 
 OK, WARN, FAIL, SKIPPED, NA = "ok", "warn", "fail", "skipped", "n/a"
 REPORT_VERSION = 1
 _STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red", SKIPPED: "dim", NA: "dim"}
 RESULT_COLUMNS = ("component", "step", "status", "detail", "s")
 
-Cell = Union[str, Text]  # a Text only for a highlighted part (see `marked`); data is plain str
+Cell = Union[str, "Text"]  # a Text only for a highlighted part (see `marked`); data is plain str
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ def exit_code(results: Iterable[_HasStatus]) -> int:
 
 
 def console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
     # rich honours NO_COLOR and only animates on a terminal.
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
@@ -70,12 +76,14 @@ def say(text: str, stderr: bool = False) -> None:
 
 def marked(text: str, mark: str) -> Text:
     """`text` followed by a highlighted `mark` (` (drifted)`, `local edits:`), both literal."""
+    from rich.text import Text
+
     return Text(text) + Text(mark, style="red")
 
 
 # Tables ----------------------------------------------------------------------
 def _plain(cell: Cell) -> str:
-    return cell.plain if isinstance(cell, Text) else cell
+    return cell if isinstance(cell, str) else cell.plain
 
 
 def plain_row(cells: Sequence[Cell]) -> str:
@@ -84,12 +92,17 @@ def plain_row(cells: Sequence[Cell]) -> str:
 
 
 def _cell(column: str, value: Cell) -> Text:
-    if isinstance(value, Text):
+    from rich.text import Text
+
+    if not isinstance(value, str):
         return value
     return Text(value, style=_STYLE.get(value, "") if column == "status" else "")
 
 
 def _grid(title: str, columns: Sequence[str], rows: Iterable[Sequence[Cell]]) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     grid = Table(title=Text(title), title_justify="left")
     for col in columns:
         grid.add_column(col, justify="right" if col == "s" else "left", overflow="fold")
@@ -140,6 +153,8 @@ class LiveTable:
         if not self.show_rows:
             pass
         elif out.is_terminal and _busy.acquire(blocking=False):
+            from rich.live import Live
+
             self.live = Live(self, console=out, refresh_per_second=4, transient=False)
             self.live.__enter__()
         else:
@@ -148,6 +163,9 @@ class LiveTable:
         return self
 
     def __rich__(self) -> Group:
+        from rich.console import Group
+        from rich.text import Text
+
         parts: list[Any] = [_grid(self.title, self.columns, self.rows)]
         if self.current is not None:
             parts.append(Text("running: ") + self.current.__rich__())
@@ -232,6 +250,8 @@ class _Elapsed:
         self.started = time.monotonic()
 
     def __rich__(self) -> Text:
+        from rich.text import Text
+
         return Text(f"{self.label} ({time.monotonic() - self.started:.0f} s)")
 
 

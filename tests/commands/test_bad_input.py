@@ -68,8 +68,9 @@ def _target_stat(python: Path) -> dict[str, tuple]:
 
 def _home_hash(home: Home) -> dict[str, str]:
     got = tree_hash(home.project.root)
-    logs = str(home.project.home / "logs")
-    return {k: v for k, v in got.items() if not k.startswith(logs) and not k.endswith("sd-env.lock")}
+    # What every run may write: its log, and (run, shell, status) the target's inventory kept for the next.
+    written = (str(home.project.home / "logs"), str(home.project.home / "cache"))
+    return {k: v for k, v in got.items() if not k.startswith(written) and not k.endswith("sd-env.lock")}
 
 
 @pytest.fixture

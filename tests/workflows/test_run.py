@@ -7,12 +7,14 @@ import os
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from sd_env.target import trainenv
+from sd_env.target import inventory_cache, trainenv
 from tests.conftest import tiny_component
+from tests.faultkit import make_wheel
 
 PRINT_ENV = ("import json, os, resource, sys; print(json.dumps({'python': sys.executable, "
              "'device': os.environ.get('ACCELERATE_TORCH_DEVICE'), 'venv': os.environ.get('VIRTUAL_ENV'), "
@@ -79,3 +81,32 @@ def test_no_target_is_a_clear_error(project, upstream):
     project.write_manifest([tiny_component(upstream, None)])
     got = sd_env(project, "run", "--", "python", "-V")
     assert got.returncode == 2 and "no target environment" in got.stderr and "bootstrap" in got.stderr
+
+
+def run_logs(project) -> list[str]:
+    return [p.read_text() for p in sorted((project.home / "logs").glob("*-run.log"))]
+
+
+def test_run_reuses_the_inventory_until_the_target_changes(project, target, tmp_path):
+    """The second `run` starts no target interpreter before the command, and imports neither rich,
+    packaging nor urllib (about 0.1 s of start-up it does not need: bench/command_overhead.py); after
+    torch_tpu is installed (and the racy margin has passed, so only the stamp can tell) the next one sees it."""
+    print_device = ["--", "python", "-c", "import os; print(os.environ['ACCELERATE_TORCH_DEVICE'])"]
+    time.sleep(inventory_cache.MARGIN + 0.2)  # the fresh venv's folders are old enough to be kept
+    got = sd_env(project, "run", "--python", str(target), *print_device)
+    assert got.returncode == 0 and got.stdout.strip() == "cpu", got.stderr
+    argv = [sys.executable, "-X", "importtime", "-m", "sd_env", "run", "-q", "-m", str(project.manifest),
+            "--home", str(project.home), "--python", str(target), *print_device]
+    got = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0 and got.stdout.strip() == "cpu", got.stderr
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in got.stderr.splitlines() if line.startswith("import time:")}
+    assert "sd_env.workflows.run" in loaded  # (importlib.import_module's own imports are not listed)
+    assert not {m for m in loaded if m.split(".")[0] in ("rich", "packaging") or m == "urllib.request"}
+    assert ["inventory.py" in log for log in run_logs(project)] == [True, False]  # read once, then kept
+
+    wheel = make_wheel(tmp_path / "wheels", "torch-tpu", "2.1.0.post1")
+    subprocess.run([str(target), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
+    time.sleep(inventory_cache.MARGIN + 0.2)
+    got = sd_env(project, "run", "--python", str(target), *print_device)
+    assert got.stdout.strip() == "tpu:0" and "the manifest's device" in got.stderr, got.stderr
+    assert ["inventory.py" in log for log in run_logs(project)] == [True, False, True]

@@ -44,13 +44,13 @@ from sd_env.core.manifest import Component, Manifest
 from sd_env.errors import CommandError, InputError
 from sd_env.patching import sources
 from sd_env.report import progress
-from sd_env.system import gitcmd
+from sd_env.system import gitcmd, shipped
 from sd_env.system.fsutil import sha256_file
 from sd_env.system.paths import Paths
 from sd_env.system.runner import Runner
 from sd_env.target import pythons, torchtpu
 
-REPO = Path(__file__).resolve().parents[3]  # sd-env's source tree (pyproject.toml), to build its wheel
+REPO = shipped.CHECKOUT  # sd-env's source tree (pyproject.toml), to build its wheel
 # pip's --platform for each lock platform. pip widens only the legacy manylinux2014 tag to the
 # older ones, so the glibc 2.x tags up to a 2022 distribution are listed one by one.
 PIP_PLATFORMS = {
@@ -361,12 +361,7 @@ def _tool(members: _Members, runner: Runner, man: Manifest) -> list[str]:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     progress("building sd-env's wheel and downloading its dependencies")
-    # Built from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
-    src = members.root / "tmp" / "sd-env-src"
-    shutil.rmtree(src, ignore_errors=True)
-    shutil.copytree(REPO / "installer", src / "installer", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copyfile(REPO / name, src / name)
+    src = shipped.source_copy(members.root / "tmp" / "sd-env-src")
     runner.run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "-q", "--no-deps", "-w",
                 str(folder), str(src)], timeout=1200, label="pip: building sd-env's wheel")
     shutil.rmtree(members.root / "tmp")

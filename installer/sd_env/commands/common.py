@@ -11,13 +11,12 @@ from pathlib import Path
 from sd_env.core import config, manifest, stacks
 from sd_env.errors import InputError, SdEnvError
 from sd_env.report import dump_json, exit_code, results_json, results_table, say
-from sd_env.system import homelock
+from sd_env.system import shipped
 from sd_env.system.paths import Paths, default_home
 from sd_env.system.runner import Runner
 from sd_env.target import envs, trainenv
 
 DEFAULT_MANIFEST = "sc7-sd14-lora.toml"
-_REPO = Path(__file__).resolve().parents[3]  # the sd-env checkout, for an editable install
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,8 @@ def parents() -> Parents:
 def default_manifest() -> Path:
     if os.environ.get("SD_ENV_MANIFEST"):
         return stacks.resolve(Path(os.environ["SD_ENV_MANIFEST"]))
-    for base in (Path.cwd(), _REPO):
-        candidate = base / "manifests" / DEFAULT_MANIFEST
+    for folder in (Path.cwd() / "manifests", shipped.manifests()):  # shipped: the checkout, else the installed copy
+        candidate = folder / DEFAULT_MANIFEST
         if candidate.is_file():
             return candidate
     raise InputError(f"no manifest given and no manifests/{DEFAULT_MANIFEST} here",
@@ -81,16 +80,20 @@ def setup(args: argparse.Namespace, command: str) -> tuple[manifest.Manifest, Pa
     paths = Paths(home)
     args._log = paths.log_file(command)
     if hasattr(args, "wait"):  # a command that writes: one at a time per home
+        from sd_env.system import homelock  # here: read-only commands (run, status) do not load it
+
         folders = {man.path.parent} | {p.parent for c in man.components for p in c.patches}
         args._stack.enter_context(homelock.hold(paths, command, wait=args.wait, extra=tuple(sorted(folders))))
     return man, paths, Runner(log_path=args._log, echo=args.verbose)
 
 
 def target(args: argparse.Namespace, runner: Runner, paths: Paths, man: manifest.Manifest,
-           none: str = "no target environment") -> tuple[Path, envs.Inventory]:
+           none: str = "no target environment", cached: bool = False) -> tuple[Path, envs.Inventory]:
     """The target environment a command other than install works in, and what it has (read
-    once, while its version was checked); an error saying `none` when there is none yet."""
-    found = envs.resolve(runner, args.python, paths.home, man.python, create=False)
+    once, while its version was checked; with `cached`, kept in the home and reused while the
+    target's files are unchanged); an error saying `none` when there is none yet."""
+    found = envs.resolve(runner, args.python, paths.home, man.python, create=False,
+                         cache=paths.inventories if cached else None)
     if found.python is None or found.inventory is None:
         raise InputError(f"{none}: {found.how}", "run ./bootstrap.sh or sd-env install first")
     return found.python, found.inventory
@@ -98,7 +101,7 @@ def target(args: argparse.Namespace, runner: Runner, paths: Paths, man: manifest
 
 def target_env(args: argparse.Namespace, command: str) -> tuple[trainenv.TrainEnv, Path]:
     man, paths, runner = setup(args, command)
-    _python, inv = target(args, runner, paths, man)
+    _python, inv = target(args, runner, paths, man, cached=True)  # run and shell: start-up is the point
     return trainenv.build(inv, man.device, args.device), args._log
 
 

@@ -18,7 +18,8 @@ def add(sub: argparse._SubParsersAction, parents: common.Parents) -> None:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     man, paths, runner = common.setup(args, "status")
-    found = envs.resolve(runner, args.python, paths.home, man.python, create=False)
+    # The inventory as `run` keeps it: reused only while the target's files are as they were.
+    found = envs.resolve(runner, args.python, paths.home, man.python, create=False, cache=paths.inventories)
     rows = status.collect(man, paths, runner, found.python, found.inventory)
     if args.json:
         args._reported = True

@@ -30,7 +30,9 @@ def add(sub: argparse._SubParsersAction, parents: common.Parents) -> None:
                    help="with --emulate: the device refuses what the real plugin of the target's era refuses "
                    "(its strict profile, e.g. int64 on torch_tpu 2.8; default: the manifest's [emulator] profile)")
     p.add_argument("--devices", type=int, choices=range(1, 9), default=1, metavar="N",
-                   help="with --emulate: add a row, an all-reduce across N emulated devices (\"sccl\")")
+                   help="add two rows on tpu:0 to tpu:N-1 (the card's, or emulated ones with --emulate): an "
+                   "all-reduce (\"sccl\") and 2 data-parallel LoRA steps through accelerate's launcher (those need "
+                   "a stack with accelerate's multi-device patch, e.g. sc7-sd14-lora-multi)")
     p.add_argument("--model", type=Path, metavar="DIR", help="a local diffusers model folder for the LoRA step "
                    "and inference (default: a tiny model built locally)")
     p.add_argument("--data", type=Path, metavar="DIR", help="a local imagefolder (images + metadata.jsonl) for "
@@ -44,8 +46,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     python, inv = common.target(args, runner, paths, man, "nothing to verify")
     if args.strict and not args.emulate:
         raise InputError("--strict is for the emulated device", "add --emulate")
-    if args.devices > 1 and not args.emulate:
-        raise InputError("--devices is for the emulated devices (on a card: sd-env train --devices)", "add --emulate")
     ctx = Context(man, paths, runner, python, quick=args.quick, mixed_precision=args.mixed_precision,
                          model=model, data=data, inventory=inv, strict=args.strict, devices=args.devices)
     title = f"sd-env verify ({man.name}, {python})" + (" on the emulated tpu" if args.emulate else "")

@@ -13,10 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
-
+from sd_env.core.names import PIN, RELEASE, canonical
 from sd_env.errors import ManifestError
 
 if sys.version_info >= (3, 11):
@@ -173,12 +170,12 @@ def parse(data: dict[str, Any], path: Path, pending: frozenset[str] = frozenset(
     seen: dict[str, str] = {}
     for i, comp in enumerate(comps):
         # PyPI names compare normalized: "Accelerate" and "accelerate" are one distribution.
-        same = seen.get(canonicalize_name(comp.name))
+        same = seen.get(canonical(comp.name))
         if same is not None:
             also = "" if same == comp.name else f" (as {same!r})"
             raise ManifestError(path, f"component[{i}].name", f"{comp.name!r} is declared twice{also}",
                                 "give each [[component]] its own name, or delete the copy")
-        seen[canonicalize_name(comp.name)] = comp.name
+        seen[canonical(comp.name)] = comp.name
     return Manifest(path, name, python, device, torch, wheel, lock, tuple(comps), description, emulator,
                     hub.get("model"), hub.get("dataset"))
 
@@ -273,11 +270,9 @@ def _component(t: _Table, patches_dir: Path, pending: frozenset[str]) -> Compone
         raise ManifestError(t.path, t.key("git"), f"{git!r} is not a git URL",
                             'write the clone URL, e.g. "https://github.com/OWNER/NAME.git"')
     version = t.get("version", str)
-    try:
-        Version(version)
-    except InvalidVersion:
+    if not _is_version(version):
         raise ManifestError(t.path, t.key("version"), f"{version!r} is not a version",
-                            'write the release version, e.g. "0.16.0" (the tag goes in `tag`)') from None
+                            'write the release version, e.g. "0.16.0" (the tag goes in `tag`)')
     commit = t.get("commit", str, default=None)
     if commit is not None and not _COMMIT.match(commit):
         raise ManifestError(t.path, t.key("commit"), f"{commit!r} is not a full commit id",
@@ -308,7 +303,24 @@ def _component(t: _Table, patches_dir: Path, pending: frozenset[str]) -> Compone
                      t.get("sdist", bool, default=True), sdist_sha256)
 
 
+def _is_version(text: str) -> bool:
+    if RELEASE.fullmatch(text):  # the usual case, without importing packaging (names.py)
+        return True
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        Version(text)
+    except InvalidVersion:
+        return False
+    return True
+
+
 def _pinned(t: _Table, key: str, req: object) -> None:
+    if isinstance(req, str) and PIN.fullmatch(req):  # the usual case, without importing packaging (names.py)
+        return
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.version import InvalidVersion, Version
+
     try:
         parsed = Requirement(str(req))
         specs = list(parsed.specifier)

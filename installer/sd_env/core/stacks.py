@@ -12,14 +12,10 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import InvalidWheelFilename, parse_wheel_filename
-
 from sd_env.core import manifest
 from sd_env.errors import InputError
 from sd_env.report import dump_json, say, table
-
-SHIPPED_DIR = Path(__file__).resolve().parents[3] / "manifests"  # next to installer/ in the sd-env checkout
+from sd_env.system import shipped as shipped_files
 
 
 @dataclass(frozen=True)
@@ -32,22 +28,23 @@ class Stack:
     path: str
 
 
-def shipped(where: Path = SHIPPED_DIR) -> list[manifest.Manifest]:
+def shipped(where: Path | None = None) -> list[manifest.Manifest]:
     """Every shipped manifest, by name. A shipped manifest that does not load is a bug: it raises."""
-    return sorted((manifest.load(p) for p in where.glob("*.toml")), key=lambda m: m.name)
+    return sorted((manifest.load(p) for p in (where or shipped_files.manifests()).glob("*.toml")),
+                  key=lambda m: m.name)
 
 
-def names(where: Path = SHIPPED_DIR) -> list[str]:
-    return sorted(p.stem for p in where.glob("*.toml"))
+def names(where: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in (where or shipped_files.manifests()).glob("*.toml"))
 
 
-def resolve(arg: Path, where: Path = SHIPPED_DIR) -> Path:
+def resolve(arg: Path, where: Path | None = None) -> Path:
     """`-m` as given: an existing file, else the shipped stack of that name."""
     if arg.is_file():
         return arg
     text = str(arg)
     if "/" not in text and not text.endswith(".toml"):
-        candidate = where / f"{text}.toml"
+        candidate = (where or shipped_files.manifests()) / f"{text}.toml"
         if candidate.is_file():
             return candidate
         raise InputError(f"no manifest {text!r}: not a file here and not a shipped stack",
@@ -56,7 +53,7 @@ def resolve(arg: Path, where: Path = SHIPPED_DIR) -> Path:
     return arg  # a missing path: manifest.load says so
 
 
-def for_this_machine(want: str, where: Path = SHIPPED_DIR) -> str:
+def for_this_machine(want: str, where: Path | None = None) -> str:
     """For a missing Python `want`: the shipped stacks made for a Python this machine has (sd-env's
     own, or python3.N on PATH), as a hint's clause; "" when none fits."""
     have = {f"3.{n}" for n in range(8, 16) if shutil.which(f"python3.{n}")}
@@ -67,6 +64,8 @@ def for_this_machine(want: str, where: Path = SHIPPED_DIR) -> str:
 
 
 def torch_version(man: manifest.Manifest) -> str:
+    from packaging.requirements import InvalidRequirement, Requirement  # here: 40 ms every command would pay
+
     for text in man.torch.requirements:
         try:
             req = Requirement(text)
@@ -81,6 +80,8 @@ def torch_version(man: manifest.Manifest) -> str:
 def torch_tpu_version(man: manifest.Manifest) -> str:
     if man.torch_tpu is None:
         return ""
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
     try:
         return str(parse_wheel_filename(man.torch_tpu.location.rsplit("/", 1)[-1])[1])
     except InvalidWheelFilename:
@@ -95,6 +96,6 @@ def render(stacks: list[Stack], as_json: bool) -> None:
     if as_json:
         dump_json("stacks", 0, {"stacks": [asdict(s) for s in stacks]})
         return
-    table(f"sd-env stacks ({SHIPPED_DIR})", ("name", "python", "torch", "torch_tpu", "for"),
+    table(f"sd-env stacks ({shipped_files.manifests()})", ("name", "python", "torch", "torch_tpu", "for"),
           [[s.name, s.python, s.torch or "-", s.torch_tpu or "-", s.description or "-"] for s in stacks])
     say("use one with -m NAME, e.g. `sd-env install -m " + (stacks[0].name if stacks else "NAME") + "`")

@@ -27,7 +27,9 @@ for dist in metadata.distributions():
         # Told apart by metadata: Google's TorchTPU and Sophgo's share the import name.
         entry["home_page"] = meta.get("Home-page") or ""
         entry["project_urls"] = meta.get_all("Project-URL") or []
-        entry["author"] = meta.get("Author") or meta.get("Author-email") or ""
+        entry["author"] = meta.get("Author") or ""
+        entry["author_email"] = meta.get("Author-email") or ""
+        entry["summary"] = meta.get("Summary") or ""
         entry["requires_python"] = meta.get("Requires-Python") or ""
     dists.setdefault(name, []).append(entry)
 
@@ -52,5 +54,6 @@ print(json.dumps({
     "executable": sys.executable,
     "prefix": sys.prefix,
     "is_env": sys.prefix != sys.base_prefix or os.path.isdir(os.path.join(sys.prefix, "conda-meta")),
+    "path": sys.path,  # where the distributions were looked for (inventory_cache.py watches these folders)
     "dists": dists,
 }))

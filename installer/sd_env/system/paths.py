@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sd_env.system import shipped
+
 ENV_HOME = "SD_ENV_HOME"
 
 
@@ -64,6 +66,11 @@ class Paths:
         return self.home / "cache"
 
     @property
+    def inventories(self) -> Path:
+        """The target inventories `run` and `shell` reuse while the target's files are unchanged."""
+        return self.cache / "inventory"
+
+    @property
     def tiny_sd(self) -> Path:
         """verify's tiny Stable Diffusion model and dataset, built once."""
         return self.cache / "tiny-sd"
@@ -95,7 +102,9 @@ def default_home(manifest: Path) -> Path:
     """$SD_ENV_HOME, else `.sd-env` in the project that holds the manifest.
 
     The project is the folder above `manifests/` (this repository for the
-    default manifest), else the manifest's own folder.
+    default manifest), else the manifest's own folder; for a shipped stack
+    from a wheel install of sd-env, the current folder (never the tool's own
+    environment).
     """
     if os.environ.get(ENV_HOME):
         return Path(os.environ[ENV_HOME]).expanduser().resolve()
@@ -103,6 +112,8 @@ def default_home(manifest: Path) -> Path:
 
 
 def project_of(manifest: Path) -> Path:
+    if shipped.is_installed_copy(manifest):
+        return Path.cwd()
     folder = manifest.resolve().parent
     return folder.parent if folder.name == "manifests" else folder
 

@@ -37,11 +37,13 @@ def script(name: str) -> Path:
 
 
 def run(runner: Runner, python: Path, path: Path, args: list[str], *, timeout: float,
-        env: Mapping[str, str] | None = None, cwd: Path | None = None, label: str | None = None) -> ProbeResult:
-    """`label`: a long probe shows it is alive (Runner.run's heartbeat with the elapsed time)."""
+        env: Mapping[str, str] | None = None, cwd: Path | None = None, label: str | None = None,
+        launcher: list[str] | None = None) -> ProbeResult:
+    """`label`: a long probe shows it is alive (Runner.run's heartbeat with the elapsed time); `launcher`:
+    the argv that runs the script instead of `python` (accelerate's, one process per device)."""
     try:
-        done = runner.run([str(python), str(path), *args], timeout=timeout, check=False, env=env, cwd=cwd,
-                          label=label)
+        done = runner.run([*(launcher or [str(python)]), str(path), *args], timeout=timeout, check=False, env=env,
+                          cwd=cwd, label=label)
     except CommandError as exc:  # only a timeout gets here (check=False)
         output = "\n".join(line for line in exc.output.splitlines() if not line.startswith("(timeout after"))
         return ProbeResult(None, f"timed out after {timeout:.0f} s (killed)", timeout, _tail(output), output)

@@ -14,8 +14,8 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from sd_env.core import stacks
@@ -23,7 +23,7 @@ from sd_env.errors import InputError
 from sd_env.report import progress
 from sd_env.system.paths import Paths
 from sd_env.system.runner import Runner
-from sd_env.target import pythons
+from sd_env.target import inventory_cache, pythons
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,21 @@ class Inventory:
     markers: dict[str, str] = field(default_factory=dict)  # PEP 508 marker variables of the interpreter
 
 
-def inventory(runner: Runner, python: Path) -> Inventory:
-    """What the interpreter is and has, asked in a subprocess (a broken env cannot crash sd-env)."""
-    probe = resources.files("sd_env") / "probes" / "inventory.py"
-    with resources.as_file(probe) as script:
-        out = runner.run([str(python), "-I", str(script)], timeout=120, label="reading the target environment",
-                         hint=f"{python} does not run; recreate the environment").stdout
-    data = json.loads(out)
+def inventory(runner: Runner, python: Path, cache: Path | None = None) -> Inventory:
+    """What the interpreter is and has, asked in a subprocess (a broken env cannot crash sd-env);
+    with `cache` (a folder), kept there and reused while the target's files are unchanged."""
+    data = inventory_cache.load(cache, python) if cache is not None else None
+    if data is None:
+        from importlib import resources  # here, not at the top: 15 ms of start-up
+
+        started = time.time_ns()
+        probe = resources.files("sd_env") / "probes" / "inventory.py"
+        with resources.as_file(probe) as script:
+            out = runner.run([str(python), "-I", str(script)], timeout=120, label="reading the target environment",
+                             hint=f"{python} does not run; recreate the environment").stdout
+        data = json.loads(out)
+        if cache is not None:
+            inventory_cache.store(cache, python, data, started)
     return Inventory(tuple(data["python"]), data["executable"], data["prefix"], data["is_env"],
                      data["dists"], data.get("markers", {}))
 
@@ -60,30 +68,31 @@ class Target:
 
 
 def resolve(runner: Runner, explicit: str | None, home: Path, want: str, create: bool = True,
-            sources: pythons.Sources | None = None) -> Target:
+            sources: pythons.Sources | None = None, cache: Path | None = None) -> Target:
     """The target interpreter and how it was found; `<home>/venv` is created when needed
     unless `create` is False (read-only commands), which gives a Target without python.
-    With `sources`, a machine without Python `want` gets a standalone one under the home."""
+    With `sources`, a machine without Python `want` gets a standalone one under the home;
+    with `cache`, an inventory read before is reused while still true (inventory_cache.py)."""
     base: tuple[Path, str, Inventory] | None = None
     for value, source in ((explicit, "--python"), (os.environ.get("SD_ENV_PYTHON"), "$SD_ENV_PYTHON")):
         if value:
             python = _interpreter(Path(value).expanduser(), source)
-            inv = inventory(runner, python)
+            inv = inventory(runner, python, cache)
             if inv.is_env:
                 return _existing(runner, python, want, source, inv)
             base = (python, source, inv)  # a bare interpreter: the base of <home>/venv
             break
     if base is None and os.environ.get("VIRTUAL_ENV"):
         python = _interpreter(Path(os.environ["VIRTUAL_ENV"]), "$VIRTUAL_ENV")
-        return _existing(runner, python, want, "the active venv")
+        return _existing(runner, python, want, "the active venv", cache=cache)
     conda_env = os.environ.get("CONDA_PREFIX")
     if base is None and conda_env and os.environ.get("CONDA_DEFAULT_ENV", "") != "base":
         python = _interpreter(Path(conda_env), "$CONDA_PREFIX")
-        return _existing(runner, python, want, "the active conda env")
+        return _existing(runner, python, want, "the active conda env", cache=cache)
     venv_dir = Paths(home).venv
     existing = venv_dir / "bin" / "python"
     if existing.exists() and (venv_dir / COMPLETE).exists():
-        return _existing(runner, existing, want, str(venv_dir))
+        return _existing(runner, existing, want, str(venv_dir), cache=cache)
     if not create:
         return Target(None, "no target environment yet (run `sd-env install`)")
     if base is not None:
@@ -168,14 +177,16 @@ def _create_venv(runner: Runner, base: Path, where: Path, want: str, source: str
     return where / "bin" / "python"
 
 
-def _existing(runner: Runner, python: Path, want: str, source: str, inv: Inventory | None = None) -> Target:
+def _existing(runner: Runner, python: Path, want: str, source: str, inv: Inventory | None = None,
+              cache: Path | None = None) -> Target:
     """An environment used as it is, once its version is checked."""
-    return Target(python, source, inventory=_check_version(runner, python, want, source, inv))
+    return Target(python, source, inventory=_check_version(runner, python, want, source, inv, cache))
 
 
-def _check_version(runner: Runner, python: Path, want: str, source: str, inv: Inventory | None = None) -> Inventory:
+def _check_version(runner: Runner, python: Path, want: str, source: str, inv: Inventory | None = None,
+                   cache: Path | None = None) -> Inventory:
     """The interpreter's inventory (`inv` when the caller has it), once its version is `want`."""
-    inv = inv or inventory(runner, python)
+    inv = inv or inventory(runner, python, cache)
     have = inv.python
     if f"{have[0]}.{have[1]}" != want:
         raise InputError(f"{source}: {python} is Python {have[0]}.{have[1]}.{have[2]}, the manifest wants {want}",

@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packaging.utils import canonicalize_name
-
+from sd_env.core.names import canonical
 from sd_env.target import torchtpu
 from sd_env.target.envs import Inventory
 
@@ -35,7 +34,7 @@ class TrainEnv:
 
 def sophgo_installed(inv: Inventory) -> bool:
     """Sophgo's torch_tpu distribution is in the target (Google's same-named one does not count)."""
-    entries = [e for n, es in inv.dists.items() if canonicalize_name(n) == torchtpu.NAME for e in es]
+    entries = [e for n, es in inv.dists.items() if canonical(n) == torchtpu.NAME for e in es]
     return any(not torchtpu.is_google(e) for e in entries)
 
 

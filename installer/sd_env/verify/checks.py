@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sd_env.patching import status
 from sd_env.report import SKIPPED
 from sd_env.target import envs, torchtpu, trainenv
+from sd_env.verify import parallel
 from sd_env.verify.context import Check, Context, _nothing, recorder
 from sd_env.verify.device import _split, _torch_checks, check_linear, check_torch_tpu
 from sd_env.verify.environment import check_ulimit, environment_checks
@@ -50,6 +51,8 @@ def run(ctx: Context, started: Callable[[str], None] = _nothing,
     done(check_torch_tpu(ctx, inv, device_got))
     done(check_ulimit())
     done(check_linear(ctx, linear_got))
+    if ctx.devices > 1:
+        parallel.card_rows(ctx, rows, started, done)
     if ctx.quick:
         done(Check("lora step", SKIPPED, "skipped: --quick"))
         done(Check("inference", SKIPPED, "skipped: --quick"))

@@ -63,7 +63,8 @@ class Context:
     device: str = "cpu"  # set by the torch_tpu check
     emulated: bool = False  # --emulate: the device is sd-env's emulated torch_tpu (verify/emulated.py)
     strict: bool = False  # --strict (with --emulate): the era's strict profile
-    devices: int = 1  # --devices N (with --emulate): an all-reduce across N emulated devices
+    devices: int = 1  # --devices N: an all-reduce and data-parallel LoRA steps across tpu:0 to tpu:N-1 (parallel.py)
+    device_count: int | None = None  # the devices torch_tpu sees (set by the torch_tpu check)
     facts: dict[str, str] = field(default_factory=dict)  # for the bug-report block
     # What hostfacts.py reports as data (a fleet report compares hosts by them): the component
     # rows the checks read, and the driver the torch_tpu check saw.

@@ -50,7 +50,7 @@ def check_torch_tpu(ctx: Context, inv: envs.Inventory, got: probe.ProbeResult | 
     ctx.facts["torch_tpu"] = (f"importable ({data.get('file')}), available={data['available']}, "
                               f"devices={data['count']}") if data["importable"] else f"not importable ({data['error']})"
     if data["importable"] and data["available"] and data["count"] > 0:
-        ctx.device = ctx.man.device
+        ctx.device, ctx.device_count = ctx.man.device, int(data["count"])
         return Check("torch_tpu", OK, f"Sophgo torch_tpu, {data['count']} device(s); {driver_text}", got.seconds)
     if present and not data["importable"]:
         return Check("torch_tpu", FAIL, f"the SC7 driver is present ({driver_text}) but torch_tpu does not import: "

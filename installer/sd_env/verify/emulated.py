@@ -24,9 +24,8 @@ from sd_env.report import FAIL, OK, SKIPPED, progress
 from sd_env.system import probe
 from sd_env.system.runner import Completed, Runner
 from sd_env.target import envs
-from sd_env.verify import emulation, placement, precision
+from sd_env.verify import emulation, parallel, placement, precision
 from sd_env.verify.context import (
-    ONE_THREAD,
     Check,
     Context,
     _asked,
@@ -78,23 +77,28 @@ def run(ctx: Context, started: Callable[[str], None] = _nothing,
     done(check_ulimit())
     names = ["linear smoke", *(f"lora step ({label})" for _, label in PRECISIONS), "inference"]
     if emu is None:
-        for n in names:
+        for n in [*names, *(parallel.names(ctx.devices) if ctx.devices > 1 else ())]:
             done(Check(n, SKIPPED, "skipped: the emulated torch_tpu is not available (see the emulator row)"))
         return checks
     ctx.device = DEVICE
     setup = emulation.settings(ctx.man, emu, ctx.strict)
-    on_emu = dataclasses.replace(ctx, runner=EnvRunner.around(ctx.runner, emulation.environment(emu, DEVICE, setup)))
+    emu_env = emulation.environment(emu, DEVICE, setup)
+    on_emu = dataclasses.replace(ctx, runner=EnvRunner.around(ctx.runner, emu_env))
     started("linear smoke")
     done(_label(check_linear(on_emu)))
-    if ctx.devices > 1:  # a few seconds: run with --quick too
-        started(f"all-reduce ({ctx.devices} devices)")
-        done(check_all_reduce(on_emu, ctx.devices))
+    several = parallel.names(ctx.devices) if ctx.devices > 1 else ()
+    if several:  # a few seconds: run with --quick too
+        started(several[0])
+        done(parallel.check_all_reduce(on_emu, ctx.devices))
     if ctx.quick:
-        for n in names[1:]:
+        for n in [*several[1:], *names[1:]]:
             done(Check(n, SKIPPED, "skipped: --quick"))
         return checks
     steps = []
-    inputs = model_and_data(on_emu)  # the tiny model, once for both precisions
+    inputs = model_and_data(on_emu)  # the tiny model, once for every training row
+    if several:
+        started(several[1])
+        done(parallel.check_data_parallel(on_emu, rows, inputs, ctx.devices, emu_env["PYTHONPATH"]))
     for mixed, label in PRECISIONS:
         started(f"lora step ({label})")
         steps.append(done(lora_step(on_emu, rows, inputs, mixed, label)))
@@ -167,21 +171,6 @@ def lora_step(ctx: Context, rows: list[status.ComponentStatus], inputs: tuple[Pa
         return dataclasses.replace(step, status=FAIL, detail=f"{step.detail}; but the UNet's matmuls ran on "
                                    f"{', '.join(sorted(got.devices))}, not only on tpu: {said}")
     return dataclasses.replace(step, detail=f"{step.detail}; {said}")
-
-
-def check_all_reduce(ctx: Context, world: int) -> Check:
-    """One process per emulated device, all-reducing through the "sccl" backend as a multi-device run does."""
-    name = f"all-reduce ({world} devices)"
-    got = probe.run(ctx.runner, ctx.python, probe.script("allreduce.py"), ["--world", str(world)], timeout=600,
-                    env={**ONE_THREAD, "SG_MAX_DEVICE_COUNT": str(world)})
-    if not got.ok or got.data is None:
-        return Check(name, FAIL, f"{', '.join(f'tpu:{r}' for r in range(world))} (emulated): {_problem(got)}",
-                     got.seconds, DEVICE + " (emulated)")
-    d = got.data
-    return Check(name, OK, f"\"{d['backend']}\" across {', '.join(d['devices'])} (emulated): sum {d['sum']:g} "
-                 f"(expected {d['expected']:g}); {d['bytes']:,} bytes (SD 1.4's rank-4 LoRA gradients, fp32) in "
-                 f"{d['seconds']:.3f} s on this CPU; int64: {d['int64'].split('; ')[0]}", got.seconds,
-                 ", ".join(d["devices"]) + " (emulated)")
 
 
 def peak_memory(stats: Path) -> str:

@@ -110,3 +110,12 @@ def summary(requested: str, got: Precision) -> str:
     elif got.backward_calls:
         text += "; loss scaling off"
     return text
+
+
+def ranks(path: Path) -> dict[int, dict[str, Any]]:
+    """The watcher's records of a data-parallel run (SD_ENV_PRECISION_WEIGHTS=1), by rank: each process's
+    loss and trained devices, its losses, and the digests of its trained weights at the start and at exit."""
+    if not path.is_file():
+        return {}
+    records = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
+    return {int(r["rank"]): r for r in records if "rank" in r}

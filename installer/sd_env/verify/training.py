@@ -68,31 +68,24 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus],
     watch = watch or ctx.paths.cache / "lora-watch.jsonl"
     watch.parent.mkdir(parents=True, exist_ok=True)
     watch.unlink(missing_ok=True)
-    script = ctx.paths.checkout("diffusers") / EXAMPLE
-    diffusers_row = next((r for r in rows if r.name == "diffusers"), None)
-    patched = diffusers_row is not None and all(s == status.APPLIED for s in diffusers_row.patches.values())
-    real = script.exists() and patched
+    script, why = example_script(ctx, rows)
+    real = why is None
     extra = dict(env_extra or {})
     env = hf_env(**{**extra, **precision.watch_env(watch, extra.get("PYTHONPATH") or os.environ.get("PYTHONPATH"))})
     # Always set, cpu too: a stray ACCELERATE_TORCH_DEVICE from the caller's shell must not move the run.
     env["ACCELERATE_TORCH_DEVICE"] = ctx.device
-    common = ["--resolution", "32", "--mixed_precision" if real else "--mixed-precision", ctx.mixed_precision]
     if real:
-        label = f"the patched {diffusers_row.tag if diffusers_row else 'diffusers'} example script"
-        args = ["--pretrained_model_name_or_path", str(model), "--train_data_dir", str(data),
-                "--center_crop", "--train_batch_size", "1", "--max_train_steps", "2", "--seed", "0",
-                "--validation_prompt", "a red square", "--num_validation_images", "1",
-                "--dataloader_num_workers", "0", "--output_dir", str(out), *common]
+        label = example_label(rows)
+        args = [*example_args(model, data, out, ctx.mixed_precision), "--validation_prompt", "a red square",
+                "--num_validation_images", "1"]
         got = probe.run(ctx.runner, ctx.python, script, args, timeout=ctx.timeouts["lora"], env=env)
         got = _judge_script(ctx, got, out, watch)
         unmeasured = ("the training process made no Accelerator.backward call that sd-env's watcher (first on its "
                       "PYTHONPATH, as sitecustomize) could see")
     else:
-        why = "the example script is not in diffusers' sdist" if not script.exists() else \
-            "the example script's patch is not applied"
         label = f"sd-env's equivalent step ({why})"
         args = ["--model", str(model), "--data", str(data), "--out", str(out),
-                "--device", ctx.device, "--steps", "2", *common]
+                "--device", ctx.device, "--steps", "2", "--resolution", "32", "--mixed-precision", ctx.mixed_precision]
         got = probe.run(ctx.runner, ctx.python, probe.script("lora_step.py"), args,
                         timeout=ctx.timeouts["lora"], env=env)
         unmeasured = "the step reported none"
@@ -119,6 +112,29 @@ def check_lora_step(ctx: Context, rows: list[status.ComponentStatus],
     return Check("lora step", OK, f"{where}, {label}: 2 steps, loss {losses or 'finite'}, "
                  f"{d['tensors']} LoRA tensors in {Path(d['weights']).name}{moved}; {how}; measured: "
                  f"{placed.said()}", seconds, placed.device)
+
+
+def example_script(ctx: Context, rows: list[status.ComponentStatus]) -> tuple[Path, str | None]:
+    """diffusers' LoRA example in the home's checkout, and why it cannot run as the stack patched it (None: it can)."""
+    script = ctx.paths.checkout("diffusers") / EXAMPLE
+    row = next((r for r in rows if r.name == "diffusers"), None)
+    if not script.exists():
+        return script, "the example script is not in diffusers' sdist"
+    if row is None or not all(s == status.APPLIED for s in row.patches.values()):
+        return script, "the example script's patch is not applied"
+    return script, None
+
+
+def example_label(rows: list[status.ComponentStatus]) -> str:
+    row = next((r for r in rows if r.name == "diffusers"), None)
+    return f"the patched {row.tag if row else 'diffusers'} example script"
+
+
+def example_args(model: Path, data: Path, out: Path, mixed: str) -> list[str]:
+    """The example's arguments for verify's 2 steps on the tiny model (1 sample per step and process)."""
+    return ["--pretrained_model_name_or_path", str(model), "--train_data_dir", str(data), "--center_crop",
+            "--train_batch_size", "1", "--max_train_steps", "2", "--seed", "0", "--dataloader_num_workers", "0",
+            "--output_dir", str(out), "--resolution", "32", "--mixed_precision", mixed]
 
 
 def _judge_script(ctx: Context, got: probe.ProbeResult, out: Path, watch: Path) -> probe.ProbeResult:

@@ -1,10 +1,7 @@
 """`sd-env train --devices 0,1`: one training process per device, through accelerate's own launcher.
 
-accelerate 0.16.0 knows several processes only for CUDA; patches/accelerate-0.16.0-tpu-multi.diff
-teaches it Sophgo's "tpu" (process group on the plugin's "sccl" backend, process k on tpu:k, the
-gradients averaged in backward()). A stack asks for that patch in its manifest (the shipped one is
-sc7-sd14-lora-multi); what decides here is what the home's state records as applied, because that
-is what the target's accelerate holds. The device count is the target's own
+Whether the home's accelerate can (its multi-device patch) and the launcher command are in
+target/multidevice.py, shared with `sd-env verify --devices`. The device count is the target's own
 (`torch_tpu.tpu.device_count()`, on the card or emulated): nothing here guesses it.
 """
 
@@ -12,20 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd_env.core import stacks, state
 from sd_env.core.manifest import Manifest
 from sd_env.errors import InputError
 from sd_env.system import probe
 from sd_env.system.paths import Paths
 from sd_env.system.runner import Runner
-from sd_env.target import envs, trainenv
+from sd_env.target import envs, multidevice, trainenv
 from sd_env.verify import emulation
 
-MULTI_SUFFIX = "-tpu-multi.diff"
 # bm-smi shows what runs on each device of a card; the plugin has no call for it, the emulator nothing to show.
 BUSY = ("whether a device is busy (another process on it) is not checked: only the card's bm-smi shows it "
         "(run `bm-smi` before a long run)")
@@ -60,36 +54,6 @@ def parse(spec: str) -> list[int] | None:
     return devices
 
 
-def applied_multi_patch(paths: Paths) -> tuple[str | None, list[str]]:
-    """The multi-device patch the home's accelerate has (None: none), and every patch applied to it."""
-    comp = state.load(paths.state).components.get("accelerate")
-    applied = [p.name for p in comp.patches] if comp else []
-    return next((name for name in applied if name.endswith(MULTI_SUFFIX)), None), applied
-
-
-def require_multi_patch(paths: Paths, accelerate_version: str | None) -> str:
-    """The applied multi-device patch's name, or an InputError naming the patch and the stack that has it."""
-    found, applied = applied_multi_patch(paths)
-    if found:
-        return found
-    # The shipped stack with this accelerate release and a multi-device patch (0.30.1's is named for the
-    # 0.30.0 port it goes on top of, so the name alone does not find it).
-    stack, wanted = next(((m.name, p.name) for m in stacks.shipped() for c in m.components
-                          if c.name == "accelerate" and c.version == accelerate_version
-                          for p in c.patches if p.name.endswith(MULTI_SUFFIX)),
-                         (None, f"accelerate-{accelerate_version or 'X'}{MULTI_SUFFIX}"))
-    has = "applied: " + ", ".join(applied) if applied else "no patch recorded"
-    message = (f"several devices need accelerate's multi-device patch {wanted}, and the accelerate of {paths.home} "
-               f"lacks it ({has}; without it accelerate does not start one process per tpu device)")
-    if stack is None:
-        raise InputError(message + f"; no shipped stack carries {wanted}",
-                         "train on one device (--device tpu:N), or on a stack whose accelerate has a multi-device "
-                         "patch (`sd-env stacks`)")
-    raise InputError(message, f"install the stack that carries it in a home of its own: sd-env install -m {stack} "
-                              "--home DIR, then train with --home DIR (or add the patch after the tutorial's in your "
-                              "manifest's accelerate patches and run sd-env install)")
-
-
 def plan(wanted: list[int] | None, count: int, where: str) -> Plan:
     """The devices to train on, checked against the `count` devices the target's torch_tpu sees."""
     have = ", ".join(f"tpu:{i}" for i in range(count)) or "none"
@@ -108,20 +72,6 @@ def plan(wanted: list[int] | None, count: int, where: str) -> Plan:
                          "(process k trains on tpu:k)", f"use --devices {','.join(map(str, range(len(devices))))}, "
                          "or one device alone with --device tpu:N")
     return Plan(sorted(devices))
-
-
-def free_port() -> int:
-    """A TCP port free on this host now, for the processes' rendezvous (the launcher's --main_process_port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def launcher(python: Path, chosen: Plan, mixed: str) -> list[str]:
-    """accelerate's own launcher, one process per device: the argv before the script and its arguments."""
-    return [str(python), "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(chosen.processes),
-            "--num_machines", "1", "--mixed_precision", mixed, "--dynamo_backend", "no",
-            "--main_process_port", str(free_port())]
 
 
 def batch_note(chosen: Plan, per_device: int, accumulation: int, learning_rate: str, scale_lr: bool) -> str:
@@ -146,7 +96,7 @@ def target(man: Manifest, paths: Paths, runner: Runner, python: Path, inv: envs.
                          "several")
     wanted = parse(spec) if spec else None
     if spec and (wanted is None or len(wanted) > 1):
-        require_multi_patch(paths, _version(man, "accelerate"))
+        multidevice.require_multi_patch(paths, _version(man, "accelerate"))
     why = "--device"
     if device is None and (spec or emulate):
         device, why = f"tpu:{(wanted or [0])[0]}", "--devices" if spec else "train --emulate's default"

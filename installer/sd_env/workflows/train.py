@@ -30,7 +30,7 @@ from sd_env.report import progress
 from sd_env.system import probe
 from sd_env.system.paths import Paths
 from sd_env.system.runner import Runner
-from sd_env.target import envs, trainenv
+from sd_env.target import envs, multidevice, trainenv
 from sd_env.target.installed import Installed, installed
 from sd_env.verify import precision, readiness
 from sd_env.workflows import devices, models
@@ -203,7 +203,7 @@ def run(man: Manifest, paths: Paths, runner: Runner, python: Path, opts: Options
                                     int(_arg(argv, "--gradient_accumulation_steps") or 1),
                                     _arg(argv, "--learning_rate") or "1e-4", "--scale_lr" in argv))
         progress(devices.BUSY)
-        command = [*devices.launcher(python, chosen, mixed), *argv[1:]]
+        command = [*multidevice.launcher(python, chosen.processes, mixed), *argv[1:]]
     progress("training: " + shlex.join(["python", *command[1:]]))
     if _arg(argv, "--validation_prompt"):
         count = _arg(argv, "--num_validation_images") or "4"

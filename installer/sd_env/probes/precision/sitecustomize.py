@@ -16,6 +16,10 @@ It does nothing unless SD_ENV_PRECISION_OUT names a file. Then:
   training forward, and where the training really ran: the device of each loss
   it back-propagates and of every parameter its prepared optimizers train
   (verify's LoRA row names these devices, never the one it asked for);
+- SD_ENV_PRECISION_WEIGHTS=1 (verify's data-parallel row) also records, per process, its rank
+  ($RANK), each loss it back-propagates, and a sha256 of the parameters its optimizers train as they
+  were at the first backward and as they are at exit: ranks that end with the same digest hold the
+  same weights, and a digest that changed shows the weights moved;
 - SD_ENV_PRECISION_FORWARDS=N counts the ops of the first N training forwards only (sd-env
   train: a long run pays the mode's cost per op for a few steps, not for hours);
 - at exit, one JSON line with the counts is appended to the file (only by a
@@ -61,6 +65,22 @@ def _install(out):
     autocast_seen = set()
     state = {"depth": 0, "lora": 0, "phase": "", "wrapped": False, "forwards": 0, "measuring": False}
     limit = int(os.environ.get("SD_ENV_PRECISION_FORWARDS") or 0)  # 0: every training forward
+    weights = os.environ.get("SD_ENV_PRECISION_WEIGHTS") == "1"
+    held = []  # the Accelerator whose optimizers train (for the digest at exit)
+
+    def trained(accelerator):
+        for optimizer in getattr(accelerator, "_optimizers", []):
+            for group in getattr(optimizer, "optimizer", optimizer).param_groups:
+                yield from (p for p in group["params"] if p.requires_grad)
+
+    def digest(accelerator):
+        import hashlib
+
+        h, count = hashlib.sha256(), 0
+        for p in trained(accelerator):
+            h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            count += 1
+        return {"sha256": h.hexdigest(), "tensors": count}
 
     class Watch(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -98,9 +118,12 @@ def _install(out):
             loss_devices.add(str(loss.device))
             # What the optimizer steps is what trains: a parameter it holds on another device than
             # the model's (a stale copy left behind by a .to()) shows up here as that device.
-            for optimizer in getattr(self, "_optimizers", []):
-                for group in getattr(optimizer, "optimizer", optimizer).param_groups:
-                    trained_devices.update(str(p.device) for p in group["params"] if p.requires_grad)
+            trained_devices.update(str(p.device) for p in trained(self))
+            if weights:
+                if not held:
+                    held.append(self)
+                    info["weights_before"] = digest(self)
+                info.setdefault("losses", []).append(float(loss.detach().float().item()))
             info["mixed_precision"] = str(getattr(self, "mixed_precision", ""))
             info["scaler"] = None if scaler is None else f"{type(scaler).__module__}.{type(scaler).__qualname__}"
             if scaler is not None:
@@ -147,6 +170,9 @@ def _install(out):
     def write():
         if not counts and not info["backward_calls"]:
             return
+        if held:
+            info["weights_after"] = digest(held[0])
+            info["rank"] = int(os.environ.get("RANK", "0"))
         record = {"pid": os.getpid(), "argv": sys.argv[:1], "counts": counts, "autocast": sorted(autocast_seen),
                   "loss_devices": sorted(loss_devices), "trained_devices": sorted(trained_devices), **info}
         with open(out, "a", encoding="utf-8") as f:
