@@ -14,7 +14,7 @@ import pytest
 
 from sd_env.target import inventory_cache, trainenv
 from tests.conftest import tiny_component
-from tests.faultkit import make_wheel
+from tests.kit.faultkit import make_wheel
 
 PRINT_ENV = ("import json, os, resource, sys; print(json.dumps({'python': sys.executable, "
              "'device': os.environ.get('ACCELERATE_TORCH_DEVICE'), 'venv': os.environ.get('VIRTUAL_ENV'), "

@@ -12,7 +12,7 @@ import pytest
 
 from sd_env.system.runner import Runner
 from sd_env.target import envs, inventory_cache, trainenv
-from tests.faultkit import make_wheel
+from tests.kit.faultkit import make_wheel
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from sd_env.core.manifest import WheelSpec
 from sd_env.errors import InputError
 from sd_env.system.runner import Runner
 from sd_env.target import envs, torchtpu, wheeltags
-from tests.faultkit import make_wheel
+from tests.kit.faultkit import make_wheel
 
 GOOGLE_020 = ("Author: torch team\nHome-page: https://github.com/google-pytorch/torch_tpu\nLicense: Apache 2.0\n"
               "Summary: TPU/XLA support for PyTorch\nRequires-Python: >=3.11\nRequires-Dist: numpy>=2\n"

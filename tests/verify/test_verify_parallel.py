@@ -19,7 +19,7 @@ from sd_env.system.runner import Runner
 from sd_env.verify import parallel
 from sd_env.verify.context import Context
 from tests.conftest import ROOT
-from tests.test_verify_emulate import by_name, verify_home, verify_json  # noqa: F401  (shared fixture)
+from tests.verify.test_verify_emulate import by_name, verify_json
 
 DEFAULT = ROOT / "manifests" / "sc7-sd14-lora.toml"
 
@@ -63,7 +63,7 @@ def test_a_home_without_the_multi_device_patch_skips_the_row_and_says_why(tmp_pa
 
 
 @pytest.mark.slow
-def test_verify_emulate_devices_on_the_default_stack_reduces_but_does_not_train(verify_home, capsys):  # noqa: F811
+def test_verify_emulate_devices_on_the_default_stack_reduces_but_does_not_train(verify_home, capsys):
     """The default stack (the tutorial's patch alone): the all-reduce row runs, the data-parallel row is
     skipped with its reason, never "ok", and the exit code stays that of the other rows."""
     code, doc = verify_json(verify_home, capsys, "--emulate", "--devices", "2")
