@@ -4,6 +4,7 @@ manifests pointing at them, and a real target virtualenv."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -36,11 +37,45 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def remove_killed_runs(root: Path) -> list[Path]:
+    """The base folders (`pytest-N`) of runs killed before they could clean up, under `root`.
+
+    pytest removes a run's folder at its end (tmp_path_retention_policy) and old runs' folders
+    beyond the newest three, but never one whose `.lock` is younger than three days: a run killed
+    by CI's timeout or a reboot leaves its lock, and with it 20+ GB (the e2e home, the real
+    bundle, podman's store, the SD 1.5 home). The lock holds the run's pid: a pid that no longer
+    exists marks such a folder. A live run's (a second suite running now) is left alone."""
+    removed = []
+    for lock in root.glob("pytest-[0-9]*/.lock"):
+        try:
+            pid = int(lock.read_text(encoding="ascii"))
+        except (OSError, ValueError):
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(lock.parent, ignore_errors=True)
+        removed.append(lock.parent)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 @pytest.fixture(scope="session", autouse=True)
 def subprocess_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every subprocess's TMPDIR is a folder in this run's base folder, which a passing run
     removes: what tools leave in TMPDIR goes with it (Python 3.9's ensurepip leaves the CA
-    bundle it extracted, 275 KB per venv with pip). This process keeps its own temp folder."""
+    bundle it extracted, 275 KB per venv with pip). This process keeps its own temp folder.
+    First, the folders of earlier runs that were killed go (remove_killed_runs)."""
+    for gone in remove_killed_runs(tmp_path_factory.getbasetemp().parent):
+        print(f"removed {gone}: left by a test run that was killed", file=sys.stderr)
     where = tmp_path_factory.mktemp("tmpdir")
     old = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = str(where)
