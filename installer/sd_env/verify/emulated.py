@@ -10,6 +10,7 @@ is never changed. No row claims a card.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -86,19 +87,15 @@ def run(ctx: Context, started: Callable[[str], None] = _nothing,
     on_emu = dataclasses.replace(ctx, runner=EnvRunner.around(ctx.runner, emu_env))
     started("linear smoke")
     done(_label(check_linear(on_emu)))
-    several = parallel.names(ctx.devices) if ctx.devices > 1 else ()
-    if several:  # a few seconds: run with --quick too
-        started(several[0])
-        done(parallel.check_all_reduce(on_emu, ctx.devices))
+    tiny = functools.cache(lambda: model_and_data(on_emu))  # the tiny model, once for every training row
+    if ctx.devices > 1:
+        parallel.run_rows(on_emu, rows, started, done, tiny, emu_env["PYTHONPATH"])
     if ctx.quick:
-        for n in [*several[1:], *names[1:]]:
+        for n in names[1:]:
             done(Check(n, SKIPPED, "skipped: --quick"))
         return checks
     steps = []
-    inputs = model_and_data(on_emu)  # the tiny model, once for every training row
-    if several:
-        started(several[1])
-        done(parallel.check_data_parallel(on_emu, rows, inputs, ctx.devices, emu_env["PYTHONPATH"]))
+    inputs = tiny()
     for mixed, label in PRECISIONS:
         started(f"lora step ({label})")
         steps.append(done(lora_step(on_emu, rows, inputs, mixed, label)))
@@ -194,24 +191,15 @@ def check_inference(ctx: Context, step: Check) -> Check:
         version = Version(ctx.man.component("diffusers").version)
     except (KeyError, InvalidVersion):
         version = Version("0.20.0")
-    return check_demo_inference(ctx) if version >= Version("0.26") else check_tutorial_inference(ctx, step)
+    return check_demo_inference(ctx) if version >= Version("0.26") else check_tutorial_inference(ctx)
 
 
 def check_demo_inference(ctx: Context) -> Check:
-    got = probe.run(ctx.runner, ctx.python, probe.script("demo_infer.py"),
-                    ["--model", str(ctx.model or ctx.paths.tiny_sd / "model"), "--lora", str(ctx.paths.lora_out),
-                     "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"], env=hf_env())
-    where = "ran on tpu (emulated), as Sophgo's SD 1.5 demo validates"
-    placed = placement.measure(ctx.device, got.data, placement.INFERENCE, "the inference probe reported none")
-    if placed.problem or placed.device is None:
-        where = f"{_asked(ctx)}, as Sophgo's SD 1.5 demo validates"
+    got, placed, where, failed = _infer(ctx, "demo_infer.py", "as Sophgo's SD 1.5 demo validates",
+                                        ("same_image_twice", "finite", "lora_parameters"))
+    if failed is not None:
+        return failed
     d = got.data or {}
-    if got.data is None or not got.ok:
-        facts = ", ".join(f"{k}={d[k]}" for k in ("same_image_twice", "finite", "lora_parameters") if k in d)
-        return Check("inference", FAIL, f"{where}: {_problem(got)}" + (f" ({facts})" if facts else ""),
-                     got.seconds, _emulated(placed.device))
-    if placed.problem:
-        return Check("inference", FAIL, f"{where}: {placed.problem}", got.seconds, _emulated(placed.device))
     return Check("inference", OK, f"{where}: {d['dtype']} pipeline on {d['device']}, load_lora_weights "
                  f"({d['lora_parameters']} LoRA parameters), torch.Generator(device).manual_seed under "
                  f"torch.autocast -> image {d['shape']}, the same image twice (LoRA vs base max diff "
@@ -219,30 +207,36 @@ def check_demo_inference(ctx: Context) -> Check:
                  _emulated(placed.device))
 
 
-def check_tutorial_inference(ctx: Context, step: Check) -> Check:
-    if step.status != OK:
-        return Check("inference", SKIPPED, f"skipped: the LoRA step did not pass ({step.status})")
-    got = probe.run(ctx.runner, ctx.python, probe.script("tutorial_infer.py"),
-                    ["--model", str(ctx.model or ctx.paths.tiny_sd / "model"), "--lora", str(ctx.paths.lora_out),
-                     "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"], env=hf_env())
-    where = "ran on tpu (emulated), the tutorial's 2.1 and 2.2"
-    placed = placement.measure(ctx.device, got.data, placement.INFERENCE, "the inference probe reported none")
-    if placed.problem or placed.device is None:
-        where = f"{_asked(ctx)}, the tutorial's 2.1 and 2.2"
-    if got.data is None or not got.ok:
-        d = got.data or {}
-        facts = ", ".join(f"{k}={d[k]}" for k in ("same_image_twice", "same_lora_image_twice", "finite",
-                                                   "lora_processors") if k in d)
-        return Check("inference", FAIL, f"{where}: {_problem(got)}" + (f" ({facts})" if facts else ""),
-                     got.seconds, _emulated(placed.device))
-    if placed.problem:
-        return Check("inference", FAIL, f"{where}: {placed.problem}", got.seconds,
-                     _emulated(placed.device))
-    d = got.data
+def check_tutorial_inference(ctx: Context) -> Check:
+    got, placed, where, failed = _infer(ctx, "tutorial_infer.py", "the tutorial's 2.1 and 2.2",
+                                        ("same_image_twice", "same_lora_image_twice", "finite", "lora_processors"))
+    if failed is not None:
+        return failed
+    d = got.data or {}
     return Check("inference", OK, f"{where}: {d['dtype']} pipeline on {d['device']}, seeded by torch.manual_seed "
                  f"-> image {d['shape']}, the same image twice with and without the LoRA ({d['lora_processors']} "
                  f"LoRA processors, LoRA vs base max diff {d['lora_vs_base_max_diff']:.1e}); measured: "
                  f"{placed.said()}", got.seconds, _emulated(placed.device))
+
+
+def _infer(ctx: Context, script: str, how: str, facts: tuple[str, ...]) -> tuple[probe.ProbeResult, placement.Placement,
+                                                                                 str, Check | None]:
+    """An inference probe's run, where it measured it ran ("ran on tpu (emulated), HOW", or the device
+    asked for when it measured another), and its failed row (the probe's facts named) or None."""
+    got = probe.run(ctx.runner, ctx.python, probe.script(script),
+                    ["--model", str(ctx.model or ctx.paths.tiny_sd / "model"), "--lora", str(ctx.paths.lora_out),
+                     "--device", ctx.device, "--steps", "2"], timeout=ctx.timeouts["infer"], env=hf_env())
+    placed = placement.measure(ctx.device, got.data, placement.INFERENCE, "the inference probe reported none")
+    where = f"{_asked(ctx)}, {how}" if placed.problem or placed.device is None else f"ran on tpu (emulated), {how}"
+    if got.data is None or not got.ok:
+        d = got.data or {}
+        said = ", ".join(f"{k}={d[k]}" for k in facts if k in d)
+        detail = f"{where}: {_problem(got)}" + (f" ({said})" if said else "")
+        return got, placed, where, Check("inference", FAIL, detail, got.seconds, _emulated(placed.device))
+    if placed.problem:
+        return got, placed, where, Check("inference", FAIL, f"{where}: {placed.problem}", got.seconds,
+                                         _emulated(placed.device))
+    return got, placed, where, None
 
 
 def _emulated(device: str | None) -> str | None:

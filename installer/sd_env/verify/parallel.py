@@ -50,24 +50,32 @@ def card_rows(ctx: Context, rows: list[status.ComponentStatus], started: Callabl
     """`verify --devices N` without --emulate: the two rows on the card's devices tpu:0 to tpu:N-1, the same
     code as on the emulated ones (the real plugin's "sccl" backend, no emulation on the path)."""
     world = ctx.devices
-    titles = names(world)
     if not ctx.device.startswith("tpu"):
-        for n in titles:
+        for n in names(world):
             done(Check(n, SKIPPED, f"skipped: no SC7 card here (the torch_tpu row); sd-env verify --emulate "
                        f"--devices {world} runs this row on {world} emulated devices"))
         return
     if ctx.device_count is not None and ctx.device_count < world:
-        for n in titles:
+        for n in names(world):
             done(Check(n, FAIL, f"--devices {world}: torch_tpu sees {ctx.device_count} device(s) on this card "
                        f"(torch_tpu.tpu.device_count()); bm-smi shows what the card has"))
         return
+    run_rows(ctx, rows, started, done, lambda: model_and_data(ctx), os.environ.get("PYTHONPATH"))
+
+
+def run_rows(ctx: Context, rows: list[status.ComponentStatus], started: Callable[[str], None],
+             done: Callable[[Check], Check], inputs: Callable[[], tuple[Path | None, Path | None, str]],
+             pythonpath: str | None) -> None:
+    """The all-reduce (a few seconds: with --quick too), then the data-parallel steps on `inputs()`
+    (verify's tiny model and data); on the card or, with `ctx` around the emulation, emulated."""
+    titles = names(ctx.devices)
     started(titles[0])
-    done(check_all_reduce(ctx, world))
+    done(check_all_reduce(ctx, ctx.devices))
     if ctx.quick:
         done(Check(titles[1], SKIPPED, "skipped: --quick"))
         return
     started(titles[1])
-    done(check_data_parallel(ctx, rows, model_and_data(ctx), world, os.environ.get("PYTHONPATH")))
+    done(check_data_parallel(ctx, rows, inputs(), ctx.devices, pythonpath))
 
 
 def check_all_reduce(ctx: Context, world: int) -> Check:
@@ -157,9 +165,10 @@ def _problem_of(ranks: dict[int, dict], world: int, data: dict) -> str | None:
     if len(set(digests.values())) != 1 or None in digests.values():
         return "the ranks end with different LoRA weights (sha256 " + ", ".join(
             f"rank {r} {(h or 'none')[:12]}" for r, h in sorted(digests.items())) + "): the gradients were not averaged"
-    if len({rec["weights_before"]["sha256"] for rec in ranks.values()}) != 1:
+    befores = {r: rec.get("weights_before", {}).get("sha256") for r, rec in ranks.items()}
+    if len(set(befores.values())) != 1 or None in befores.values():
         return "the ranks started from different LoRA weights (prepare() did not broadcast rank 0's)"
-    unmoved = [r for r, rec in ranks.items() if rec["weights_before"]["sha256"] == rec["weights_after"]["sha256"]]
+    unmoved = [r for r in ranks if befores[r] == digests[r]]
     if unmoved or not data.get("up_max"):
         return f"the LoRA weights did not move (ranks {unmoved or 'all'}; max |up| {data.get('up_max')})"
     bad = {r: rec["losses"] for r, rec in ranks.items() if not all(math.isfinite(x) for x in rec["losses"])}
